@@ -1,0 +1,5 @@
+import sys
+
+from nasir.cli import main
+
+sys.exit(main())

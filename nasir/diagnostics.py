@@ -1,0 +1,86 @@
+"""Diagnostics as a compiler prints them: `file:line:col: error: message`, the line, a caret.
+
+Problems are collected (`DiagnosticBag`) so that every error of a file is reported in one run;
+rendering happens only at the edge (the CLI), never inside passes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+import attrs
+
+from nasir.source import Span
+
+
+@attrs.frozen
+class Diagnostic:
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    severity: str = "error"
+
+    def render(self) -> str:
+        where = str(self.span) if self.span is not None else "nasir"
+        out = [f"{where}: {self.severity}: {self.message}"]
+        if self.span is not None and self.span.source is not None:
+            text = self.span.source.line(self.span.line).rstrip("\n")
+            gutter = f"{self.span.line:>4} | "
+            out.append(gutter + text)
+            width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else 1
+            width = max(1, min(width, len(text) - self.span.col + 1))
+            pad = "".join(c if c == "\t" else " " for c in text[: self.span.col - 1])
+            out.append(" " * (len(gutter) - 2) + "| " + pad + "^" + "~" * (width - 1))
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+
+class DiagnosticError(Exception):
+    """Raised when input is bad; carries every diagnostic found, already sorted by position."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=_position_key)
+        super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+    def render(self) -> str:
+        return "\n".join(d.render() for d in self.diagnostics)
+
+
+def _position_key(d: Diagnostic):
+    s = d.span
+    return ("", 0, 0) if s is None else (s.file, s.line, s.col)
+
+
+class DiagnosticBag:
+    """Collects problems; `check()` raises them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+
+    def error(self, span: Span | None, message: str, hint: str | None = None) -> None:
+        self.items.append(Diagnostic(message, span, hint))
+
+    def warning(self, span: Span | None, message: str, hint: str | None = None) -> None:
+        self.items.append(Diagnostic(message, span, hint, severity="warning"))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == "error"]
+
+    def check(self) -> None:
+        if self.errors:
+            raise DiagnosticError(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def error_at(span: Span | None, message: str, hint: str | None = None) -> DiagnosticError:
+    return DiagnosticError([Diagnostic(message, span, hint)])

@@ -1,0 +1,720 @@
+"""Front end: `.cell` text -> syntax tree (lark, positions kept) -> resolved IR (`nasir.ir.Spec`).
+
+Resolution expands what the surface syntax abbreviates (node ranges, edge patterns, `like`,
+set expressions, includes) so that the IR is explicit. Every problem becomes a `Diagnostic` with
+the span of the offending text; all problems of a file are collected before anything is raised.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from nasir import ir, ops
+from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
+from nasir.source import SourceFile, Span
+
+
+@lru_cache(maxsize=None)
+def parser(start: str = "start") -> Lark:
+    text = resources.files("nasir.grammar").joinpath("cell.lark").read_text(encoding="utf-8")
+    return Lark(text, parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True)
+
+
+# ---- syntax errors ----------------------------------------------------------------------------
+_TOKEN_WORDS = {
+    "NAME": "a name", "GLOB": "a name pattern", "INT": "an integer", "NUMBER": "a number",
+    "STRING": "a quoted path", "$END": "end of file",
+}  # fmt: skip
+
+
+def _describe_expected(p: Lark, expected: set[str]) -> str:
+    words = set()
+    for name in expected:
+        if name in _TOKEN_WORDS:
+            words.add(_TOKEN_WORDS[name])
+            continue
+        try:
+            pattern = p.get_terminal(name).pattern
+        except KeyError:
+            words.add(name.lower())
+            continue
+        words.add(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+    items = sorted(words)
+    if len(items) > 8:
+        items = items[:8] + ["..."]
+    return ", ".join(items)
+
+
+def syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diagnostic:
+    if isinstance(err, UnexpectedToken) and err.token.type == "$END":
+        err = UnexpectedEOF(err.expected)  # type: ignore[assignment]
+    if isinstance(err, UnexpectedEOF):
+        end = len(source.text.rstrip())
+        return Diagnostic(
+            "unexpected end of file; expected " + _describe_expected(p, set(err.expected)),
+            source.span(max(0, end - 1), end),
+            "is a '}' or ')' missing?",
+        )
+    if isinstance(err, UnexpectedCharacters):
+        ch = source.text[err.pos_in_stream] if err.pos_in_stream < len(source.text) else "?"
+        hint = "comments start with '#'" if ch in "/;" else None
+        return Diagnostic(f"unexpected character {ch!r}", source.span(err.pos_in_stream), hint)
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    start = tok.start_pos or 0
+    # Inside a block the contextual lexer reads a declaration keyword as a name; say what happened.
+    line_start = source.text.rfind("\n", 0, start) + 1
+    m = _TOP_KEYWORDS.match(source.text[line_start:start].lstrip())
+    if m and start > line_start:
+        at = line_start + (len(source.text[line_start:start]) - len(source.text[line_start:start].lstrip()))
+        return Diagnostic(
+            f"'{m.group(1)}' cannot appear inside a block", source.span(at, at + len(m.group(1))),
+            "is a '}' missing above?",
+        )
+    return Diagnostic(
+        f"unexpected {tok.value!r}; expected " + _describe_expected(p, set(err.expected)),
+        source.span(start, start + max(1, len(tok.value))),
+    )
+
+
+_TOP_KEYWORDS = re.compile(r"\b(include|opset|cell|network|search)\b")
+
+
+def _top_level_chunks(text: str) -> list[tuple[int, int]]:
+    """Offsets of top-level declarations, found by brace depth (comments and strings skipped)."""
+    starts, depth, i = [], 0, 0
+    while i < len(text):
+        c = text[i]
+        if c == "#":
+            i = text.find("\n", i)
+            i = len(text) if i < 0 else i
+            continue
+        if c == '"':
+            j = text.find('"', i + 1)
+            i = len(text) if j < 0 else j + 1
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth = max(0, depth - 1)
+        elif depth == 0 and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            m = _TOP_KEYWORDS.match(text, i)
+            if m:
+                starts.append(i)
+                i = m.end()
+                continue
+        i += 1
+    bounds = starts + [len(text)]
+    return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
+
+
+def parse_tree(source: SourceFile) -> Tree:
+    """Parse, or raise every syntax error: one per broken top-level declaration."""
+    p = parser()
+    try:
+        return p.parse(source.text)
+    except UnexpectedInput as first:
+        diags = [syntax_diagnostic(source, first, p)]
+    # Re-parse each top-level declaration alone, blanked into place so positions stay right, to
+    # report the errors of the other declarations too (as a compiler resynchronises at `}`).
+    seen = {(diags[0].span.line, diags[0].span.col)} if diags[0].span else set()
+    for a, b in _top_level_chunks(source.text):
+        blank = re.sub(r"[^\n]", " ", source.text[:a]) + source.text[a:b]
+        try:
+            p.parse(blank)
+        except UnexpectedInput as err:
+            d = syntax_diagnostic(source, err, p)
+            key = (d.span.line, d.span.col) if d.span else None
+            if key not in seen and not (d.message.startswith("unexpected end") and b < len(source.text)):
+                seen.add(key)
+                diags.append(d)
+    raise DiagnosticError(diags)
+
+
+# ---- tree -> raw declarations ---------------------------------------------------------------
+@attrs.frozen
+class SetExpr:
+    kind: str  # ref | lit | diff | union
+    name: str | None = None
+    items: tuple[tuple[str, Span], ...] = ()
+    left: SetExpr | None = None
+    right: SetExpr | None = None
+    span: Span | None = attrs.field(default=None, eq=False)
+
+    def text(self) -> str:
+        if self.kind == "ref":
+            return self.name  # type: ignore[return-value]
+        if self.kind == "lit":
+            return "{" + ", ".join(n for n, _ in self.items) + "}"
+        sign = "-" if self.kind == "diff" else "+"
+        return f"{self.left.text()} {sign} {self.right.text()}"  # type: ignore[union-attr]
+
+
+@attrs.frozen
+class Stmt:
+    kind: str
+    args: tuple[Any, ...]
+    span: Span | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class RawCell:
+    name: str
+    like: str | None
+    like_span: Span | None
+    stmts: tuple[Stmt, ...]
+    span: Span | None
+
+
+def _build_transformer(source: SourceFile) -> Transformer:
+    def sp(meta) -> Span | None:
+        if getattr(meta, "empty", True):
+            return None
+        return source.span(meta.start_pos, meta.end_pos)
+
+    def tsp(tok: Token) -> Span:
+        return source.span(tok.start_pos, tok.end_pos)
+
+    def node(tok: Token) -> ir.Node:
+        return ir.Node(str(tok), span=tsp(tok))
+
+    @v_args(meta=True)
+    class T(Transformer):
+        def start(self, meta, decls):
+            return list(decls)
+
+        def include(self, meta, c):
+            return ir.Include(str(c[0])[1:-1], span=sp(meta))
+
+        # op sets
+        def opset(self, meta, c):
+            return ("opset", str(c[0]), c[1], sp(meta), tsp(c[0]))
+
+        def set_ref(self, meta, c):
+            return SetExpr("ref", name=str(c[0]), span=sp(meta))
+
+        def set_lit(self, meta, c):
+            items = tuple((str(t), tsp(t)) for t in c if t is not None)
+            return SetExpr("lit", items=items, span=sp(meta))
+
+        def set_diff(self, meta, c):
+            return SetExpr("diff", left=c[0], right=c[1], span=sp(meta))
+
+        def set_union(self, meta, c):
+            return SetExpr("union", left=c[0], right=c[1], span=sp(meta))
+
+        # cells
+        def cell(self, meta, c):
+            name, like, *stmts = c
+            return RawCell(str(name), str(like) if like else None, tsp(like) if like else None, tuple(stmts), sp(meta))
+
+        def inputs(self, meta, c):
+            return Stmt("inputs", tuple(node(t) for t in c), sp(meta))
+
+        def nodes(self, meta, c):
+            return Stmt("nodes", c[0], sp(meta))
+
+        def node_list(self, meta, c):
+            return tuple(x for part in c for x in part)
+
+        def node_one(self, meta, c):
+            return [("one", node(c[0]))]
+
+        def node_range(self, meta, c):
+            return [("range", node(c[0]), node(c[1]), sp(meta))]
+
+        def edges(self, meta, c):
+            return Stmt("edges", (c[0], c[1], c[2]), sp(meta))
+
+        def ep_any(self, meta, c):
+            return ("any", "*", sp(meta))
+
+        def ep_inputs(self, meta, c):
+            return ("inputs", "inputs", sp(meta))
+
+        def ep_name(self, meta, c):
+            return ("name", str(c[0]), tsp(c[0]))
+
+        def ep_glob(self, meta, c):
+            return ("glob", str(c[0]), tsp(c[0]))
+
+        def edge_choice(self, meta, c):
+            return ("choice", c[0], sp(meta))
+
+        def edge_fixed(self, meta, c):
+            return ("fixed", str(c[0]), tsp(c[0]))
+
+        def equation(self, meta, c):
+            return Stmt("equation", (node(c[0]), tuple(c[1:])), sp(meta))
+
+        def term(self, meta, c):
+            return (str(c[0]), tsp(c[0]), str(c[1]), tsp(c[1]), sp(meta))
+
+        def output_concat(self, meta, c):
+            return Stmt("output", ("concat", c[0]), sp(meta))
+
+        def output_node(self, meta, c):
+            return Stmt("output", ("node", (("one", node(c[0])),)), sp(meta))
+
+        def keep(self, meta, c):
+            return Stmt("keep", (int(c[0]),), sp(meta))
+
+        def stride(self, meta, c):
+            return Stmt("stride", (int(c[0]), tsp(c[0])), sp(meta))
+
+        def topo_inputs(self, meta, c):
+            return Stmt("topology", (ir.Topology("inputs", int(c[0]), span=sp(meta)),), sp(meta))
+
+        def topo_outputs(self, meta, c):
+            return Stmt("topology", (ir.Topology("outputs", int(c[0]), span=sp(meta)),), sp(meta))
+
+        def topo_any(self, meta, c):
+            return Stmt("topology", (ir.Topology("any", None, span=sp(meta)),), sp(meta))
+
+        # networks
+        def network(self, meta, c):
+            name, *rest = c
+            params = [x for x in rest if isinstance(x, ir.Param)]
+            stmts = [x for x in rest if isinstance(x, Stmt)]
+            return ("network", str(name), tuple(params), tuple(stmts), sp(meta), tsp(name))
+
+        def param(self, meta, c):
+            return ir.Param(str(c[0]), c[1], span=tsp(c[0]))
+
+        def net_input(self, meta, c):
+            return Stmt("input", tuple(c), sp(meta))
+
+        def stem(self, meta, c):
+            return Stmt("stem", tuple(c), sp(meta))
+
+        def head(self, meta, c):
+            return Stmt("head", tuple(c), sp(meta))
+
+        def layer(self, meta, c):
+            name, *args = c
+            if len(args) == 1 and args[0] is None:  # written without parentheses
+                return ir.Layer(str(name), None, span=sp(meta))
+            return ir.Layer(str(name), tuple(a for a in args if a is not None), span=sp(meta))
+
+        def stack(self, meta, c):
+            count, channels, cell, reduce, *fracs = c
+            st = ir.Stack(
+                count, channels, str(cell), str(reduce) if reduce else None,
+                tuple(f for f in fracs if f is not None), span=sp(meta),
+            )  # fmt: skip
+            return Stmt("stack", (st, tsp(cell), tsp(reduce) if reduce else None), sp(meta))
+
+        def frac(self, meta, c):
+            return ir.Frac(int(c[0]), int(c[1]), span=sp(meta))
+
+        def residual(self, meta, c):
+            return Stmt("residual", (ir.Residual(c[0], span=sp(meta)),), sp(meta))
+
+        def auxiliary(self, meta, c):
+            return Stmt("auxiliary", (ir.Auxiliary(str(c[0]), c[1], c[2], span=sp(meta)), tsp(c[0])), sp(meta))
+
+        # search
+        def search(self, meta, c):
+            return ("search", tuple(c), sp(meta))
+
+        def limit(self, meta, c):
+            return ir.Limit(str(c[0]), int(c[1]), span=sp(meta))
+
+        def budget(self, meta, c):
+            return ir.Budget(str(c[0]), c[1], span=sp(meta))
+
+        def setting(self, meta, c):
+            return ir.Setting(str(c[0]), c[1], span=sp(meta))
+
+        def call(self, meta, c):
+            name, *args = c
+            return ir.Call(str(name), tuple(a for a in args if a is not None), span=sp(meta))
+
+        def arg_pos(self, meta, c):
+            return ir.Arg(None, c[0], span=sp(meta))
+
+        def arg_kw(self, meta, c):
+            return ir.Arg(str(c[0]), c[1], span=sp(meta))
+
+        # expressions
+        def number(self, meta, c):
+            return ir.Num(parse_number(str(c[0])), str(c[0]), span=sp(meta))
+
+        def var(self, meta, c):
+            return ir.Var(str(c[0]), span=sp(meta))
+
+        def true(self, meta, c):
+            return ir.Bool(True, span=sp(meta))
+
+        def false(self, meta, c):
+            return ir.Bool(False, span=sp(meta))
+
+        def neg(self, meta, c):
+            return ir.Neg(c[0], span=sp(meta))
+
+        def _bin(op):  # noqa: N805 - a factory used in the class body
+            def f(self, meta, c):
+                return ir.BinOp(op, c[0], c[1], span=sp(meta))
+
+            return f
+
+        add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+
+    return T()
+
+
+_SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_number(text: str) -> int | float:
+    scale = 1.0
+    if text[-1] in _SUFFIX:
+        scale, text = _SUFFIX[text[-1]], text[:-1]
+    if scale == 1.0 and re.fullmatch(r"[0-9]+", text):
+        return int(text)
+    value = float(text) * scale
+    return int(value) if scale != 1.0 and value.is_integer() else value
+
+
+def parse_decls(source: SourceFile) -> list:
+    tree = parse_tree(source)
+    try:
+        return _build_transformer(source).transform(tree)
+    except VisitError as e:  # never show lark internals
+        if isinstance(e.orig_exc, DiagnosticError):
+            raise e.orig_exc from None
+        raise
+
+
+# ---- resolution -----------------------------------------------------------------------------
+_RANGE = re.compile(r"^(.*?)(\d+)$")
+
+
+class Resolver:
+    def __init__(self, bag: DiagnosticBag):
+        self.bag = bag
+        self.opsets: dict[str, ir.OpSet] = {}
+        self.raw_cells: dict[str, RawCell] = {}
+
+    # op sets
+    def eval_set(self, e: SetExpr) -> tuple[str, ...] | None:
+        if e.kind == "ref":
+            if e.name in self.opsets:
+                return self.opsets[e.name].ops
+            if e.name in ops.REGISTRY:
+                return (e.name,)
+            self.bag.error(e.span, f"unknown op or op set '{e.name}'", did_you_mean(e.name, [*self.opsets, *ops.REGISTRY]))
+            return None
+        if e.kind == "lit":
+            out: list[str] = []
+            for name, span in e.items:
+                if name not in ops.REGISTRY:
+                    self.bag.error(span, f"unknown op '{name}'", ops.unknown_op_hint(name))
+                elif name in out:
+                    self.bag.error(span, f"op '{name}' listed twice")
+                else:
+                    out.append(name)
+            return tuple(out)
+        a, b = self.eval_set(e.left), self.eval_set(e.right)  # type: ignore[arg-type]
+        if a is None or b is None:
+            return None
+        if e.kind == "diff":
+            for name in b:
+                if name not in a:
+                    self.bag.warning(e.right.span, f"'{name}' is not in '{e.left.text()}'; removing it changes nothing")  # type: ignore[union-attr]
+            return tuple(x for x in a if x not in b)
+        return a + tuple(x for x in b if x not in a)
+
+    def opset(self, name: str, expr: SetExpr, span: Span | None, name_span: Span) -> ir.OpSet | None:
+        if name in ops.REGISTRY:
+            self.bag.error(name_span, f"op set '{name}' has the name of an op")
+        result = self.eval_set(expr)
+        if result is None:
+            return None
+        if not result:
+            self.bag.error(expr.span, f"op set '{name}' is empty")
+        os_ = ir.OpSet(name, result, expr.text(), span=span)
+        if name in self.opsets:
+            self.bag.error(name_span, f"op set '{name}' is defined twice", f"first defined at {self.opsets[name].span}")
+        else:
+            self.opsets[name] = os_
+        return os_
+
+    # cells
+    def cell_stmts(self, raw: RawCell, chain: tuple[str, ...] = ()) -> list[Stmt]:
+        if raw.like is None:
+            return list(raw.stmts)
+        if raw.like in chain or raw.like == raw.name:
+            self.bag.error(raw.like_span, f"cell '{raw.name}' is derived from itself through 'like'")
+            return list(raw.stmts)
+        base = self.raw_cells.get(raw.like)
+        if base is None:
+            self.bag.error(raw.like_span, f"'like' names an unknown cell '{raw.like}'", did_you_mean(raw.like, self.raw_cells))
+            return list(raw.stmts)
+        inherited = self.cell_stmts(base, chain + (raw.name,))
+        own_kinds = {s.kind for s in raw.stmts}
+        graph = {"nodes", "edges", "equation"}
+        replaced = own_kinds | (graph if own_kinds & graph else set())
+        return [s for s in inherited if s.kind not in replaced] + list(raw.stmts)
+
+    def expand(self, items: tuple) -> list[ir.Node]:
+        out: list[ir.Node] = []
+        for item in items:
+            if item[0] == "one":
+                out.append(item[1])
+                continue
+            _, a, b, span = item
+            ma, mb = _RANGE.match(a.name), _RANGE.match(b.name)
+            if not (ma and mb and ma.group(1) == mb.group(1)):
+                self.bag.error(span, f"cannot expand range '{a.name}..{b.name}'", "a range runs over one prefix with numbers, like n0..n3")
+                continue
+            lo, hi = int(ma.group(2)), int(mb.group(2))
+            if lo > hi:
+                self.bag.error(span, f"range '{a.name}..{b.name}' is empty")
+            out.extend(ir.Node(f"{ma.group(1)}{i}", span=span) for i in range(lo, hi + 1))
+        return out
+
+    def cell(self, raw: RawCell) -> ir.Cell:
+        before = len(self.bag.errors)
+        stmts = self.cell_stmts(raw)
+        if len(self.bag.errors) > before:  # a broken 'like': its consequences would only be noise
+            return ir.Cell(raw.name, (), (), (), None, span=raw.span)
+        singles: dict[str, Stmt] = {}
+        for s in stmts:
+            if s.kind in ("inputs", "output", "keep", "stride", "topology"):
+                if s.kind in singles and s in raw.stmts and singles[s.kind] in raw.stmts:
+                    self.bag.error(s.span, f"cell '{raw.name}' has a second '{s.kind}' statement")
+                singles[s.kind] = s
+        inputs = tuple(singles["inputs"].args) if "inputs" in singles else ()
+        if not inputs:
+            self.bag.error(raw.span, f"cell '{raw.name}' declares no inputs", "add e.g. 'inputs c_k2, c_k1'")
+        nodes: list[ir.Node] = []
+        for s in stmts:
+            if s.kind == "nodes":
+                nodes.extend(self.expand(s.args))
+            elif s.kind == "equation" and s.args[0].name not in {n.name for n in nodes}:
+                nodes.append(s.args[0])
+        states = [n.name for n in inputs] + [n.name for n in nodes]
+        node_names = [n.name for n in nodes]
+        edges: list[ir.Edge] = []
+        defined_by_equation: dict[str, Span | None] = {}
+        for s in stmts:
+            if s.kind == "edges":
+                edges.extend(self.edge_pattern(s, inputs, node_names, states))
+            elif s.kind == "equation":
+                target, terms = s.args
+                if target.name in defined_by_equation:
+                    self.bag.error(target.span, f"node '{target.name}' is defined twice", f"first defined at {defined_by_equation[target.name]}")
+                    continue
+                defined_by_equation[target.name] = target.span
+                for op_name, op_span, src, src_span, term_span in terms:
+                    if op_name not in ops.REGISTRY:
+                        self.bag.error(op_span, f"unknown op '{op_name}'", ops.unknown_op_hint(op_name))
+                        continue
+                    if src not in states:
+                        self.bag.error(src_span, f"unknown node '{src}' in cell '{raw.name}'", did_you_mean(src, states))
+                        continue
+                    edges.append(ir.Edge(src, target.name, op=op_name, span=term_span))
+        output = None
+        if "output" in singles:
+            s = singles["output"]
+            kind, items = s.args
+            names = self.expand(items)
+            for n in names:
+                if n.name not in states:
+                    self.bag.error(n.span, f"output names unknown node '{n.name}'", did_you_mean(n.name, states))
+            output = ir.Output(kind, tuple(n.name for n in names), span=s.span)
+        else:
+            self.bag.error(raw.span, f"cell '{raw.name}' has no output", "add 'output concat(...)' or 'output NODE'")
+        keep = singles.get("keep")
+        stride = singles.get("stride")
+        if stride is not None and stride.args[0] not in (1, 2):
+            self.bag.error(stride.args[1], f"stride {stride.args[0]} is not supported", "cells reduce by 'stride 2 from inputs'")
+        topo = singles.get("topology")
+        return ir.Cell(
+            raw.name, inputs, tuple(nodes), tuple(edges), output,
+            reduction=stride is not None and stride.args[0] == 2,
+            keep=keep.args[0] if keep else None, keep_span=keep.span if keep else None,
+            topology=topo.args[0] if topo else None, span=raw.span,
+        )  # fmt: skip
+
+    def edge_pattern(self, s: Stmt, inputs, node_names: list[str], states: list[str]) -> list[ir.Edge]:
+        (skind, sname, sspan), (dkind, dname, dspan), op = s.args
+        input_names = [n.name for n in inputs]
+
+        def match(kind: str, name: str, span, pool: list[str], role: str) -> list[str] | None:
+            if kind == "any":
+                return list(pool)
+            if kind == "inputs":
+                if role == "destination":
+                    self.bag.error(span, "edges cannot enter a cell input", "inputs are computed by the previous cells")
+                    return None
+                return list(input_names)
+            if kind == "glob":
+                found = [x for x in pool if x.startswith(name[:-1])]
+                if not found:
+                    self.bag.error(span, f"pattern '{name}' matches no {role} node")
+                    return None
+                return found
+            if name not in states:
+                self.bag.error(span, f"unknown node '{name}'", did_you_mean(name, states))
+                return None
+            return [name]
+
+        srcs = match(skind, sname, sspan, states, "source")
+        dsts = match(dkind, dname, dspan, node_names if dkind != "name" else states, "destination")
+        if op[0] == "choice":
+            cands = self.eval_set(op[1])
+            if cands is not None and not cands:
+                self.bag.error(op[1].span, "the op set of this choice is empty")
+            choice = ir.Choice(cands or (), op[1].text(), span=op[2]) if cands is not None else None
+            fixed = None
+        else:
+            choice = None
+            fixed = op[1]
+            if fixed not in ops.REGISTRY:
+                hint = f"'{fixed}' is an op set; write choice({fixed})" if fixed in self.opsets else ops.unknown_op_hint(fixed)
+                self.bag.error(op[2], f"unknown op '{fixed}'", hint)
+                fixed = None
+        if srcs is None or dsts is None or (choice is None and fixed is None):
+            return []
+        patterned = skind != "name" or dkind != "name"
+        order = {x: i for i, x in enumerate(states)}
+        out = [
+            ir.Edge(a, b, op=fixed, choice=choice, span=s.span)
+            for b in dsts
+            for a in srcs
+            if not patterned or order[a] < order[b]
+        ]
+        if not out:
+            self.bag.error(s.span, "this edge pattern matches no edge", "sources must come before destinations")
+        return out
+
+
+def _network(bag: DiagnosticBag, name: str, params, stmts, span, name_span) -> ir.Network:
+    singles: dict[str, Stmt] = {}
+    stems, body = [], []
+    for s in stmts:
+        if s.kind in ("input", "head", "auxiliary"):
+            if s.kind in singles:
+                bag.error(s.span, f"network '{name}' has a second '{s.kind}' statement")
+            singles[s.kind] = s
+        elif s.kind == "stem":
+            stems.append(s.args)
+        elif s.kind == "stack":
+            st, cell_span, reduce_span = s.args
+            body.append(attrs.evolve(st, span=s.span))
+        elif s.kind == "residual":
+            body.append(s.args[0])
+    if len(stems) > 2:
+        bag.error(span, f"network '{name}' has {len(stems)} stems; at most two (CIFAR: one, ImageNet: two)")
+    if not body:
+        bag.error(name_span, f"network '{name}' stacks no cells", "add e.g. 'stack layers cells(C): normal, reduce at 1/3, 2/3'")
+    inp = singles.get("input")
+    aux = singles.get("auxiliary")
+    return ir.Network(
+        name, tuple(params), tuple(inp.args) if inp else None, tuple(stems), tuple(body),
+        aux.args[0] if aux else None, tuple(singles["head"].args) if "head" in singles else (), span=span,
+    )  # fmt: skip
+
+
+# ---- entry points ---------------------------------------------------------------------------
+def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[Path, ...] = ()) -> list:
+    """Parse a file and, depth first, the files it includes; included declarations come first."""
+    decls = parse_decls(source)
+    out: list = []
+    for d in decls:
+        if isinstance(d, ir.Include):
+            target = (path.parent / d.path).resolve()
+            if target in stack or target == path.resolve():
+                bag.error(d.span, f"'{d.path}' includes itself")
+                continue
+            try:
+                sub = SourceFile(str(path.parent / d.path), target.read_text(encoding="utf-8"))
+            except OSError as e:
+                bag.error(d.span, f"cannot read '{d.path}': {e.strerror or e}")
+                continue
+            try:
+                out.extend(x for x in load_decls(target, sub, bag, stack + (path.resolve(),)) if not isinstance(x, ir.Include))
+            except DiagnosticError as e:
+                bag.items.extend(e.diagnostics)
+        out.append(d)
+    return out
+
+
+def resolve_spec(source: SourceFile, bag: DiagnosticBag, path: Path | None = None) -> tuple[ir.Spec, set[str]]:
+    """Text -> IR, reporting into `bag`; returns the spec and the names of cells that had errors
+    (so that the verifier can skip them rather than report consequences of the same mistake)."""
+    broken: set[str] = set()
+    path = path or Path(source.name)
+    decls = load_decls(path, source, bag)
+    res = Resolver(bag)
+    includes: list[ir.Include] = []
+    opsets, networks = [], []
+    search = None
+    raw_cells: list[RawCell] = []
+    for d in decls:
+        if isinstance(d, ir.Include):
+            if d.span is None or d.span.file == source.name:
+                includes.append(d)
+        elif isinstance(d, RawCell):
+            raw_cells.append(d)
+            res.raw_cells.setdefault(d.name, d)
+        elif d[0] == "opset":
+            o = res.opset(d[1], d[2], d[3], d[4])
+            if o is not None:
+                opsets.append(o)
+        elif d[0] == "network":
+            networks.append(_network(bag, *d[1:]))
+        elif d[0] == "search":
+            if search is not None:
+                bag.error(d[2], "a second 'search' block", f"the first is at {search.span}")
+            items = d[1]
+            search = ir.SearchConfig(
+                tuple(x for x in items if isinstance(x, ir.Setting)),
+                tuple(x for x in items if isinstance(x, ir.Limit)),
+                tuple(x for x in items if isinstance(x, ir.Budget)),
+                span=d[2],
+            )
+    cells = []
+    for rc in raw_cells:
+        before = len(bag.errors)
+        cells.append(res.cell(rc))
+        if len(bag.errors) > before:
+            broken.add(rc.name)
+    spec = ir.Spec(source.name, tuple(includes), tuple(opsets), tuple(cells), tuple(networks), search, tuple(bag.items))
+    return spec, broken
+
+
+def parse_spec(source: SourceFile, path: Path | None = None) -> ir.Spec:
+    """Text -> resolved IR. Raises DiagnosticError with every problem found (the verifier runs separately)."""
+    bag = DiagnosticBag()
+    spec, _ = resolve_spec(source, bag, path)
+    bag.check()
+    return spec
+
+
+def parse_text(text: str, name: str = "<string>") -> ir.Spec:
+    return parse_spec(SourceFile(name, text))
+
+
+def read_source(path: str | Path) -> SourceFile:
+    p = Path(path)
+    try:
+        return SourceFile.read(p)
+    except OSError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read '{p}': {e.strerror or e}")]) from None
+    except UnicodeDecodeError:
+        raise DiagnosticError([Diagnostic(f"'{p}' is not UTF-8 text")]) from None
+
+
+def parse_file(path: str | Path) -> ir.Spec:
+    return parse_spec(read_source(path), Path(path))

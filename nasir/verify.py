@@ -1,0 +1,202 @@
+"""The verifier: IR invariants that a wrong spec would break, every violation a diagnostic.
+
+Runs after the front end and, in tests, after every pass. It collects all problems before
+reporting. Rules (each has a failing-spec test in tests/test_verify.py):
+duplicate names; edges into inputs; cycles; nodes unreachable from the inputs or not reaching the
+output; duplicate choice edges; stride and channel consistency of stacked cells; unknown cells,
+layers and parameters in networks; parameters without value; derivation constraints that no
+architecture can meet; unknown search settings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import networkx as nx
+
+from nasir import ir, ops
+from nasir.diagnostics import DiagnosticBag, did_you_mean
+from nasir.macro import elaborate
+from nasir.source import Span
+
+# name -> allowed values (None: any value of the right kind). One place, also read by the search runtime.
+SEARCH_SETTINGS: dict[str, tuple[str, ...] | None] = {
+    "method": ("darts", "milenas", "pcdarts"),
+    "select": ("magnitude", "strength", "strength_star", "naive"),
+    "smooth": ("none", "rs", "adv"),
+    "epochs": None,
+    "batch_size": None,
+    "early_stop": None,
+    "hessian": None,
+    "seed": None,
+}
+BUDGET_KINDS = ("params", "macs")
+
+
+def verify(spec: ir.Spec, overrides: dict[str, Any] | None = None,
+           override_spans: dict[str, Span] | None = None, bag: DiagnosticBag | None = None,
+           skip_cells: set[str] = frozenset()) -> DiagnosticBag:  # fmt: skip
+    """Check every invariant; `skip_cells` are cells the front end already reported errors in."""
+    bag = bag if bag is not None else DiagnosticBag()
+    _duplicates(bag, "cell", spec.cells)
+    _duplicates(bag, "network", spec.networks)
+    for c in spec.cells:
+        if c.name not in skip_cells:
+            verify_cell(c, bag)
+    for n in spec.networks:
+        _network(spec, n, bag, overrides if n is spec.networks[0] else None, override_spans, skip_cells)
+    if overrides and not spec.networks:
+        bag.error(None, "--set given but the spec declares no network")
+    if spec.search is not None:
+        _search(spec, bag)
+    return bag
+
+
+def _duplicates(bag: DiagnosticBag, what: str, items) -> None:
+    first: dict[str, Any] = {}
+    for x in items:
+        if x.name in first:
+            bag.error(x.span, f"{what} '{x.name}' is defined twice", f"first defined at {first[x.name].span}")
+        else:
+            first[x.name] = x
+
+
+def verify_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
+    _duplicates(bag, f"node of cell '{c.name}',", c.inputs + c.nodes)
+    inputs = set(c.input_names)
+    states = set(c.states)
+    for e in c.edges:
+        if e.dst in inputs:
+            bag.error(e.span, f"edge {e.src} -> {e.dst} enters the cell input '{e.dst}'", "inputs are computed by the previous cells")
+        for end in (e.src, e.dst):
+            if end not in states:
+                bag.error(e.span, f"edge names unknown node '{end}'", did_you_mean(end, states))
+        if e.choice is not None and not e.choice.ops:
+            bag.error(e.choice.span or e.span, "the op set of this choice is empty")
+        for name in e.candidates:
+            if name is not None and name not in ops.REGISTRY:
+                bag.error(e.span, f"unknown op '{name}'", ops.unknown_op_hint(name))
+    pairs = Counter((e.src, e.dst) for e in c.edges if e.is_choice)
+    for e in c.edges:
+        if e.is_choice and pairs[(e.src, e.dst)] > 1:
+            bag.error(e.span, f"two searchable edges {e.src} -> {e.dst}", "one choice per pair of nodes")
+            pairs[(e.src, e.dst)] = 0
+    g = nx.DiGraph()
+    g.add_nodes_from(c.states)
+    g.add_edges_from((e.src, e.dst) for e in c.edges if e.src in states and e.dst in states)
+    try:
+        cycle = nx.find_cycle(g)
+        at = next(e.span for e in c.edges if (e.src, e.dst) == cycle[0][:2])
+        bag.error(at, "cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]]), "cells are acyclic; an edge must go from an earlier node to a later one")
+        return
+    except nx.NetworkXNoCycle:
+        pass
+    if c.output is None:
+        return
+    reach_in = set().union(*(nx.descendants(g, i) for i in c.input_names)) if c.inputs else set()
+    outs = [n for n in c.output.nodes if n in states]
+    reach_out = set(outs).union(*(nx.ancestors(g, o) for o in outs))
+    for n in c.nodes:
+        if n.name not in reach_in:
+            bag.error(n.span, f"node '{n.name}' is unreachable from the inputs of cell '{c.name}'", "give it an input edge")
+        elif n.name not in reach_out:
+            bag.error(n.span, f"node '{n.name}' does not reach the output of cell '{c.name}'", "use it in the output or as an input of a later node")
+    if c.output.kind == "node" and c.output.nodes and c.output.nodes[0] in inputs:
+        bag.error(c.output.span, "the cell output is one of its inputs")
+    _constraints(c, g, bag)
+
+
+def _constraints(c: ir.Cell, g: nx.DiGraph, bag: DiagnosticBag) -> None:
+    if c.keep is not None:
+        if c.keep < 1:
+            bag.error(c.keep_span, "keep must be at least 1")
+        for n in c.nodes:
+            preds = len(set(g.predecessors(n.name)))
+            if preds < c.keep:
+                bag.error(c.keep_span, f"no architecture can keep {c.keep} inputs for node '{n.name}': it has {preds} predecessor{'s' * (preds != 1)}",
+                          f"node '{n.name}' reads from {', '.join(sorted(g.predecessors(n.name))) or 'nothing'}")  # fmt: skip
+                break
+    t = c.topology
+    if t is not None:
+        if not any(e.is_choice for e in c.edges):
+            bag.error(t.span, "topology variables need searchable edges", "write the edges as choice(...)")
+        if t.kind == "inputs":
+            for n in c.nodes:
+                preds = len(set(g.predecessors(n.name)))
+                if preds < (t.k or 0):
+                    bag.error(t.span, f"node '{n.name}' has {preds} predecessors, fewer than the {t.k} inputs it must pick")
+                    break
+        if t.k is not None and t.k < 1:
+            bag.error(t.span, "a topology must pick at least one edge")
+        if any("none" in e.candidates for e in c.edges):
+            bag.warning(t.span, "stretchable cells remove 'none' from the op set (topology variables decide which edges exist)")
+
+
+def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, override_spans, skip_cells) -> None:
+    cells = {c.name: c for c in spec.cells}
+    for b in n.body:
+        if not isinstance(b, ir.Stack):
+            continue
+        for name, must_reduce in ((b.cell, False), (b.reduce, True)):
+            if name is None:
+                continue
+            c = cells.get(name)
+            if c is None:
+                bag.error(b.span, f"network '{n.name}' stacks unknown cell '{name}'", did_you_mean(name, cells))
+                continue
+            if name in skip_cells:
+                continue
+            if c.reduction != must_reduce:
+                what = "is a reduction cell (stride 2)" if c.reduction else "does not reduce (no 'stride 2 from inputs')"
+                bag.error(b.span, f"inconsistent strides: cell '{name}' {what} but is stacked as a {'reduction' if must_reduce else 'normal'} cell")
+            if len(c.inputs) not in (1, 2):
+                bag.error(c.span, f"cell '{name}' has {len(c.inputs)} inputs; stacked cells read one (NAS-Bench-201) or two (DARTS) previous outputs")
+            if len(c.inputs) == 1 and c.output is not None and (c.output.kind == "concat" and len(c.output.nodes) != 1):
+                bag.error(c.output.span, f"inconsistent channels: one-input cell '{name}' must keep its channels, but its output concatenates {len(c.output.nodes)} nodes",
+                          "write 'output NODE'")  # fmt: skip
+            if len(c.inputs) == 1 and c.reduction:
+                bag.error(b.span, f"one-input cell '{name}' cannot reduce; put a 'residual' block between stages")
+        if b.reduce is not None and not b.at:
+            bag.error(b.span, "a reduction cell needs positions, e.g. 'at 1/3, 2/3'")
+    if not n.head or not any(x.name == "linear" for x in n.head):
+        bag.error(n.span, f"network '{n.name}' has no classifier", "add e.g. 'head global_avg_pool, linear(classes)'")
+    elaborate(spec, n, overrides, override_spans, bag)
+
+
+def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
+    s = spec.search
+    assert s is not None
+    seen: set[str] = set()
+    for st in s.settings:
+        if st.name in seen:
+            bag.error(st.span, f"search setting '{st.name}' is given twice")
+        seen.add(st.name)
+        if st.name not in SEARCH_SETTINGS:
+            bag.error(st.span, f"unknown search setting '{st.name}'", did_you_mean(st.name, SEARCH_SETTINGS) or "known: " + ", ".join(SEARCH_SETTINGS))
+            continue
+        allowed = SEARCH_SETTINGS[st.name]
+        if allowed is None:
+            continue
+        v = st.value
+        value = v.name if isinstance(v, ir.Call | ir.Var) else None
+        if value not in allowed:
+            bag.error(st.span, f"'{st.name}' must be one of {', '.join(allowed)}", did_you_mean(str(value), allowed))
+    searchable = {op for c in spec.cells for e in c.edges if e.is_choice for op in e.candidates}
+    for lim in s.limits:
+        if lim.op not in ops.REGISTRY:
+            bag.error(lim.span, f"unknown op '{lim.op}'", ops.unknown_op_hint(lim.op))
+        elif lim.op not in searchable and searchable:
+            bag.warning(lim.span, f"'{lim.op}' is not a candidate of any searchable edge; the limit has no effect")
+        elif lim.max == 0:
+            # Unsatisfiable if some node can only choose the forbidden op.
+            for c in spec.cells:
+                for n in c.node_names:
+                    cands = {op for e in c.in_edges(n) for op in e.candidates if op != "none"}
+                    if cands == {lim.op}:
+                        bag.error(lim.span, f"no architecture meets this limit: node '{n}' of cell '{c.name}' can only choose '{lim.op}'")
+    for b in s.budgets:
+        if b.kind not in BUDGET_KINDS:
+            bag.error(b.span, f"unknown budget '{b.kind}'", did_you_mean(b.kind, BUDGET_KINDS) or "known: params, macs")
+        if b.value.value <= 0:
+            bag.error(b.value.span, "a budget must be positive")
