@@ -8,8 +8,8 @@ from typing import Any
 from nasir import ir
 from nasir.diagnostics import DiagnosticBag
 from nasir.frontend import read_source, resolve_spec
-from nasir.source import SourceFile
 from nasir.macro import parse_overrides
+from nasir.source import SourceFile
 from nasir.verify import verify
 
 

@@ -8,7 +8,7 @@ the span of the offending text; all problems of a file are collected before anyt
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_yo
 from nasir.source import SourceFile, Span
 
 
-@lru_cache(maxsize=None)
+@cache
 def parser(start: str = "start") -> Lark:
     text = resources.files("nasir.grammar").joinpath("cell.lark").read_text(encoding="utf-8")
     return Lark(text, parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True)
@@ -73,7 +73,7 @@ def syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diag
     # Inside a block the contextual lexer reads a declaration keyword as a name; say what happened.
     line_start = source.text.rfind("\n", 0, start) + 1
     m = _TOP_KEYWORDS.match(source.text[line_start:start].lstrip())
-    if m and start > line_start:
+    if m and start > line_start and _depth_at(source.text, line_start) > 0:
         at = line_start + (len(source.text[line_start:start]) - len(source.text[line_start:start].lstrip()))
         return Diagnostic(
             f"'{m.group(1)}' cannot appear inside a block", source.span(at, at + len(m.group(1))),
@@ -88,8 +88,18 @@ def syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diag
 _TOP_KEYWORDS = re.compile(r"\b(include|opset|cell|network|search)\b")
 
 
+def _depth_at(text: str, offset: int) -> int:
+    return _scan(text[:offset])[1]
+
+
 def _top_level_chunks(text: str) -> list[tuple[int, int]]:
-    """Offsets of top-level declarations, found by brace depth (comments and strings skipped)."""
+    starts, _ = _scan(text)
+    bounds = starts + [len(text)]
+    return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
+
+
+def _scan(text: str) -> tuple[list[int], int]:
+    """Offsets of top-level declarations and the final brace depth (comments and strings skipped)."""
     starts, depth, i = [], 0, 0
     while i < len(text):
         c = text[i]
@@ -112,8 +122,7 @@ def _top_level_chunks(text: str) -> list[tuple[int, int]]:
                 i = m.end()
                 continue
         i += 1
-    bounds = starts + [len(text)]
-    return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
+    return starts, depth
 
 
 def parse_tree(source: SourceFile) -> Tree:

@@ -15,6 +15,12 @@ from nasir import ir
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
 from nasir.source import SourceFile, Span
 
+# layer -> (what its one positional argument is, or None for no argument; whether it must be whole)
+LAYER_ARGS: dict[str, tuple[str | None, bool]] = {
+    "conv3x3": ("channels", True), "bn": (None, False), "relu": (None, False),
+    "global_avg_pool": (None, False), "avg_pool": ("pool size", True), "linear": ("classes", True),
+    "dropout": ("drop probability", False),
+}  # fmt: skip
 STEM_LAYERS = {"conv3x3", "bn", "relu"}
 HEAD_LAYERS = {"bn", "relu", "global_avg_pool", "avg_pool", "linear", "dropout"}
 AUX_STYLES = ("cifar", "imagenet")
@@ -142,7 +148,7 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
               override_spans: dict[str, Span] | None = None, bag: DiagnosticBag | None = None) -> Plan | None:  # fmt: skip
     """Bind parameters and expand the macro. Reports into `bag` (raises if none given)."""
     own = bag is None
-    bag = bag or DiagnosticBag()
+    bag = bag if bag is not None else DiagnosticBag()
     overrides = dict(overrides or {})
     env: dict[str, Any] = {}
     for p in network.params:
@@ -181,8 +187,21 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
             if x.name not in allowed:
                 bag.error(x.span, f"unknown {where} layer '{x.name}'", did_you_mean(x.name, allowed) or "known: " + ", ".join(sorted(allowed)))
                 continue
-            args = tuple(guard(evaluate, a.value, env) for a in (x.args or ()) if a.name is None)
-            kwargs = tuple((a.name, guard(evaluate, a.value, env)) for a in (x.args or ()) if a.name is not None)
+            what, whole = LAYER_ARGS[x.name]
+            pos = [a for a in (x.args or ()) if a.name is None]
+            if len(pos) != (what is not None):
+                bag.error(x.span, f"'{x.name}' takes {'one argument (' + what + ')' if what else 'no arguments'}")
+                continue
+            args = tuple(guard(evaluate_int, a.value, env, what) if whole else guard(evaluate, a.value, env) for a in pos)
+            kwargs = []
+            for a in x.args or ():
+                if a.name is None:
+                    continue
+                if a.name != "stride" or x.name != "conv3x3":
+                    bag.error(a.span, f"'{x.name}' has no argument '{a.name}'")
+                    continue
+                kwargs.append((a.name, guard(evaluate_int, a.value, env, "stride")))
+            kwargs = tuple(kwargs)
             out.append(LayerPlan(x.name, args, kwargs))
         return tuple(out)
 

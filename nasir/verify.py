@@ -84,7 +84,7 @@ def verify_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
             pairs[(e.src, e.dst)] = 0
     g = nx.DiGraph()
     g.add_nodes_from(c.states)
-    g.add_edges_from((e.src, e.dst) for e in c.edges if e.src in states and e.dst in states)
+    g.add_edges_from((e.src, e.dst) for e in c.edges if e.src in states and e.dst in states and e.dst not in inputs)
     try:
         cycle = nx.find_cycle(g)
         at = next(e.span for e in c.edges if (e.src, e.dst) == cycle[0][:2])
@@ -195,6 +195,7 @@ def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
                     cands = {op for e in c.in_edges(n) for op in e.candidates if op != "none"}
                     if cands == {lim.op}:
                         bag.error(lim.span, f"no architecture meets this limit: node '{n}' of cell '{c.name}' can only choose '{lim.op}'")
+                        break
     for b in s.budgets:
         if b.kind not in BUDGET_KINDS:
             bag.error(b.span, f"unknown budget '{b.kind}'", did_you_mean(b.kind, BUDGET_KINDS) or "known: params, macs")

@@ -1,0 +1,351 @@
+"""PyTorch building blocks of the DARTS family, the op builders the registry calls, and counters.
+
+Every structure follows shared/design/ops.md ("Building blocks", "The DARTS op set", "Macro networks",
+"NAS-Bench-201"). Module and attribute names (`op`, `conv_1`, `features`, `classifier`, ...) and the
+order inside every `nn.Sequential` follow the reference implementations (quark0/darts `operations.py`
+and `model.py`; NAS-Bench-201's `ResNetBasicblock`), so state dicts line up and parameter counts match
+the papers.
+
+The op builders (`zero`, `skip_connect`, `pool`, `sep_conv`, `dil_conv`, `conv_7x1_1x7`,
+`relu_conv_bn`) are called by `nasir.ops.OpDef.build` as `builder(C, stride, affine, **params)`.
+
+Nothing here branches on tensor values, so every block can be traced and exported to ONNX.
+`count_macs` and `count_params` implement the counting rules of ops.md.
+"""
+
+# Channel arguments are named C, C_in, C_out as in ops.md and the DARTS reference.
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AuxiliaryHeadCIFAR",
+    "AuxiliaryHeadImageNet",
+    "DilConv",
+    "FactorizedReduce",
+    "Identity",
+    "ReLUConvBN",
+    "ResidualBlock",
+    "SepConv",
+    "Zero",
+    "conv_7x1_1x7",
+    "count_macs",
+    "count_params",
+    "dil_conv",
+    "drop_path",
+    "pool",
+    "relu_conv_bn",
+    "sep_conv",
+    "skip_connect",
+    "zero",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks (ops.md, "Building blocks")
+# --------------------------------------------------------------------------------------------------
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> conv k x k (stride, padding, no bias) -> BN(C_out) (ops.md, "Building blocks")."""
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU -> depthwise dilated conv k x k (groups=C_in) -> pointwise 1x1 C_in->C_out -> BN(C_out) (ops.md)."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(
+                C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=C_in, bias=False
+            ),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    """Two DilConv-like halves with dilation 1: (C_in->C_in, stride) then (C_in->C_out, stride 1) (ops.md).
+
+    Each half is ReLU -> depthwise k x k -> pointwise 1x1 -> BN; all eight layers sit in one `op`
+    Sequential, as in the DARTS reference.
+    """
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class FactorizedReduce(nn.Module):
+    """ReLU, two 1x1 stride-2 convs C_in -> C_out/2 on x and on x[:, :, 1:, 1:], concat, BN(C_out) (ops.md).
+
+    As in the reference, the spatial size of the input must be even (the two halves differ otherwise).
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
+        super().__init__()
+        if C_out % 2 != 0:
+            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        return self.bn(out)
+
+
+class Zero(nn.Module):
+    """The `none` op: multiplies by 0, subsampled by the stride (ops.md, "Building blocks")."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class Identity(nn.Identity):
+    """The identity op (skip_connect at stride 1; ops.md). A subclass of `nn.Identity`."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Op builders called by the registry (ops.md, "The DARTS op set" and "NAS-Bench-201")
+# --------------------------------------------------------------------------------------------------
+
+
+def zero(C: int, stride: int, affine: bool) -> nn.Module:
+    """`none`: Zero(stride)."""
+    return Zero(stride)
+
+
+def skip_connect(C: int, stride: int, affine: bool) -> nn.Module:
+    """`skip_connect`: Identity at stride 1, else FactorizedReduce(C, C)."""
+    return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+
+
+def pool(C: int, stride: int, affine: bool, kind: str = "max", kernel: int = 3) -> nn.Module:
+    """`max_pool_3x3` / `avg_pool_3x3`: pooling k x k, stride, padding k // 2; avg excludes the padding."""
+    if kind == "max":
+        return nn.MaxPool2d(kernel, stride=stride, padding=kernel // 2)
+    if kind == "avg":
+        return nn.AvgPool2d(kernel, stride=stride, padding=kernel // 2, count_include_pad=False)
+    raise ValueError(f"unknown pooling kind {kind!r} (expected 'max' or 'avg')")
+
+
+def sep_conv(C: int, stride: int, affine: bool, kernel: int = 3) -> nn.Module:
+    """`sep_conv_kxk`: SepConv(C, C, k, stride, k // 2)."""
+    return SepConv(C, C, kernel, stride, kernel // 2, affine=affine)
+
+
+def dil_conv(C: int, stride: int, affine: bool, kernel: int = 3, dilation: int = 2) -> nn.Module:
+    """`dil_conv_kxk`: DilConv(C, C, k, stride, dilation * (k - 1) // 2, dilation) (padding 2 / 4 for 3 / 5)."""
+    return DilConv(C, C, kernel, stride, dilation * (kernel - 1) // 2, dilation, affine=affine)
+
+
+def conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
+    """`conv_7x1_1x7`: ReLU -> conv 1x7 (stride (1, s)) -> conv 7x1 (stride (s, 1)) -> BN(C)."""
+    return nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+        nn.BatchNorm2d(C, affine=affine),
+    )
+
+
+def relu_conv_bn(C: int, stride: int, affine: bool, kernel: int = 3) -> nn.Module:
+    """NAS-Bench-201 `nor_conv_kxk`: ReLUConvBN(C, C, k, stride, k // 2)."""
+    return ReLUConvBN(C, C, kernel, stride, kernel // 2, affine=affine)
+
+
+# --------------------------------------------------------------------------------------------------
+# Macro-network parts (ops.md, "Macro networks" and "NAS-Bench-201")
+# --------------------------------------------------------------------------------------------------
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """CIFAR auxiliary head on an 8x8 input (ops.md, "Macro networks").
+
+    ReLU -> AvgPool 5x5 s3 (no pad) -> conv 1x1 C->128 -> BN -> ReLU -> conv 2x2 128->768 -> BN -> ReLU
+    -> Linear(768, classes). The reference uses in-place ReLUs; these are out-of-place (same values).
+    """
+
+    def __init__(self, C: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=False),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """ImageNet auxiliary head: as CIFAR but AvgPool 5x5 s2 and no BN after the 2x2 conv (ops.md).
+
+    It sits after the second reduction, on a 7x7 input (224 px): the pool gives 2x2, the 2x2 conv 1x1.
+
+    The missing BN is deliberate: the reference commented it out to match the paper's experiments,
+    so the Sequential indices are 0..6 as there.
+    """
+
+    def __init__(self, C: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=False),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class ResidualBlock(nn.Module):
+    """NAS-Bench-201 residual reduction block (ops.md, "NAS-Bench-201").
+
+    conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1) -> conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1), plus the
+    shortcut `downsample` = AvgPool 2x2 s2 -> conv 1x1 C_in->C_out (no bias, no BN); the two are added.
+    Names follow NAS-Bench-201's ResNetBasicblock.
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1, affine=affine)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1, affine=affine)
+        self.downsample = nn.Sequential(
+            nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
+            nn.Conv2d(C_in, C_out, kernel_size=1, stride=1, padding=0, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Zero whole samples with probability p and rescale the rest by 1 / (1 - p) (ops.md, "A DARTS cell").
+
+    Identity in eval mode or at p == 0; all zeros at p == 1. Unlike DARTS' utils.drop_path this does not
+    modify `x` in place. The mask lives on x's device and dtype.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop-path probability must lie in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x.mul(0.0)
+    keep = 1.0 - p
+    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x.div(keep).mul(mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting (ops.md, "Counting rules")
+# --------------------------------------------------------------------------------------------------
+
+
+def count_params(module: nn.Module) -> int:
+    """All parameters of `module` (shared parameters once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """MACs of one forward pass on one image, per ops.md's counting rules.
+
+    Runs `module` in eval mode on zeros of shape (1, *input_shape) with forward hooks on nn.Conv2d and
+    nn.Linear only: conv = Cout * Hout * Wout * (Cin / groups) * kh * kw, linear = in * out (times the
+    number of rows when a Linear sees more than one). Bias, BN, activations, pooling and sums are not
+    counted; a layer called twice counts twice. The modules' training flags are restored afterwards.
+    """
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += output.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += (output.numel() // m.out_features) * m.in_features * m.out_features
+
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+
+    modes = {m: m.training for m in module.modules()}
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return int(total)

@@ -1,0 +1,203 @@
+"""The in-process PyTorch target: a `Plan` (elaborated macro) plus IR cells -> an nn.Module.
+
+One builder serves both the derived (evaluation) network and the search supernet: every edge's
+module comes from `make_op(edge, C, stride)`, so the search runtime swaps in mixed ops without a
+second network class. Module and parameter names follow the DARTS reference implementation
+(`stem`, `cells.i.preprocess0`, `cells.i._ops.k`, `classifier`, `auxiliary_head`), so that a
+reference checkpoint's state_dict maps onto a nasir network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from nasir.targets import blocks
+from torch import nn
+
+from nasir import ir, ops
+from nasir.diagnostics import error_at
+from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
+
+MakeOp = Callable[[ir.Edge, int, int], nn.Module]
+
+
+def fixed_op_factory(affine: bool = True) -> MakeOp:
+    def make(edge: ir.Edge, C: int, stride: int) -> nn.Module:
+        if edge.op is None:
+            raise error_at(edge.span, f"edge {edge.src} -> {edge.dst} is searchable; derive an architecture first",
+                           "or build the supernet with nasir.search")  # fmt: skip
+        return ops.REGISTRY[edge.op].build(C, stride, affine)
+
+    return make
+
+
+class CellModule(nn.Module):
+    """One stacked copy of an IR cell: preprocessing, one module per edge, node sums, output."""
+
+    def __init__(self, cell: ir.Cell, C_pp: int, C_p: int, C: int, reduction_prev: bool, make_op: MakeOp, affine: bool):
+        super().__init__()
+        self.reduction = cell.reduction
+        self.two_inputs = len(cell.inputs) == 2
+        if self.two_inputs:
+            self.preprocess0 = (blocks.FactorizedReduce(C_pp, C, affine) if reduction_prev
+                                else blocks.ReLUConvBN(C_pp, C, 1, 1, 0, affine))  # fmt: skip
+            self.preprocess1 = blocks.ReLUConvBN(C_p, C, 1, 1, 0, affine)
+        index = {s: i for i, s in enumerate(cell.states)}
+        self._ops = nn.ModuleList(make_op(e, C, cell.stride(e)) for e in cell.edges)
+        # The schedule: for each intermediate node, the (edge index, source state index) it sums.
+        self._schedule = [
+            [(k, index[e.src]) for k, e in enumerate(cell.edges) if e.dst == n] for n in cell.node_names
+        ]
+        self._identity = [isinstance(op, nn.Identity) for op in self._ops]
+        assert cell.output is not None
+        self._concat = [index[n] for n in cell.output.nodes]
+        self.multiplier = len(self._concat) if cell.output.kind == "concat" else 1
+        self.drop_prob = 0.0
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+        if self.two_inputs:
+            states = [self.preprocess0(s0), self.preprocess1(s1)]
+        else:
+            states = [s0]
+        for schedule in self._schedule:
+            total = None
+            for k, src in schedule:
+                op = self._ops[k]
+                h = op(states[src]) if weights is None else op(states[src], weights[k])
+                if self.training and self.drop_prob > 0.0 and not self._identity[k]:
+                    h = blocks.drop_path(h, self.drop_prob, True)
+                total = h if total is None else total + h
+            if total is None:  # a node without inputs contributes nothing (it cannot pass the verifier)
+                total = torch.zeros_like(states[-1])
+            states.append(total)
+        if len(self._concat) == 1:
+            return states[self._concat[0]]
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+def _stem(layers: tuple[LayerPlan, ...], c_in: int) -> tuple[nn.Sequential, int]:
+    mods: list[nn.Module] = []
+    c = c_in
+    for x in layers:
+        if x.name == "conv3x3":
+            out = int(x.args[0])
+            mods.append(nn.Conv2d(c, out, 3, stride=int(x.kw("stride", 1)), padding=1, bias=False))
+            c = out
+        elif x.name == "bn":
+            mods.append(nn.BatchNorm2d(c))
+        elif x.name == "relu":
+            mods.append(nn.ReLU(inplace=False))
+    return nn.Sequential(*mods), c
+
+
+class Network(nn.Module):
+    """A stacked network from a `Plan`. forward(x) -> logits, or (logits, aux_logits) in training with an auxiliary head."""
+
+    def __init__(self, spec: ir.Spec, plan: Plan, make_op: MakeOp | None = None, affine: bool = True):
+        super().__init__()
+        make_op = make_op or fixed_op_factory(affine)
+        self.plan = plan
+        c_in = plan.input[0]
+        if len(plan.stems) == 2:
+            self.stem0, c = _stem(plan.stems[0], c_in)
+            self.stem1, c = _stem(plan.stems[1], c)
+        else:
+            self.stem, c = _stem(plan.stems[0] if plan.stems else (), c_in)
+        C_pp, C_p = c, c
+        self.cells = nn.ModuleList()
+        self.cell_kinds: list[str] = []
+        self.auxiliary_head: nn.Module | None = None
+        for i, b in enumerate(plan.body):
+            if isinstance(b, ResidualPlan):
+                self.cells.append(blocks.ResidualBlock(C_p, b.C_out))
+                self.cell_kinds.append("")
+                C_pp, C_p = C_p, b.C_out
+            else:
+                assert isinstance(b, CellPlan)
+                cell = spec.cell(b.cell)
+                if cell is None:
+                    raise error_at(None, f"unknown cell '{b.cell}'")
+                if len(cell.inputs) == 1 and C_p != b.C:
+                    raise error_at(cell.span, f"inconsistent channels: cell '{cell.name}' expects {b.C} channels, gets {C_p}")
+                m = CellModule(cell, C_pp, C_p, b.C, b.reduction_prev, make_op, affine)
+                self.cells.append(m)
+                self.cell_kinds.append(cell.name)
+                C_pp, C_p = C_p, m.multiplier * b.C
+            if i == plan.aux_after and plan.aux_style is not None:
+                head_cls = blocks.AuxiliaryHeadCIFAR if plan.aux_style == "cifar" else blocks.AuxiliaryHeadImageNet
+                self.auxiliary_head = head_cls(C_p, plan.classes)
+        pre: list[nn.Module] = []
+        post: list[nn.Module] = []
+        self.classifier: nn.Module = nn.Identity()
+        pooled = False
+        for x in plan.head:
+            if x.name == "bn":
+                pre.append(nn.BatchNorm2d(C_p))
+            elif x.name == "relu":
+                (post if pooled else pre).append(nn.ReLU(inplace=False))
+            elif x.name == "global_avg_pool":
+                pre.append(nn.AdaptiveAvgPool2d(1))
+                pooled = True
+            elif x.name == "avg_pool":
+                pre.append(nn.AvgPool2d(int(x.args[0])))
+                pooled = True
+            elif x.name == "dropout":
+                post.append(nn.Dropout(float(x.args[0]) if x.args else 0.0))
+            elif x.name == "linear":
+                self.classifier = nn.Linear(C_p, int(x.args[0]))
+        self.head_pre = nn.Sequential(*pre)
+        self.head_post = nn.Sequential(*post)
+        self.out_channels = C_p
+
+    @property
+    def drop_path_prob(self) -> float:
+        cells = [m for m in self.cells if isinstance(m, CellModule)]
+        return cells[0].drop_prob if cells else 0.0
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p: float) -> None:
+        for m in self.cells:
+            if isinstance(m, CellModule):
+                m.drop_prob = p
+
+    def stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self, "stem0"):
+            s0 = self.stem0(x)
+            return s0, self.stem1(s0)
+        s = self.stem(x)
+        return s, s
+
+    def features(self, x: torch.Tensor, weights: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """Run stems and cells; returns the last state, the auxiliary input (or None) and every cell output."""
+        s0, s1 = self.stem_forward(x)
+        aux_in = None
+        outs: list[torch.Tensor] = []
+        for i, (kind, m) in enumerate(zip(self.cell_kinds, self.cells)):
+            if isinstance(m, CellModule):
+                w = weights.get(kind) if weights is not None else None
+                s0, s1 = (s1, m(s0, s1, w)) if m.two_inputs else (s1, m(s1, None, w))
+            else:
+                s0, s1 = s1, m(s1)
+            outs.append(s1)
+            if i == self.plan.aux_after:
+                aux_in = s1
+        return s1, aux_in, outs
+
+    def forward(self, x: torch.Tensor, weights: dict | None = None):
+        s, aux_in, _ = self.features(x, weights)
+        logits = self.classifier(self.head_post(torch.flatten(self.head_pre(s), 1)))
+        if self.training and self.auxiliary_head is not None and aux_in is not None:
+            return logits, self.auxiliary_head(aux_in)
+        return logits
+
+
+def build(spec: ir.Spec, plan: Plan | None = None, *, network: str | None = None, overrides=None,
+          seed: int | None = None) -> Network:  # fmt: skip
+    """`nasir.build(spec)`: the derived network as an nn.Module (seeded initialisation if `seed`)."""
+    from nasir.macro import plan as make_plan
+
+    plan = plan or make_plan(spec, network, overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return Network(spec, plan)

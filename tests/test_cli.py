@@ -1,0 +1,84 @@
+"""The command line: exit codes, diagnostics on stderr, never a traceback, atomic in-place formatting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from helpers import EXAMPLES
+
+from nasir.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_accepts_every_example(capsys):
+    code, _, err = run(capsys, "check", *map(str, sorted(EXAMPLES.glob("*.cell"))))
+    assert code == 0 and "7 files checked" in err
+
+
+def test_check_reports_errors_of_all_files_with_caret(capsys, tmp_path):
+    a = tmp_path / "a.cell"
+    a.write_text("cell c {\n  inputs x\n  n0 = sep_conv_3x3(y)\n  output n0\n}\n")
+    b = tmp_path / "b.cell"
+    b.write_text("opset s = {skip_conect}\n")
+    code, _, err = run(capsys, "check", str(a), str(b))
+    assert code == 2
+    assert f"{a}:3:21: error: unknown node 'y' in cell 'c'" in err
+    assert f"{b}:1:12: error: unknown op 'skip_conect'" in err
+    assert "   3 |   n0 = sep_conv_3x3(y)\n     |                     ^" in err
+    assert "hint: did you mean 'skip_connect'?" in err
+    assert "Traceback" not in err
+
+
+def test_missing_file_is_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "check", str(tmp_path / "nope.cell"))
+    assert code == 2 and "cannot read" in err
+
+
+def test_bad_flag_points_into_the_command_line(capsys):
+    code, _, err = run(capsys, "check", "--frobnicate", "x.cell")
+    assert code == 2
+    assert err.startswith("<command line>:1:13: error: unrecognized arguments: --frobnicate")
+
+
+def test_bad_set_value_is_a_diagnostic(capsys):
+    code, _, err = run(capsys, "check", str(EXAMPLES / "darts_v2.cell"), "--set", "C=abc")
+    assert code == 2 and "<command line>:1:9: error: 'abc' is not a number or true/false" in err
+
+
+def test_fmt_prints_canonical_text_and_in_place_rewrites(capsys, tmp_path):
+    src = tmp_path / "x.cell"
+    src.write_text("cell c { inputs a  nodes n0,n1,n2 edges * -> * : choice({skip_connect,sep_conv_3x3}) output concat(n0..n2) }")
+    code, out, _ = run(capsys, "fmt", str(src))
+    assert code == 0
+    assert out == ("cell c {\n  inputs a\n  nodes n0..n2\n  edges * -> * : choice({skip_connect, sep_conv_3x3})\n"
+                   "  output concat(n0..n2)\n}\n")  # fmt: skip
+    assert run(capsys, "fmt", "-i", str(src))[0] == 0
+    assert src.read_text() == out
+    assert [p.name for p in tmp_path.iterdir()] == ["x.cell"]  # no temporary file left behind
+
+
+def test_fmt_of_a_broken_file_leaves_it_untouched(capsys, tmp_path):
+    src = tmp_path / "x.cell"
+    src.write_text("cell c { inputs a\n")
+    assert run(capsys, "fmt", "-i", str(src))[0] == 2
+    assert src.read_text() == "cell c { inputs a\n"
+
+
+def test_module_entry_point_runs_without_traceback(tmp_path):
+    bad = tmp_path / "bad.cell"
+    bad.write_text("network n(C) {\n  stack 1 cells(C): missing\n}\n")
+    r = subprocess.run([sys.executable, "-m", "nasir", "check", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and f"{bad}:1:11: error: parameter 'C' has no value" in r.stderr
+
+
+def test_check_does_not_import_torch():
+    code = "import sys; from nasir.cli import main; main(['check', {!r}]); print('torch' in sys.modules)".format(str(EXAMPLES / "darts.cell"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr

@@ -1,0 +1,132 @@
+"""The front end: what the DSL says becomes the expected explicit IR; bad text gets pointed errors."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import EXAMPLES, errors_of, spec_of
+
+from nasir import ir
+from nasir.api import load
+from nasir.printer import print_spec
+
+DARTS_SPACE = """
+opset darts = {none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5}
+cell normal {
+  inputs c_k2, c_k1
+  nodes n0..n3
+  edges * -> n* : choice(darts)
+  output concat(n0..n3)
+  keep 2 inputs per node
+}
+cell reduce like normal { stride 2 from inputs }
+"""
+
+
+def test_darts_pattern_expands_to_14_edges_in_reference_order():
+    spec = spec_of(DARTS_SPACE)
+    c = spec.cell("normal")
+    # Hand enumeration: node k reads the 2 inputs and the k earlier nodes: 2 + 3 + 4 + 5 = 14.
+    expected = [(s, f"n{k}") for k in range(4) for s in ["c_k2", "c_k1"] + [f"n{j}" for j in range(k)]]
+    assert [(e.src, e.dst) for e in c.edges] == expected
+    assert all(e.choice.ops == ir_ops_darts() for e in c.edges)
+
+
+def ir_ops_darts():
+    from nasir.ops import DARTS_OPS
+
+    return DARTS_OPS
+
+
+def test_like_copies_the_cell_and_adds_the_stride():
+    spec = spec_of(DARTS_SPACE)
+    normal, reduce = spec.cell("normal"), spec.cell("reduce")
+    assert reduce.edges == normal.edges and reduce.nodes == normal.nodes
+    assert reduce.reduction and not normal.reduction
+    # edges: c_k2->n0, c_k1->n0, c_k2->n1, c_k1->n1, n0->n1: only those leaving inputs reduce
+    assert [reduce.stride(e) for e in reduce.edges[:5]] == [2, 2, 2, 2, 1]
+
+
+def test_set_difference_removes_ops_and_keeps_order():
+    spec = spec_of(DARTS_SPACE.replace("choice(darts)", "choice(darts - {none, skip_connect})"))
+    assert spec.cell("normal").edges[0].choice.ops == (
+        "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")  # fmt: skip
+
+
+def test_equations_give_fixed_edges_in_order():
+    spec = load(EXAMPLES / "darts_v2.cell")
+    n = spec.cell("normal")
+    assert [(e.op, e.src, e.dst) for e in n.edges][:3] == [
+        ("sep_conv_3x3", "c_k2", "n0"), ("sep_conv_3x3", "c_k1", "n0"), ("sep_conv_3x3", "c_k2", "n1")]  # fmt: skip
+    assert not spec.is_search_space
+    assert n.output == ir.Output("concat", ("n0", "n1", "n2", "n3"))
+
+
+def test_topology_declarations_parse_to_their_kind():
+    for text, kind, k in (("outputs any", "any", None), ("outputs 2", "outputs", 2), ("inputs 2", "inputs", 2)):
+        spec = spec_of(DARTS_SPACE.replace("keep 2 inputs per node", f"topology {text}").replace("choice(darts)", "choice(darts - none)"))
+        assert spec.cell("normal").topology == ir.Topology(kind, k)
+
+
+def test_include_merges_declarations_and_printing_keeps_the_include(tmp_path):
+    (tmp_path / "ops.cell").write_text("opset small = {skip_connect, sep_conv_3x3}\n")
+    main = tmp_path / "main.cell"
+    main.write_text('include "ops.cell"\ncell c { inputs a, b\n nodes n0\n edges * -> n0 : choice(small)\n output n0 }\n')
+    spec = load(main)
+    assert spec.opset("small").ops == ("skip_connect", "sep_conv_3x3")
+    text = print_spec(spec)
+    assert text.startswith('include "ops.cell"') and "opset small" not in text
+
+
+def test_search_block_settings_limits_and_budget():
+    spec = spec_of(DARTS_SPACE + """
+search {
+  method darts(order = 2)
+  select strength
+  limit skip_connect <= 2 per cell
+  budget params <= 3.5M
+}
+""")
+    s = spec.search
+    assert s.setting("method").value.kwargs()["order"] == ir.Num(2)
+    assert s.limits == (ir.Limit("skip_connect", 2),)
+    assert s.budgets[0].value.value == 3_500_000
+
+
+def test_set_overrides_network_parameters():
+    from nasir.macro import plan
+
+    spec = load(EXAMPLES / "darts_v2.cell", overrides=["C=16", "layers=8"])
+    p = plan(spec, overrides={"C": 16, "layers": 8})
+    # DARTS rule: reductions at layers // 3 and 2 * layers // 3 -> cells 2 and 5 of 8; C doubles at each.
+    assert [(c.cell, c.C) for c in p.cells] == [("normal", 16)] * 2 + [("reduce", 32)] + [("normal", 32)] * 2 + [("reduce", 64)] + [("normal", 64)] * 2
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.cell")), ids=lambda p: p.name)
+def test_example_parses_verifies_and_round_trips(path):
+    spec = load(path)
+    again = load(print_spec(spec), name=str(path))  # same name: include paths resolve alike
+    assert again == spec
+
+
+# ---- syntax errors: exact positions ------------------------------------------------------------
+def test_syntax_error_points_at_the_unexpected_token():
+    assert errors_of("cell c {\n  inputs a\n  nodes n0, , n1\n}\n") == [(3, 13, "unexpected ','; expected a name")]
+
+
+def test_missing_brace_is_reported_at_the_next_declaration():
+    errs = errors_of("cell c {\n  inputs a\n  output a\n\nopset s = {none}\n")
+    assert errs == [(5, 1, "'opset' cannot appear inside a block")]
+
+
+def test_every_broken_declaration_is_reported_in_one_run():
+    errs = errors_of("opset a = {none,, skip_connect}\ncell c { inputs x nodes }\nopset b = {none}\nnetwork n( { }\n")
+    assert [(line, col) for line, col, _ in errs] == [(1, 17), (2, 25), (4, 12)]
+
+
+def test_bad_character_is_a_diagnostic_not_a_traceback():
+    assert errors_of("cell c { inputs a; }")[0][:2] == (1, 18)
+
+
+def test_unexpected_end_of_file():
+    line, col, msg = errors_of("cell c {\n  inputs a\n")[0]
+    assert line == 2 and msg.startswith("unexpected end of file")
