@@ -105,6 +105,10 @@ class Edge:
     dst: str
     op: str | None = None
     choice: Choice | None = None
+    # Set by passes/mixed_ops.py: the row of the cell kind's architecture variables (alpha) this
+    # edge reads; by passes/zero_ops.py: the candidates actually computed (`none` left out).
+    alpha: int | None = None
+    computed: tuple[str, ...] | None = None
     span: Span | None = span_field()
 
     @property
@@ -143,6 +147,9 @@ class Cell:
     keep: int | None = None  # `keep k inputs per node`
     keep_span: Span | None = span_field()
     topology: Topology | None = None
+    # Set by passes/mixed_ops.py: one row of candidate op names per mixed edge, shared by every
+    # stacked copy of this cell kind (DARTS shares alpha_normal / alpha_reduce the same way).
+    alpha_rows: tuple[tuple[str, ...], ...] | None = None
     span: Span | None = span_field()
 
     @property
@@ -310,6 +317,8 @@ class Spec:
     networks: tuple[Network, ...] = ()
     search: SearchConfig | None = None
     warnings: tuple = attrs.field(default=(), eq=False, repr=False)
+    # What the passes run so far have established (e.g. "mixed_ops", "zero_ops"); see nasir/pipeline.py.
+    properties: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
 
     def cell(self, name: str) -> Cell | None:
         return next((c for c in self.cells if c.name == name), None)

@@ -91,6 +91,12 @@ def cell(c: ir.Cell) -> str:
             for e in c.edges:
                 op = f"choice({e.choice.expr})" if e.choice is not None else e.op
                 lines.append(f"  edges {e.src} -> {e.dst} : {op}")
+    if c.alpha_rows is not None:  # an annotation for --dump-after; comments do not re-parse
+        widths = {len(r) for r in c.alpha_rows}
+        lines.append(f"  # alpha: {len(c.alpha_rows)} rows x {'/'.join(map(str, sorted(widths)))} ops, shared by every '{c.name}' cell")
+        dropped = sorted({op for e in c.edges if e.computed is not None for op in e.candidates if op not in e.computed})
+        if dropped:
+            lines.append(f"  # not computed (alpha kept in the softmax): {', '.join(dropped)}")
     if c.topology is not None:
         t = c.topology
         lines.append(f"  topology {t.kind} {t.k}" if t.kind != "any" else "  topology outputs any")

@@ -1,0 +1,138 @@
+"""derive: a searched space plus scores per candidate op -> a derived cell pair, under the spec's constraints.
+
+Selection (DARTS, darts-slides "Deriving architectures"; methods.md): per mixed edge the candidate
+with the largest score, `none` excluded; per node the `keep k` edges whose chosen op scores highest
+(all edges when the cell has no `keep`). The score is whatever the selection rule supplies:
+softmax(alpha) for magnitude, operation strength for OStr-DARTS (Eq. 8-11), OStr* (Eq. 18).
+Kept edges are listed in descending score per node, as DARTS' genotype parser lists them, so the
+exported genotype string equals the reference's.
+Constraints: `limit OP <= n per cell` keeps the n best-scoring uses of OP and moves the others to
+their next best candidate (P-DARTS' rule for skip connections); `budget params|macs <= X` moves the
+lowest-scoring parametric ops to their best parameter-free candidate until the network fits.
+Then dead-node elimination (passes/dead_nodes.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+
+from nasir import ir, ops
+from nasir.diagnostics import error_at
+from nasir.passes.dead_nodes import eliminate
+from nasir.pipeline import Pass, PassResult
+
+Scores = Mapping[str, Sequence[Sequence[float]]]  # cell kind -> alpha row -> score per candidate
+CostFn = Callable[[ir.Spec], Mapping[str, float]]  # derived spec -> {"params": ..., "macs": ...}
+
+
+@attrs.frozen
+class Pick:
+    """The chosen op of one mixed edge and the ranking of its candidates (best first, `none` out)."""
+
+    edge: ir.Edge
+    ranking: tuple[tuple[str, float], ...]
+    op: str
+    score: float
+
+
+def _ranking(e: ir.Edge, row: Sequence[float]) -> tuple[tuple[str, float], ...]:
+    pairs = [(op, float(s)) for op, s in zip(e.candidates, row) if not ops.REGISTRY[op].is_zero]
+    # Stable on ties: the earlier candidate wins, as argmax does.
+    return tuple(sorted(pairs, key=lambda p: -p[1]))
+
+
+def select(c: ir.Cell, scores: Sequence[Sequence[float]], keep_edges: set[tuple[str, str]] | None = None) -> list[Pick | ir.Edge]:
+    """Per node: fixed edges, then the kept mixed edges in descending score."""
+    out: list[Pick | ir.Edge] = []
+    for n in c.node_names:
+        picks = []
+        for e in c.in_edges(n):
+            if e.alpha is None:
+                out.append(e)
+                continue
+            rank = _ranking(e, scores[e.alpha])
+            if not rank:
+                raise error_at(e.span, f"edge {e.src} -> {e.dst} has no candidate but 'none'")
+            picks.append(Pick(e, rank, rank[0][0], rank[0][1]))
+        order = sorted(range(len(picks)), key=lambda i: -picks[i].score)
+        if keep_edges is not None:
+            kept = [picks[i] for i in order if (picks[i].edge.src, picks[i].edge.dst) in keep_edges]
+        elif c.keep is not None:
+            kept = [picks[i] for i in order[: c.keep]]
+        else:
+            kept = picks  # no `keep`: every edge stays (NAS-Bench-201), in IR order
+        out.extend(kept)
+    return out
+
+
+def apply_limits(picks: list[Pick], limits: Sequence[ir.Limit]) -> list[Pick]:
+    picks = list(picks)
+    saturated: set[str] = set()
+    for lim in limits:
+        users = sorted((i for i, p in enumerate(picks) if p.op == lim.op), key=lambda i: -picks[i].score)
+        saturated.add(lim.op)
+        for i in users[lim.max :]:
+            p = picks[i]
+            alt = next(((op, s) for op, s in p.ranking if op not in saturated), None)
+            if alt is None:
+                raise error_at(lim.span, f"limit cannot be met: edge {p.edge.src} -> {p.edge.dst} has no other candidate")
+            picks[i] = attrs.evolve(p, op=alt[0], score=alt[1])
+    return picks
+
+
+def _fixed(c: ir.Cell, chosen: list[Pick | ir.Edge]) -> ir.Cell:
+    edges = tuple(
+        x if isinstance(x, ir.Edge) else ir.Edge(x.edge.src, x.edge.dst, op=x.op, span=x.edge.span) for x in chosen
+    )
+    return attrs.evolve(c, edges=edges, alpha_rows=None, keep=None, keep_span=None, topology=None)
+
+
+class Derive(Pass):
+    name = "derive"
+    requires = frozenset({"mixed_ops"})
+
+    def __init__(self, scores: Scores, *, keep_edges: Mapping[str, set[tuple[str, str]]] | None = None,
+                 cost: CostFn | None = None):  # fmt: skip
+        self.scores = scores
+        self.keep_edges = keep_edges or {}
+        self.cost = cost
+
+    def run(self, spec: ir.Spec) -> PassResult:
+        limits = spec.search.limits if spec.search else ()
+        budgets = spec.search.budgets if spec.search else ()
+        chosen: dict[str, list[Pick | ir.Edge]] = {}
+        for c in spec.cells:
+            if c.alpha_rows is None:
+                continue
+            if c.name not in self.scores:
+                raise error_at(c.span, f"no scores for cell '{c.name}'")
+            sel = select(c, self.scores[c.name], self.keep_edges.get(c.name))
+            picks = apply_limits([x for x in sel if isinstance(x, Pick)], limits)
+            it = iter(picks)
+            chosen[c.name] = [x if isinstance(x, ir.Edge) else next(it) for x in sel]
+
+        def build() -> ir.Spec:
+            cells = tuple(eliminate(_fixed(c, chosen[c.name])) if c.name in chosen else c for c in spec.cells)
+            return attrs.evolve(spec, cells=cells, search=None, properties=frozenset())
+
+        derived = build()
+        for b in budgets:
+            if self.cost is None:
+                continue
+            while (value := self.cost(derived)[b.kind]) > b.value.value:
+                # The cheapest move in score: the lowest-scoring parametric op goes parameter-free.
+                cands = [
+                    (p.score, name, i) for name, sel in chosen.items() for i, p in enumerate(sel)
+                    if isinstance(p, Pick) and not ops.REGISTRY[p.op].parameter_free
+                    and any(ops.REGISTRY[o].parameter_free for o, _ in p.ranking)
+                ]  # fmt: skip
+                if not cands:
+                    raise error_at(b.span, f"budget cannot be met: the network needs {value:,.0f} {b.kind} with every op it can spare made parameter-free")
+                _, name, i = min(cands)
+                p = chosen[name][i]
+                op, s = next((o, s) for o, s in p.ranking if ops.REGISTRY[o].parameter_free)
+                chosen[name][i] = attrs.evolve(p, op=op, score=s)
+                derived = build()
+        return PassResult(derived, True)

@@ -1,0 +1,34 @@
+"""zero_ops: the `none` op leaves the computation but keeps its architecture variable.
+
+A zero op contributes 0 * softmax(alpha)_none to the sum, so skipping it changes neither the forward
+value nor any gradient; its alpha still takes part in the softmax (so the other weights, the loss
+and selection are unchanged). What it saves is the memory and time of materialising zero tensors.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from nasir import ir, ops
+from nasir.pipeline import Pass, PassResult
+
+
+class ZeroOps(Pass):
+    name = "zero_ops"
+    requires = frozenset({"mixed_ops"})
+    ensures = frozenset({"zero_ops"})
+
+    def run(self, spec: ir.Spec) -> PassResult:
+        modified = False
+        cells = []
+        for c in spec.cells:
+            edges = []
+            for e in c.edges:
+                if e.alpha is not None:
+                    computed = tuple(o for o in e.candidates if not ops.REGISTRY[o].is_zero)
+                    if computed != e.candidates:
+                        modified = True
+                    e = attrs.evolve(e, computed=computed)
+                edges.append(e)
+            cells.append(attrs.evolve(c, edges=tuple(edges)))
+        return PassResult(attrs.evolve(spec, cells=tuple(cells)), modified)
