@@ -137,6 +137,19 @@ class Topology:
 
 
 @attrs.frozen
+class BetaRow:
+    """Topology variables of one deciding node (passes/topology.py, stretchable-cells Eq. 3-13).
+
+    For `topology inputs k` the deciding node is the destination and each code names the sources it
+    keeps; for `outputs k` / `outputs any` it is the source and each code names the successors it
+    feeds. One beta per code; softmax over the codes of a row.
+    """
+
+    node: str
+    codes: tuple[tuple[str, ...], ...]
+
+
+@attrs.frozen
 class Cell:
     name: str
     inputs: tuple[Node, ...]
@@ -150,6 +163,7 @@ class Cell:
     # Set by passes/mixed_ops.py: one row of candidate op names per mixed edge, shared by every
     # stacked copy of this cell kind (DARTS shares alpha_normal / alpha_reduce the same way).
     alpha_rows: tuple[tuple[str, ...], ...] | None = None
+    beta_rows: tuple[BetaRow, ...] | None = None
     span: Span | None = span_field()
 
     @property
