@@ -1,0 +1,813 @@
+"""Genotypes: DARTS-family `Genotype(...)` text and NAS-Bench-201 strings <-> `.cell` text.
+
+The text is parsed by a grammar (grammar/genotype.lark), never evaluated: a genotype file is the subset
+of Python in which the DARTS, PC-DARTS, P-DARTS, SDARTS and AutoDL repositories write genotypes
+(imports, assignments, literals, lists, tuples, calls). Every problem becomes a `Diagnostic` pointing at
+line:column of the genotype text; all of them are collected before anything is raised.
+
+State indices follow the DARTS code (model.py, `Cell._compile`): 0 and 1 are the cell inputs c_{k-2}
+and c_{k-1}, state k + 2 is the k-th intermediate node, which sums the ops of genotype pairs 2k and 2k+1.
+In a NAS-Bench-201 string `|op~i|` on node j means op(node i) feeds node j; node 0 is the cell input.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from nasir import ir, ops, printer
+from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
+from nasir.frontend import read_source
+from nasir.macros import MACRO_CELLS, macro_text
+from nasir.source import SourceFile, Span, span_field
+
+FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+DARTS_INPUTS = ("c_k2", "c_k1")
+NB201_INPUT = "x"
+
+Pair = tuple[str, int]
+
+
+def _pairs(xs: Sequence[Sequence[Any]]) -> tuple[Pair, ...]:
+    return tuple((str(op), int(i)) for op, i in xs)
+
+
+def _ints(xs: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(int(i) for i in xs)
+
+
+def _nodes(ns: Sequence[Sequence[Sequence[Any]]]) -> tuple[tuple[Pair, ...], ...]:
+    return tuple(_pairs(n) for n in ns)
+
+
+@attrs.frozen
+class Genotype:
+    """A derived DARTS cell pair: (op, state index) pairs, two per node, and the states each cell concatenates."""
+
+    normal: tuple[Pair, ...] = attrs.field(converter=_pairs)
+    normal_concat: tuple[int, ...] = attrs.field(converter=_ints)
+    reduce: tuple[Pair, ...] = attrs.field(converter=_pairs)
+    reduce_concat: tuple[int, ...] = attrs.field(converter=_ints)
+    span: Span | None = span_field()
+
+    def __str__(self) -> str:
+        """The string DARTS prints (namedtuple repr with lists), e.g. for `genotypes.py`."""
+
+        def pairs(ps: tuple[Pair, ...]) -> str:
+            return "[" + ", ".join(f"('{op}', {i})" for op, i in ps) + "]"
+
+        def ints(xs: tuple[int, ...]) -> str:
+            return "[" + ", ".join(str(i) for i in xs) + "]"
+
+        return (
+            f"Genotype(normal={pairs(self.normal)}, normal_concat={ints(self.normal_concat)}, "
+            f"reduce={pairs(self.reduce)}, reduce_concat={ints(self.reduce_concat)})"
+        )
+
+
+@attrs.frozen
+class NB201Arch:
+    """A NAS-Bench-201 cell: for nodes 1..3, the (op, source node) pairs feeding it, as written."""
+
+    nodes: tuple[tuple[Pair, ...], ...] = attrs.field(converter=_nodes)
+    span: Span | None = span_field()
+
+    def __str__(self) -> str:
+        return "+".join("|" + "".join(f"{op}~{i}|" for op, i in node) for node in self.nodes)
+
+
+# ---- syntax ---------------------------------------------------------------------------------------
+@cache
+def parser() -> Lark:
+    text = resources.files("nasir.grammar").joinpath("genotype.lark").read_text(encoding="utf-8")
+    return Lark(text, parser="lalr", start=["start", "nb201"], propagate_positions=True, maybe_placeholders=True)
+
+
+@attrs.frozen
+class _Py:
+    """A Python value as written. kind: str, int, float, none, bool, list, tuple, call, ref."""
+
+    kind: str
+    value: Any  # scalar value; tuple of _Py for list/tuple; the dotted name for call/ref
+    span: Span | None
+    args: tuple[_Arg, ...] = ()
+    name_span: Span | None = None  # the callee of a call
+    offsets: tuple[int, int] | None = None  # the contents of a string literal in the text
+
+
+@attrs.frozen
+class _Arg:
+    name: str | None
+    name_span: Span | None
+    value: _Py
+
+
+@attrs.frozen
+class _Stmt:
+    target: str | None  # None: a bare value
+    value: _Py
+
+
+@attrs.frozen
+class _Pair:
+    op: str
+    op_span: Span | None
+    index: int
+    index_span: Span | None
+
+
+_OPEN, _CLOSE = "([", ")]"
+_MAX_DEPTH = 64
+_MAX_DIGITS = 18
+
+
+def _unquote(s: str) -> str:
+    out, i, body = [], 0, s[1:-1]
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append({"n": "\n", "t": "\t"}.get(body[i + 1], body[i + 1]))
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def _transformer(source: SourceFile) -> Transformer:
+    def sp(meta) -> Span | None:
+        return None if getattr(meta, "empty", True) else source.span(meta.start_pos, meta.end_pos)
+
+    def tsp(tok: Token) -> Span:
+        return source.span(tok.start_pos, tok.end_pos)
+
+    def integer(tok: Token) -> int:
+        if len(tok) > _MAX_DIGITS:
+            raise error_at(tsp(tok), f"integer {tok[:8]}... is too large")
+        return int(tok)
+
+    @v_args(meta=True)
+    class T(Transformer):
+        def start(self, meta, c):
+            return [x for x in c if x is not None]
+
+        def assign(self, meta, c):
+            return _Stmt(str(c[0]), c[1])
+
+        def expr_stmt(self, meta, c):
+            return _Stmt(None, c[0])
+
+        def import_stmt(self, meta, c):
+            return None
+
+        def dotted(self, meta, c):
+            return ".".join(str(t) for t in c), sp(meta)
+
+        def ref(self, meta, c):
+            return _Py("ref", c[0][0], c[0][1])
+
+        def string(self, meta, c):
+            tok = c[0]
+            a, b = tok.start_pos + 1, tok.end_pos - 1
+            return _Py("str", _unquote(str(tok)), source.span(a, b), offsets=(a, b))
+
+        def integer(self, meta, c):
+            return _Py("int", integer(c[0]), tsp(c[0]))
+
+        def neg_integer(self, meta, c):
+            return _Py("int", -integer(c[0]), sp(meta))
+
+        def real(self, meta, c):
+            return _Py("float", float(c[0]), tsp(c[0]))
+
+        def neg_real(self, meta, c):
+            return _Py("float", -float(c[0]), sp(meta))
+
+        def none(self, meta, c):
+            return _Py("none", None, sp(meta))
+
+        def true(self, meta, c):
+            return _Py("bool", True, sp(meta))
+
+        def false(self, meta, c):
+            return _Py("bool", False, sp(meta))
+
+        def py_list(self, meta, c):
+            return _Py("list", tuple(x for x in c if x is not None), sp(meta))
+
+        def py_tuple(self, meta, c):
+            return _Py("tuple", tuple(x for x in c if x is not None), sp(meta))
+
+        def call(self, meta, c):
+            (name, name_span), *args = c
+            return _Py("call", name, sp(meta), tuple(a for a in args if a is not None), name_span)
+
+        def pos_arg(self, meta, c):
+            return _Arg(None, None, c[0])
+
+        def kw_arg(self, meta, c):
+            return _Arg(str(c[0]), tsp(c[0]), c[1])
+
+        # NAS-Bench-201
+        def nb201(self, meta, c):
+            return list(c), sp(meta)
+
+        def nb_node(self, meta, c):
+            return tuple(c), sp(meta)
+
+        def nb_edge(self, meta, c):
+            return _Pair(str(c[0]), tsp(c[0]), integer(c[1]), tsp(c[1]))
+
+    return T()
+
+
+def _open_brackets(text: str, end: int) -> list[tuple[str, int]]:
+    """The brackets still open at offset `end` (strings and comments skipped), innermost last."""
+    stack: list[tuple[str, int]] = []
+    i = 0
+    while i < end:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = len(text) if j < 0 else j
+            continue
+        if c in "'\"":
+            j = i + 1
+            while j < len(text) and text[j] not in (c, "\n"):
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c in _OPEN:
+            stack.append((c, i))
+        elif c in _CLOSE and stack and _OPEN.index(stack[-1][0]) == _CLOSE.index(c):
+            stack.pop()
+        i += 1
+    return stack
+
+
+def _too_deep(source: SourceFile) -> Diagnostic | None:
+    # The tree transformer recurses; refuse absurd nesting instead of overflowing the stack.
+    text, depth, i = source.text, 0, 0
+    while i < len(text):
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = len(text) if j < 0 else j
+            continue
+        if c in "'\"":
+            j = i + 1
+            while j < len(text) and text[j] not in (c, "\n"):
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        depth += (c in _OPEN) - (c in _CLOSE)
+        if depth > _MAX_DEPTH:
+            return Diagnostic(f"brackets nested more than {_MAX_DEPTH} deep", source.span(i))
+        i += 1
+    return None
+
+
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "$END": "end of input",
+}
+
+
+def _expected(p: Lark, expected: set[str]) -> tuple[str, set[str]]:
+    words, literals = set(), set()
+    for name in expected:
+        if name in _TOKEN_WORDS:
+            words.add(_TOKEN_WORDS[name])
+            continue
+        try:
+            pattern = p.get_terminal(name).pattern
+        except KeyError:
+            words.add(name.lower())
+            continue
+        if pattern.type == "str":
+            literals.add(pattern.value)
+            words.add(f"'{pattern.value}'")
+        else:
+            words.add(name.lower())
+    items = sorted(words)
+    if len(items) > 8:
+        items = items[:8] + ["..."]
+    return ", ".join(items), literals
+
+
+def _syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diagnostic:
+    text = source.text
+    if isinstance(err, UnexpectedToken) and err.token.type == "$END":
+        err = UnexpectedEOF(err.expected)  # type: ignore[assignment]
+    if isinstance(err, UnexpectedEOF):
+        still_open = _open_brackets(text, len(text))
+        if still_open:
+            ch, pos = still_open[-1]
+            closer = _CLOSE[_OPEN.index(ch)]
+            return Diagnostic(f"'{ch}' is never closed", source.span(pos), f"add '{closer}' to close it")
+        words, _ = _expected(p, set(err.expected))
+        end = len(text.rstrip())
+        return Diagnostic("unexpected end of input; expected " + words, source.span(max(0, end - 1), end))
+    if isinstance(err, UnexpectedCharacters):
+        pos = err.pos_in_stream
+        ch = text[pos] if pos < len(text) else "?"
+        if ch in "'\"":
+            return Diagnostic("unterminated string", source.span(pos), f"close it with {ch} on the same line")
+        hint = "a genotype is literals, lists, tuples and calls; nothing is evaluated" if ch in "{}*@:" else None
+        return Diagnostic(f"unexpected character {ch!r}", source.span(pos), hint)
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    start = tok.start_pos or 0
+    words, literals = _expected(p, set(err.expected))
+    hint = None
+    still_open = _open_brackets(text, start)
+    if still_open:
+        ch, pos = still_open[-1]
+        closer = _CLOSE[_OPEN.index(ch)]
+        if closer in literals and str(tok) != closer:
+            line, col = source.position(pos)
+            hint = f"is a '{closer}' missing? the '{ch}' at {line}:{col} is still open"
+    return Diagnostic(f"unexpected {str(tok)!r}; expected {words}", source.span(start, start + max(1, len(tok))), hint)
+
+
+def _parse(source: SourceFile, start: str, text: str | None = None) -> Any:
+    """Parse `text` (the source text, or a copy with parts blanked, same offsets) from rule `start`."""
+    deep = _too_deep(source)
+    if deep is not None:
+        raise DiagnosticError([deep])
+    p = parser()
+    try:
+        tree = p.parse(source.text if text is None else text, start=start)
+    except UnexpectedInput as err:
+        raise DiagnosticError([_syntax_diagnostic(source, err, p)]) from None
+    try:
+        return _transformer(source).transform(tree)
+    except VisitError as e:  # never show lark internals
+        if isinstance(e.orig_exc, DiagnosticError):
+            raise e.orig_exc from None
+        raise
+
+
+def _blank_outside(text: str, a: int, b: int) -> str:
+    def blank(s: str) -> str:
+        return "".join(c if c == "\n" else " " for c in s)
+
+    return blank(text[:a]) + text[a:b] + blank(text[b:])
+
+
+def _skip_trivia(text: str, i: int = 0) -> int:
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+        elif text[i] == "#":
+            j = text.find("\n", i)
+            i = len(text) if j < 0 else j
+        else:
+            break
+    return i
+
+
+# ---- meaning -----------------------------------------------------------------------------------
+def _describe(v: _Py) -> str:
+    if v.kind == "tuple":
+        return f"a tuple of {len(v.value)}"
+    return {
+        "str": f"the string '{v.value}'", "int": f"the integer {v.value}", "float": f"the number {v.value}",
+        "none": "None", "bool": str(v.value), "list": "a list", "call": f"a call of '{v.value}'",
+        "ref": f"the name '{v.value}'",
+    }[v.kind]  # fmt: skip
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _is_genotype_call(v: _Py) -> bool:
+    return v.kind == "call" and v.value.split(".")[-1] == "Genotype"
+
+
+def _is_nb201_string(v: _Py) -> bool:
+    return v.kind == "str" and v.value.lstrip().startswith("|")
+
+
+def _select(source: SourceFile, stmts: list[_Stmt], name: str | None) -> _Py:
+    what = "a Genotype(...) or a NAS-Bench-201 string"
+    if name is None:
+        for s in stmts:
+            if _is_genotype_call(s.value) or _is_nb201_string(s.value):
+                return s.value
+        if not stmts:
+            raise error_at(None, f"{source.name} is empty; expected {what}")
+        first = stmts[0].value
+        raise error_at(first.span, f"expected {what}, found {_describe(first)}")
+    env = {s.target: s.value for s in stmts if s.target is not None}
+    if name not in env:
+        hint = did_you_mean(name, env) or ("names defined: " + ", ".join(env) if env else None)
+        raise error_at(None, f"{source.name} defines no genotype named '{name}'", hint)
+    value, seen = env[name], [name]
+    while value.kind == "ref":  # an alias, e.g. `DARTS = DARTS_V2`
+        if value.value not in env:
+            raise error_at(
+                value.span, f"'{value.value}' is not defined in {source.name}", did_you_mean(value.value, env)
+            )
+        if value.value in seen:
+            raise error_at(value.span, "aliases refer to each other in a cycle: " + " -> ".join(seen + [value.value]))
+        seen.append(value.value)
+        value = env[value.value]
+    if not (_is_genotype_call(value) or _is_nb201_string(value)):
+        raise error_at(value.span, f"'{name}' is {_describe(value)}, not {what}")
+    return value
+
+
+def _read_pair(bag: DiagnosticBag, item: _Py) -> _Pair | None:
+    if item.kind != "tuple" or len(item.value) != 2 or item.value[0].kind != "str":
+        bag.error(item.span, f"expected an (op, index) pair like ('sep_conv_3x3', 0), found {_describe(item)}")
+        return None
+    op, index = item.value
+    if index.kind != "int":
+        bag.error(index.span, f"expected a state index, found {_describe(index)}")
+        return None
+    return _Pair(op.value, op.span, index.value, index.span)
+
+
+def _read_nodes(bag: DiagnosticBag, field: str, v: _Py) -> list[list[_Pair]] | None:
+    """Flat form `[(op, i), (op, j), ...]` (two pairs per node) or node form `[((op, i), (op, j)), ...]`."""
+    if v.kind not in ("list", "tuple"):
+        bag.error(v.span, f"'{field}' must be a list of (op, index) pairs, found {_describe(v)}")
+        return None
+    items = v.value
+
+    def is_node(x: _Py) -> bool:
+        return x.kind == "tuple" and bool(x.value) and all(y.kind == "tuple" for y in x.value)
+
+    node_form = bool(items) and is_node(items[0])
+    ok = True
+    nodes: list[list[_Pair]] = []
+    flat: list[_Pair] = []
+    for item in items:
+        if is_node(item) != node_form:
+            form = "nodes of two pairs" if node_form else "(op, index) pairs"
+            bag.error(
+                item.span,
+                f"'{field}' mixes (op, index) pairs with nodes of pairs",
+                f"the first element makes it a list of {form}",
+            )
+            ok = False
+            continue
+        if not node_form:
+            pair = _read_pair(bag, item)
+            ok = ok and pair is not None
+            if pair is not None:
+                flat.append(pair)
+            continue
+        pairs = [_read_pair(bag, x) for x in item.value]
+        if len(pairs) != 2:
+            bag.error(item.span, f"a node of '{field}' takes two (op, index) pairs, found {len(pairs)}")
+            ok = False
+        if any(p is None for p in pairs):
+            ok = False
+        nodes.append([p for p in pairs if p is not None])
+    if not ok:
+        return None
+    if not node_form:
+        if len(flat) % 2:
+            bag.error(v.span, f"'{field}' has {_count(len(flat), '(op, index) pair')}; a DARTS cell takes two per node")
+            return None
+        nodes = [flat[k : k + 2] for k in range(0, len(flat), 2)]
+    return nodes
+
+
+def _read_concat(bag: DiagnosticBag, field: str, v: _Py) -> list[tuple[int, Span | None]] | None:
+    if v.kind in ("list", "tuple"):
+        out = []
+        for item in v.value:
+            if item.kind != "int":
+                bag.error(item.span, f"'{field}' lists state indices, found {_describe(item)}")
+                return None
+            out.append((item.value, item.span))
+        return out
+    if v.kind == "call" and v.value == "range":
+        bounds = [a.value for a in v.args]
+        if any(a.name is not None for a in v.args) or not 1 <= len(bounds) <= 3 or any(b.kind != "int" for b in bounds):
+            bag.error(v.span, "range(...) takes one to three integers, like range(2, 6)")
+            return None
+        values = [b.value for b in bounds]
+        if len(values) == 3 and values[2] == 0:
+            bag.error(bounds[2].span, "range() step must not be zero")
+            return None
+        if len(range(*values)) > 1000:
+            bag.error(v.span, f"'{field}' has {len(range(*values))} states; a cell has far fewer")
+            return None
+        return [(i, v.span) for i in range(*values)]
+    bag.error(v.span, f"'{field}' must be a list of state indices or range(a, b), found {_describe(v)}")
+    return None
+
+
+def _check_cell(bag: DiagnosticBag, field: str, nodes: list[list[_Pair]], concat: list[tuple[int, Span | None]] | None,
+                anchor: Span | None) -> None:  # fmt: skip
+    """The rules of a DARTS cell that the `.cell` text would otherwise reject without a genotype position."""
+    if not nodes:
+        bag.error(anchor, f"'{field}' has no nodes")
+        return
+    read: set[int] = set()
+    for k, node in enumerate(nodes):
+        for p in node:
+            if p.op not in ops.REGISTRY:
+                bag.error(p.op_span, f"unknown op '{p.op}'", ops.unknown_op_hint(p.op))
+            if not 0 <= p.index <= k + 1:
+                bag.error(p.index_span, f"index {p.index} is out of range: node {k} of '{field}' may read states 0..{k + 1}",
+                          "0 and 1 are the cell inputs, k + 2 is node k")  # fmt: skip
+            read.add(p.index)
+    if concat is None:
+        return
+    top = len(nodes) + 1
+    if not concat:
+        bag.error(anchor, f"'{field}_concat' is empty")
+        return
+    seen: set[int] = set()
+    for i, span in concat:
+        if not 0 <= i <= top:
+            bag.error(span, f"concat index {i} is out of range: '{field}' has states 0..{top}")
+        elif i in seen:
+            bag.error(span, f"state {i} is listed twice in '{field}_concat'")
+        seen.add(i)
+    for s in range(2, top + 1):
+        if s not in seen and s not in read:
+            span = concat[0][1] if concat else anchor
+            bag.error(span, f"node {s - 2} of '{field}' (state {s}) is neither in '{field}_concat' nor read by a later node",
+                      "DARTS would compute it and discard it; a .cell cell may not have dead nodes")  # fmt: skip
+
+
+def _genotype_from_call(call: _Py) -> Genotype:
+    bag = DiagnosticBag()
+    fields: dict[str, _Arg] = {}
+    positional = [a for a in call.args if a.name is None]
+    for i, a in enumerate(positional):
+        if i < len(FIELDS):
+            fields[FIELDS[i]] = a
+        else:
+            bag.error(
+                a.value.span, f"Genotype(...) takes at most {len(FIELDS)} positional fields", "name the extra fields"
+            )
+    for a in call.args:
+        if a.name is None:
+            continue
+        if a.name in fields:
+            bag.error(a.name_span, f"field '{a.name}' is given twice")
+            continue
+        fields[a.name] = a
+    extras = [f for f in fields if f not in FIELDS]
+    for f in FIELDS:
+        if f not in fields:
+            hint = did_you_mean(f, extras) or "a DARTS genotype has the fields " + ", ".join(FIELDS)
+            bag.error(call.name_span, f"Genotype(...) has no field '{f}'", hint)
+    result: dict[str, Any] = {}
+    for cell in ("normal", "reduce"):
+        concat_field = f"{cell}_concat"
+        nodes = _read_nodes(bag, cell, fields[cell].value) if cell in fields else None
+        concat = _read_concat(bag, concat_field, fields[concat_field].value) if concat_field in fields else None
+        if nodes is not None:
+            _check_cell(bag, cell, nodes, concat, fields[cell].value.span)
+            result[cell] = [(p.op, p.index) for node in nodes for p in node]
+        if concat is not None:
+            result[concat_field] = [i for i, _ in concat]
+    bag.check()
+    return Genotype(**result, span=call.span)
+
+
+def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: Span | None) -> NB201Arch:
+    bag = DiagnosticBag()
+    if len(nodes) != 3:
+        bag.error(span, f"a NAS-Bench-201 string has 3 nodes, found {len(nodes)}",
+                  "nodes are separated by '+': |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")  # fmt: skip
+    for j, (edges, node_span) in enumerate(nodes, start=1):
+        before = len(bag.errors)
+        sources: set[int] = set()
+        for p in edges:
+            if p.op not in ops.REGISTRY:
+                bag.error(p.op_span, f"unknown op '{p.op}'", ops.unknown_op_hint(p.op))
+            if not 0 <= p.index < j:
+                bag.error(p.index_span, f"index {p.index} is out of range: node {j} may read nodes 0..{j - 1}")
+            elif p.index in sources:
+                bag.error(p.index_span, f"node {j} reads node {p.index} twice")
+            sources.add(p.index)
+        if len(nodes) == 3 and len(edges) != j and len(bag.errors) == before:
+            bag.error(
+                node_span,
+                f"node {j} has {_count(len(edges), 'edge')}; in NAS-Bench-201 it reads each of nodes 0..{j - 1} once",
+            )
+    bag.check()
+    return NB201Arch([[(p.op, p.index) for p in edges] for edges, _ in nodes], span=span)
+
+
+def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<stdin>") -> Genotype | NB201Arch:
+    """Genotype text -> `Genotype` or `NB201Arch`, without evaluating anything.
+
+    `text` is a DARTS-style `Genotype(...)` (flat or node-pair form, optionally assigned to a name, possibly
+    one of several assignments in a `genotypes.py`), or a NAS-Bench-201 string (optionally quoted).
+    `name` selects an assignment (aliases like `DARTS = DARTS_V2` are followed); otherwise the first
+    genotype in the text is taken. Raises `DiagnosticError` with every problem, at line:col of `text`.
+    """
+    source = SourceFile(source_name, text)
+    start = _skip_trivia(text)
+    if start < len(text) and text[start] == "|":
+        nodes, span = _parse(source, "nb201")
+        return _nb201_from_nodes(nodes, span)
+    stmts = _parse(source, "start")
+    value = _select(source, stmts, name)
+    if value.kind == "str":
+        a, b = value.offsets  # type: ignore[misc]
+        nodes, span = _parse(source, "nb201", _blank_outside(text, a, b))
+        return _nb201_from_nodes(nodes, span)
+    return _genotype_from_call(value)
+
+
+def read_genotype(path: str | Path, name: str | None = None) -> Genotype | NB201Arch:
+    """`parse_genotype` of a file; `-` reads standard input (reported as `<stdin>`)."""
+    if str(path) == "-":
+        return parse_genotype(sys.stdin.read(), name, source_name="<stdin>")
+    source = read_source(path)
+    return parse_genotype(source.text, name, source_name=source.name)
+
+
+# ---- genotype -> .cell ---------------------------------------------------------------------------
+def _check(g: Genotype | NB201Arch) -> None:
+    """Validate a genotype built in code (parsed ones are already checked, with positions)."""
+    if isinstance(g, NB201Arch):
+        _nb201_from_nodes([(tuple(_Pair(op, None, i, None) for op, i in node), None) for node in g.nodes], None)
+        return
+    bag = DiagnosticBag()
+    for cell, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
+        if len(pairs) % 2:
+            bag.error(None, f"'{cell}' has {_count(len(pairs), '(op, index) pair')}; a DARTS cell takes two per node")
+            continue
+        flat = [_Pair(op, None, i, None) for op, i in pairs]
+        _check_cell(bag, cell, [flat[k : k + 2] for k in range(0, len(flat), 2)], [(i, None) for i in concat], None)
+    bag.check()
+
+
+def _darts_cell(name: str, pairs: tuple[Pair, ...], concat: tuple[int, ...], reduction: bool) -> ir.Cell:
+    steps = len(pairs) // 2
+    states = DARTS_INPUTS + tuple(f"n{k}" for k in range(steps))
+    edges = tuple(ir.Edge(states[i], f"n{k // 2}", op=op) for k, (op, i) in enumerate(pairs))
+    return ir.Cell(
+        name, tuple(ir.Node(s) for s in DARTS_INPUTS), tuple(ir.Node(s) for s in states[2:]), edges,
+        ir.Output("concat", tuple(states[i] for i in concat)), reduction=reduction,
+    )  # fmt: skip
+
+
+def genotype_cells(g: Genotype | NB201Arch) -> tuple[ir.Cell, ...]:
+    """The derived cells of a genotype: (normal, reduce) for DARTS, (nbcell,) for NAS-Bench-201."""
+    _check(g)
+    if isinstance(g, NB201Arch):
+        states = (NB201_INPUT,) + tuple(f"n{j}" for j in range(1, len(g.nodes) + 1))
+        edges = tuple(ir.Edge(states[i], states[j], op=op) for j, node in enumerate(g.nodes, start=1) for op, i in node)
+        cell = ir.Cell("nbcell", (ir.Node(NB201_INPUT),), tuple(ir.Node(s) for s in states[1:]), edges,
+                       ir.Output("node", (states[-1],)))  # fmt: skip
+        return (cell,)
+    return (
+        _darts_cell("normal", g.normal, g.normal_concat, reduction=False),
+        _darts_cell("reduce", g.reduce, g.reduce_concat, reduction=True),
+    )
+
+
+def genotype_to_spec_text(g: Genotype | NB201Arch, macro: str | None = None, source_name: str | None = None) -> str:
+    """A complete `.cell` text: the genotype's cells in the macro network `macro` (see `nasir.macros`).
+
+    `macro` defaults to `cifar` for a DARTS genotype and `nb201` for a NAS-Bench-201 string.
+    """
+    nb201 = isinstance(g, NB201Arch)
+    macro = macro if macro is not None else ("nb201" if nb201 else "cifar")
+    network = macro_text(macro)
+    cells = genotype_cells(g)
+    if MACRO_CELLS[macro] != tuple(c.name for c in cells):
+        fits = [m for m, names in MACRO_CELLS.items() if names == tuple(c.name for c in cells)]
+        kind = "NAS-Bench-201 string" if nb201 else "DARTS genotype"
+        raise error_at(
+            g.span, f"the {kind} does not fit the macro network '{macro}'", "use --macro " + " or ".join(fits)
+        )
+    origin = f" from {source_name}" if source_name else ""
+    header = f"# Imported{origin} by nasir into the '{macro}' network:\n# {g}\n"
+    return header + "\n\n".join(printer.cell(c) for c in cells) + "\n\n" + network
+
+
+# ---- .cell -> genotype ---------------------------------------------------------------------------
+def _derived(bag: DiagnosticBag, cell: ir.Cell, n_inputs: int) -> bool:
+    if cell.is_search_space:
+        bag.error(cell.span, f"cell '{cell.name}' is a search space (it has choice edges or topology variables)",
+                  "derive it first, e.g. with nasir search")  # fmt: skip
+        return False
+    if len(cell.inputs) != n_inputs:
+        bag.error(cell.span, f"cell '{cell.name}' has {len(cell.inputs)} inputs; the genotype format needs {n_inputs}")
+        return False
+    return True
+
+
+def _darts_pairs(bag: DiagnosticBag, cell: ir.Cell, reduction: bool) -> tuple[list[Pair], list[int]]:
+    pairs: list[Pair] = []
+    concat: list[int] = []
+    if not _derived(bag, cell, 2):
+        return pairs, concat
+    if cell.reduction != reduction:
+        msg = (
+            "does not reduce; add 'stride 2 from inputs'"
+            if reduction
+            else "reduces, but a genotype's normal cell keeps the resolution"
+        )
+        bag.error(cell.span, f"cell '{cell.name}' {msg}")
+    index = {s: i for i, s in enumerate(cell.states)}
+    for k, node in enumerate(cell.node_names):
+        edges = cell.in_edges(node)
+        if len(edges) != 2:
+            bag.error(cell.node_span(node), f"node '{node}' of cell '{cell.name}' has {_count(len(edges), 'input')}; a DARTS genotype takes exactly two",
+                      "derive with 'keep 2 inputs per node'")  # fmt: skip
+        for e in edges:
+            if index[e.src] >= k + 2:
+                bag.error(
+                    e.span or cell.span,
+                    f"node '{node}' reads the later node '{e.src}'; a genotype lists nodes in order",
+                )
+            pairs.append((e.op, index[e.src]))  # type: ignore[arg-type]
+    if cell.output is None:
+        bag.error(cell.span, f"cell '{cell.name}' has no output")
+    else:
+        concat = [index[n] for n in cell.output.nodes]
+    return pairs, concat
+
+
+def _darts_cell_pair(spec: ir.Spec) -> tuple[ir.Cell, ir.Cell]:
+    normal, reduce = spec.cell("normal"), spec.cell("reduce")
+    if normal is None or reduce is None:
+        net = spec.network()
+        stack = next((b for b in net.body if isinstance(b, ir.Stack) and b.reduce), None) if net else None
+        if stack is not None:
+            normal, reduce = spec.cell(stack.cell), spec.cell(stack.reduce)  # type: ignore[arg-type]
+    if normal is None or reduce is None:
+        raise error_at(spec.cells[0].span if spec.cells else None, "no DARTS cell pair: expected cells named 'normal' and 'reduce'",
+                       "or a network that stacks a normal cell with a reduction cell")  # fmt: skip
+    return normal, reduce
+
+
+def genotype_from_spec(spec: ir.Spec) -> Genotype:
+    """The DARTS genotype of a derived spec's cells `normal` and `reduce` (edges in IR order)."""
+    normal, reduce = _darts_cell_pair(spec)
+    bag = DiagnosticBag()
+    n_pairs, n_concat = _darts_pairs(bag, normal, reduction=False)
+    r_pairs, r_concat = _darts_pairs(bag, reduce, reduction=True)
+    bag.check()
+    return Genotype(n_pairs, n_concat, r_pairs, r_concat)
+
+
+def spec_to_genotype(spec: ir.Spec) -> str:
+    """The DARTS genotype string of a derived cell pair, as DARTS prints it."""
+    return str(genotype_from_spec(spec))
+
+
+def nb201_from_spec(spec: ir.Spec) -> NB201Arch:
+    """The NAS-Bench-201 architecture of a derived one-input cell of 3 nodes (a missing edge is `none`)."""
+    cell = spec.cell("nbcell")
+    if cell is None and len(spec.cells) == 1:
+        cell = spec.cells[0]
+    if cell is None:
+        raise error_at(
+            spec.cells[0].span if spec.cells else None, "no NAS-Bench-201 cell: expected a cell named 'nbcell'"
+        )
+    bag = DiagnosticBag()
+    if not _derived(bag, cell, 1):
+        bag.check()
+    if len(cell.nodes) != 3:
+        bag.error(cell.span, f"cell '{cell.name}' has {len(cell.nodes)} nodes; a NAS-Bench-201 cell has 3")
+    if cell.output is None or cell.output.kind != "node" or cell.output.nodes != cell.node_names[-1:]:
+        bag.error(
+            cell.output.span if cell.output else cell.span, f"the output of cell '{cell.name}' must be its last node"
+        )
+    bag.check()
+    index = {s: i for i, s in enumerate(cell.states)}
+    nodes = []
+    for j, node in enumerate(cell.node_names, start=1):
+        by_src: dict[int, str] = {}
+        for e in cell.in_edges(node):
+            i = index[e.src]
+            if i >= j:
+                bag.error(e.span or cell.span, f"node '{node}' reads the later node '{e.src}'")
+            elif i in by_src:
+                bag.error(e.span or cell.span, f"two edges {e.src} -> {node}; NAS-Bench-201 has one op per edge")
+            by_src[i] = e.op  # type: ignore[assignment]
+        nodes.append([(by_src.get(i, "none"), i) for i in range(j)])
+    bag.check()
+    return NB201Arch(nodes)
+
+
+def spec_to_nb201(spec: ir.Spec) -> str:
+    """The NAS-Bench-201 string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` of a derived cell."""
+    return str(nb201_from_spec(spec))

@@ -1,0 +1,549 @@
+"""Genotype text <-> `.cell`: published genotypes import to the cells they describe, round trips are exact,
+and every malformed input is a diagnostic at its line:col (never a traceback, never an evaluation)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from nasir.api import load
+from nasir.diagnostics import DiagnosticError
+from nasir.frontend import parse_text
+from nasir.genotype import (
+    Genotype,
+    NB201Arch,
+    genotype_cells,
+    genotype_from_spec,
+    genotype_to_spec_text,
+    nb201_from_spec,
+    parse_genotype,
+    read_genotype,
+    spec_to_genotype,
+    spec_to_nb201,
+)
+from nasir.macros import MACROS, macro_text
+from nasir.printer import print_spec
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# DARTS (quark0/darts, cnn/genotypes.py), verbatim.
+DARTS_V2 = (
+    "DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], "
+    "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
+)
+
+# A genotypes.py as the DARTS repository writes it: imports, a namedtuple, a list, several genotypes
+# (NASNet and AmoebaNet with five nodes, reconstructed from memory of that file), and an alias.
+DARTS_FILE = """\
+from collections import namedtuple
+
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
+
+PRIMITIVES = [
+    'none',
+    'max_pool_3x3',
+    'avg_pool_3x3',
+    'skip_connect',
+    'sep_conv_3x3',
+    'sep_conv_5x5',
+    'dil_conv_3x3',
+    'dil_conv_5x5'
+]
+
+NASNet = Genotype(
+  normal = [
+    ('sep_conv_5x5', 1),
+    ('sep_conv_3x3', 0),
+    ('sep_conv_5x5', 0),
+    ('sep_conv_3x3', 0),
+    ('avg_pool_3x3', 1),
+    ('skip_connect', 0),
+    ('avg_pool_3x3', 0),
+    ('avg_pool_3x3', 0),
+    ('sep_conv_3x3', 1),
+    ('skip_connect', 1),
+  ],
+  normal_concat = [2, 3, 4, 5, 6],
+  reduce = [
+    ('sep_conv_5x5', 1),
+    ('sep_conv_7x7', 0),
+    ('max_pool_3x3', 1),
+    ('sep_conv_7x7', 0),
+    ('avg_pool_3x3', 1),
+    ('sep_conv_5x5', 0),
+    ('skip_connect', 3),
+    ('avg_pool_3x3', 2),
+    ('sep_conv_3x3', 2),
+    ('max_pool_3x3', 1),
+  ],
+  reduce_concat = [4, 5, 6],
+)
+
+AmoebaNet = Genotype(
+  normal = [
+    ('avg_pool_3x3', 0),
+    ('max_pool_3x3', 1),
+    ('sep_conv_3x3', 0),
+    ('sep_conv_5x5', 2),
+    ('sep_conv_3x3', 0),
+    ('avg_pool_3x3', 3),
+    ('sep_conv_3x3', 1),
+    ('skip_connect', 1),
+    ('skip_connect', 0),
+    ('avg_pool_3x3', 1),
+    ],
+  normal_concat = [4, 5, 6],
+  reduce = [
+    ('avg_pool_3x3', 0),
+    ('sep_conv_3x3', 1),
+    ('max_pool_3x3', 0),
+    ('sep_conv_7x7', 2),
+    ('sep_conv_7x7', 0),
+    ('avg_pool_3x3', 1),
+    ('max_pool_3x3', 0),
+    ('max_pool_3x3', 1),
+    ('conv_7x1_1x7', 0),
+    ('sep_conv_3x3', 5),
+  ],
+  reduce_concat = [3, 4, 6]
+)
+
+{DARTS_V2}
+
+DARTS = DARTS_V2
+""".replace("{DARTS_V2}", DARTS_V2)
+
+# PC-DARTS (yuhuixu1993/PC-DARTS, genotypes.py), rewritten multi-line with trailing commas.
+PC_DARTS = """\
+PC_DARTS_cifar = Genotype(
+    normal=[
+        ('sep_conv_3x3', 1), ('skip_connect', 0),
+        ('sep_conv_3x3', 0), ('dil_conv_3x3', 1),
+        ('sep_conv_5x5', 0), ('sep_conv_3x3', 1),
+        ('avg_pool_3x3', 0), ('dil_conv_3x3', 1),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ('sep_conv_5x5', 1), ('max_pool_3x3', 0),
+        ('sep_conv_5x5', 1), ('sep_conv_5x5', 2),
+        ('sep_conv_3x3', 0), ('sep_conv_3x3', 3),
+        ('sep_conv_3x3', 1), ('sep_conv_3x3', 2),
+    ],
+    reduce_concat=range(2, 6),
+)
+PC_DARTS_image = Genotype(
+    normal=[
+        ('skip_connect', 1), ('sep_conv_3x3', 0),
+        ('sep_conv_3x3', 0), ('skip_connect', 1),
+        ('sep_conv_3x3', 1), ('sep_conv_3x3', 3),
+        ('sep_conv_3x3', 1), ('dil_conv_5x5', 4),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ('sep_conv_3x3', 0), ('skip_connect', 1),
+        ('dil_conv_5x5', 2), ('max_pool_3x3', 1),
+        ('sep_conv_3x3', 2), ('sep_conv_3x3', 1),
+        ('sep_conv_5x5', 0), ('sep_conv_3x3', 3),
+    ],
+    reduce_concat=range(2, 6),
+)
+
+PCDARTS = PC_DARTS_cifar
+"""
+
+# P-DARTS (chenxin061/pdarts, genotypes.py), double quotes and comments added.
+P_DARTS = """\
+# CIFAR-10, searched with progressive depth (5 -> 11 -> 17 cells)
+PDARTS = Genotype(
+    normal=[("skip_connect", 0), ("dil_conv_3x3", 1),   # node 0
+            ("skip_connect", 0), ("sep_conv_3x3", 1),   # node 1
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3),
+            ("sep_conv_3x3", 0), ("dil_conv_5x5", 4),],
+    normal_concat=range(2, 6),
+    reduce=[("avg_pool_3x3", 0), ("sep_conv_5x5", 1),
+            ("sep_conv_3x3", 0), ("dil_conv_5x5", 2),
+            ("max_pool_3x3", 0), ("dil_conv_3x3", 1),
+            ("dil_conv_3x3", 1), ("dil_conv_5x5", 3),],
+    reduce_concat=range(2, 6),
+)
+"""
+
+# SDARTS (xiangning-chen/SmoothDARTS). NOTE: the op lists below are written from memory and may differ
+# from the repository's in places; they are well-formed genotypes of the same shape and format.
+SDARTS = """\
+SDARTS_RS = Genotype(
+    normal=[
+        ('sep_conv_3x3', 0), ('sep_conv_5x5', 1),
+        ('skip_connect', 0), ('sep_conv_3x3', 1),
+        ('sep_conv_3x3', 1), ('sep_conv_3x3', 2),
+        ('skip_connect', 0), ('sep_conv_3x3', 1),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ('max_pool_3x3', 0), ('max_pool_3x3', 1),
+        ('skip_connect', 2), ('max_pool_3x3', 0),
+        ('max_pool_3x3', 0), ('skip_connect', 2),
+        ('skip_connect', 2), ('avg_pool_3x3', 0),
+    ],
+    reduce_concat=range(2, 6),
+)
+SDARTS_ADV = Genotype(
+    normal=[
+        ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),
+        ('skip_connect', 0), ('sep_conv_3x3', 1),
+        ('skip_connect', 0), ('dil_conv_3x3', 2),
+        ('skip_connect', 0), ('sep_conv_3x3', 1),
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        ('max_pool_3x3', 0), ('max_pool_3x3', 1),
+        ('skip_connect', 2), ('max_pool_3x3', 0),
+        ('max_pool_3x3', 0), ('skip_connect', 2),
+        ('skip_connect', 2), ('max_pool_3x3', 0),
+    ],
+    reduce_concat=range(2, 6),
+)
+"""
+
+# The node-pair form (AutoDL-Projects style): each node a tuple of two pairs, extra fields ignored.
+DARTS_V2_PAIRS = """\
+DARTS_V2 = Genotype(
+    normal=[
+        (('sep_conv_3x3', 0), ('sep_conv_3x3', 1)),
+        (('sep_conv_3x3', 0), ('sep_conv_3x3', 1)),
+        (('sep_conv_3x3', 1), ('skip_connect', 0)),
+        (('skip_connect', 0), ('dil_conv_3x3', 2)),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        (('max_pool_3x3', 0), ('max_pool_3x3', 1)),
+        (('skip_connect', 2), ('max_pool_3x3', 1)),
+        (('max_pool_3x3', 0), ('skip_connect', 2)),
+        (('skip_connect', 2), ('max_pool_3x3', 1)),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+    normal_bottleneck='',
+    connectN=None,
+    connect=None,
+    connects=[None, 1, [2, 3]],
+)
+"""
+
+NB201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+def errors(text: str, name: str | None = None) -> list[str]:
+    with pytest.raises(DiagnosticError) as info:
+        parse_genotype(text, name)
+    return [f"{d.span.line}:{d.span.col}: {d.message}" if d.span else d.message for d in info.value.diagnostics]
+
+
+# ---- DARTS import ---------------------------------------------------------------------------------
+def test_darts_v2_genotype_imports_to_the_cells_of_examples_darts_v2():
+    spec = load(genotype_to_spec_text(parse_genotype(DARTS_V2), "cifar"))
+    ref = load(EXAMPLES / "darts_v2.cell")
+    assert spec.cell("normal") == ref.cell("normal")
+    assert spec.cell("reduce") == ref.cell("reduce")
+    assert spec.networks == ref.networks
+
+
+def test_darts_v2_in_imagenet_macro_equals_examples_darts_v2_imagenet():
+    spec = load(genotype_to_spec_text(parse_genotype(DARTS_V2), "imagenet"))
+    ref = load(EXAMPLES / "darts_v2_imagenet.cell")
+    assert spec.cells == ref.cells
+    assert spec.networks == ref.networks
+
+
+def test_darts_v2_genotype_fields_are_the_published_lists():
+    g = parse_genotype(DARTS_V2)
+    assert g.normal[7] == ("dil_conv_3x3", 2)
+    assert g.reduce[:2] == (("max_pool_3x3", 0), ("max_pool_3x3", 1))
+    assert g.normal_concat == g.reduce_concat == (2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("macro", ["cifar", "imagenet"])
+@pytest.mark.parametrize(
+    "text, name",
+    [(DARTS_V2, None), (DARTS_FILE, "NASNet"), (DARTS_FILE, "AmoebaNet"), (PC_DARTS, "PC_DARTS_cifar"),
+     (PC_DARTS, "PC_DARTS_image"), (P_DARTS, None), (SDARTS, "SDARTS_RS"), (SDARTS, "SDARTS_ADV")],
+)  # fmt: skip
+def test_genotype_to_spec_to_genotype_string_parses_back_equal(text, name, macro):
+    g = parse_genotype(text, name)
+    spec = load(genotype_to_spec_text(g, macro))
+    assert parse_text(print_spec(spec)) == spec
+    assert parse_genotype(spec_to_genotype(spec)) == g
+    assert genotype_from_spec(spec) == g
+
+
+def test_spec_to_genotype_of_examples_darts_v2_is_the_darts_repository_string():
+    assert spec_to_genotype(load(EXAMPLES / "darts_v2.cell")) == DARTS_V2.removeprefix("DARTS_V2 = ")
+
+
+def test_pc_darts_p_darts_sdarts_multiline_genotypes_parse_with_range_concat():
+    pc = parse_genotype(PC_DARTS)
+    assert pc.normal[:2] == (("sep_conv_3x3", 1), ("skip_connect", 0))
+    assert pc.normal_concat == pc.reduce_concat == (2, 3, 4, 5)
+    assert parse_genotype(PC_DARTS, "PCDARTS") == pc  # alias followed
+    pd = parse_genotype(P_DARTS)
+    assert pd.normal[-1] == ("dil_conv_5x5", 4) and pd.reduce[0] == ("avg_pool_3x3", 0)
+    rs, adv = parse_genotype(SDARTS, "SDARTS_RS"), parse_genotype(SDARTS, "SDARTS_ADV")
+    assert rs != adv and len(rs.normal) == len(adv.reduce) == 8
+
+
+def test_darts_genotypes_file_takes_first_genotype_and_follows_alias_by_name():
+    first = parse_genotype(DARTS_FILE)
+    assert first == parse_genotype(DARTS_FILE, "NASNet")
+    assert len(first.normal) == 10 and first.reduce_concat == (4, 5, 6)
+    assert parse_genotype(DARTS_FILE, "DARTS") == parse_genotype(DARTS_V2)
+
+
+def test_pair_form_with_extra_fields_parses_to_the_flat_form():
+    assert parse_genotype(DARTS_V2_PAIRS) == parse_genotype(DARTS_V2)
+
+
+def test_positional_fields_and_dotted_callee_are_the_namedtuple_order():
+    text = "genotypes.Genotype([('skip_connect', 0), ('sep_conv_3x3', 1)], [2], [('max_pool_3x3', 0), ('max_pool_3x3', 1)], [2])"
+    assert parse_genotype(text) == Genotype(
+        [("skip_connect", 0), ("sep_conv_3x3", 1)], [2], [("max_pool_3x3", 0), ("max_pool_3x3", 1)], [2]
+    )
+
+
+def test_read_genotype_names_diagnostics_after_the_file(tmp_path):
+    path = tmp_path / "g.py"
+    path.write_text("x = 1\nG = Genotype(normal=[('sep_conv_3x3', 0), ('bogus', 1)])\n")
+    with pytest.raises(DiagnosticError) as info:
+        read_genotype(path)
+    assert str(info.value.diagnostics[0].span) == f"{path}:2:5"  # missing fields, at the callee
+    assert any(str(d.span) == f"{path}:2:45" and d.message == "unknown op 'bogus'" for d in info.value.diagnostics)
+
+
+def test_spec_text_has_no_cells_but_the_genotype_and_the_macro():
+    text = genotype_to_spec_text(parse_genotype(DARTS_V2), source_name="darts.txt")
+    spec = load(text)
+    assert [c.name for c in spec.cells] == ["normal", "reduce"]
+    assert [n.name for n in spec.networks] == ["cifar"]
+    assert text.startswith("# Imported from darts.txt")
+
+
+# ---- NAS-Bench-201 ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("quote", ["", "'", '"'])
+def test_nb201_string_round_trips_through_the_spec(quote):
+    arch = parse_genotype(f"{quote}{NB201}{quote}\n")
+    assert isinstance(arch, NB201Arch)
+    assert arch.nodes[2] == (("skip_connect", 0), ("nor_conv_3x3", 1), ("skip_connect", 2))
+    spec = load(genotype_to_spec_text(arch))
+    assert parse_text(print_spec(spec)) == spec
+    assert spec_to_nb201(spec) == NB201
+    assert spec.networks == load(EXAMPLES / "nb201.cell").networks
+
+
+def test_nb201_cell_has_the_edges_of_the_string():
+    (cell,) = genotype_cells(parse_genotype(NB201))
+    assert cell.input_names == ("x",) and cell.node_names == ("n1", "n2", "n3")
+    assert [(e.src, e.dst, e.op) for e in cell.in_edges("n2")] == [
+        ("x", "n2", "nor_conv_3x3"),
+        ("n1", "n2", "avg_pool_3x3"),
+    ]
+    assert cell.output.kind == "node" and cell.output.nodes == ("n3",)
+
+
+def test_nb201_none_edges_are_kept_and_missing_edges_read_as_none():
+    text = "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|nor_conv_1x1~2|"
+    assert spec_to_nb201(load(genotype_to_spec_text(parse_genotype(text)))) == text
+    pruned = load(
+        "cell nbcell {\n inputs x\n n1 = skip_connect(x)\n n2 = nor_conv_3x3(n1)\n n3 = avg_pool_3x3(n2)\n output n3\n}\n"
+    )
+    assert str(nb201_from_spec(pruned)) == "|skip_connect~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|avg_pool_3x3~2|"
+
+
+def test_nb201_string_in_an_assignment_is_found():
+    assert parse_genotype(f"arch = '{NB201}'") == parse_genotype(NB201)
+
+
+# ---- malformed input ------------------------------------------------------------------------------
+MALFORMED = {
+    "unknown op": (
+        "G = Genotype(\n    normal=[('sep_conv_9x9', 0), ('sep_conv_3x3', 1)],\n    normal_concat=[2],\n"
+        "    reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)],\n    reduce_concat=[2],\n)\n",
+        ["2:15: unknown op 'sep_conv_9x9'"],
+    ),
+    "missing closing bracket of a list": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), normal_concat=[2], reduce=[], reduce_concat=[2])",
+        ["1:73: unexpected '='; expected '(', ')', ',', '-', '.', '[', ']', a name, ..."],
+    ),
+    "missing closing parenthesis at the end": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],\n  normal_concat=[2],\n",
+        ["1:9: '(' is never closed"],
+    ),
+    "index out of range": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 7), ('sep_conv_3x3', 2)],\n"
+        "         normal_concat=[2, 3], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])",
+        ["1:77: index 7 is out of range: node 1 of 'normal' may read states 0..2"],
+    ),
+    "concat index out of range": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2, 6],\n"
+        "         reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=range(2, 4))",
+        ["1:79: concat index 6 is out of range: 'normal' has states 0..2",
+         "2:75: concat index 3 is out of range: 'reduce' has states 0..2"],
+    ),
+    "missing fields, every error collected": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2],\n"
+        "         reduce_concat=[2], reduce_bottleneck=[('foo', 0)])",
+        ["1:1: Genotype(...) has no field 'reduce'"],
+    ),
+    "odd number of pairs": (
+        "Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])",
+        ["1:17: 'normal' has 1 (op, index) pair; a DARTS cell takes two per node"],
+    ),
+    "dead node": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],\n"
+        "         normal_concat=[3], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])",
+        ["2:25: node 0 of 'normal' (state 2) is neither in 'normal_concat' nor read by a later node"],
+    ),
+    "errors in both cells": (
+        "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 2)], normal_concat=[2],\n"
+        "         reduce=[('max_pool_3x3', 0), ('max_pol_3x3', 1)], reduce_concat=[2])",
+        ["1:56: index 2 is out of range: node 0 of 'normal' may read states 0..1", "2:41: unknown op 'max_pol_3x3'"],
+    ),
+    "an element that is not a pair": (
+        "Genotype(normal=[('sep_conv_3x3', 0), 1.5], normal_concat=[2], reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])",
+        ["1:39: expected an (op, index) pair like ('sep_conv_3x3', 0), found the number 1.5"],
+    ),
+    "unterminated string": ("Genotype(normal=[('sep_conv_3x3, 0)])", ["1:19: unterminated string"]),
+    "a dict": ("G = {'normal': []}", ["1:5: unexpected character '{'"]),
+    "not a genotype": ("PRIMITIVES = ['none']\n", ["1:14: expected a Genotype(...) or a NAS-Bench-201 string, found a list"]),
+    "empty": ("# nothing here\n", ["<stdin> is empty; expected a Genotype(...) or a NAS-Bench-201 string"]),
+    "nb201 with two nodes": (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|",
+        ["1:1: a NAS-Bench-201 string has 3 nodes, found 2"],
+    ),
+    "nb201 index out of range": (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~2|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+        ["1:47: index 2 is out of range: node 2 may read nodes 0..1"],
+    ),
+    "nb201 unknown op, quoted": (
+        "'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|conv_3x3~1|skip_connect~2|'",
+        ["1:67: unknown op 'conv_3x3'"],
+    ),
+    "nb201 missing edge": (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+        ["1:18: node 2 has 1 edge; in NAS-Bench-201 it reads each of nodes 0..1 once"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_genotype_reports_line_col_and_message(case):
+    text, expected = MALFORMED[case]
+    assert errors(text) == expected
+
+
+def test_unknown_op_hint_suggests_the_nearest_op():
+    with pytest.raises(DiagnosticError) as info:
+        parse_genotype(MALFORMED["unknown op"][0])
+    assert info.value.diagnostics[0].hint.startswith("did you mean 'sep_conv_")
+
+
+def test_missing_bracket_hint_names_the_open_bracket():
+    with pytest.raises(DiagnosticError) as info:
+        parse_genotype(MALFORMED["missing closing bracket of a list"][0])
+    assert info.value.diagnostics[0].hint == "is a ']' missing? the '[' at 1:17 is still open"
+
+
+def test_eval_bait_is_an_error_and_never_runs(tmp_path):
+    marker = tmp_path / "owned"
+    bait = f"__import__('pathlib').Path('{marker}').touch()"
+    assert errors(bait) == ["1:22: unexpected '.'; expected '(', ')', ',', '-', '[', ']', a name, a number, ..."]
+    assert errors("Genotype(normal=__import__('os'), normal_concat=[2], reduce=[], reduce_concat=[2])") == [
+        "1:17: 'normal' must be a list of (op, index) pairs, found a call of '__import__'",
+        "1:61: 'reduce' has no nodes",
+    ]
+    assert not marker.exists()
+
+
+def test_unknown_name_lists_the_defined_names():
+    assert errors(PC_DARTS, "PC_DARTS_cifa") == ["<stdin> defines no genotype named 'PC_DARTS_cifa'"]
+
+
+def test_deleting_a_character_gives_a_genotype_or_diagnostics_never_another_exception():
+    # Every third position of the pair form (all token kinds occur) and every position of an NB201 string.
+    for text, step in ((DARTS_V2_PAIRS, 3), ("'" + NB201 + "'", 1)):
+        for i in range(0, len(text), step):
+            try:
+                parse_genotype(text[:i] + text[i + 1 :])
+            except DiagnosticError as e:
+                assert e.diagnostics and all(d.span is None or d.span.line >= 1 for d in e.diagnostics)
+
+
+def test_random_edits_of_published_genotypes_give_loadable_specs_or_diagnostics():
+    rng = random.Random(0)
+    texts = (DARTS_FILE, PC_DARTS, DARTS_V2_PAIRS, "'" + NB201 + "'")
+    for _ in range(150):
+        text = rng.choice(texts)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(text))
+            text = text[:i] + rng.choice("()[],'|~+=#.-0127 \n_abnorsGx") + text[i + rng.randint(0, 1) :]
+        try:
+            g = parse_genotype(text)
+        except DiagnosticError:
+            continue
+        load(genotype_to_spec_text(g))  # what the parser accepts, the .cell front end and verifier accept
+
+
+def test_deep_nesting_is_a_diagnostic_not_a_recursion_error():
+    assert errors("[" * 5000) == ["1:65: brackets nested more than 64 deep"]
+
+
+# ---- conversions that must refuse ----------------------------------------------------------------
+def test_spec_to_genotype_of_a_search_space_points_at_the_cells():
+    with pytest.raises(DiagnosticError) as info:
+        spec_to_genotype(load(EXAMPLES / "darts.cell"))
+    assert [(d.span.line, d.span.col) for d in info.value.diagnostics] == [(4, 1), (12, 1)]
+    assert "search space" in info.value.diagnostics[0].message
+
+
+def test_spec_to_genotype_rejects_a_node_with_three_inputs():
+    text = (
+        (EXAMPLES / "darts_v2.cell")
+        .read_text()
+        .replace(
+            "n3 = skip_connect(c_k2) + dil_conv_3x3(n0)",
+            "n3 = skip_connect(c_k2) + dil_conv_3x3(n0) + skip_connect(n1)",
+        )
+    )
+    with pytest.raises(DiagnosticError) as info:
+        spec_to_genotype(load(text))
+    d = info.value.diagnostics[0]
+    assert (d.span.line, d.span.col) == (8, 3)
+    assert d.message == "node 'n3' of cell 'normal' has 3 inputs; a DARTS genotype takes exactly two"
+
+
+def test_spec_to_nb201_of_the_search_space_is_refused():
+    with pytest.raises(DiagnosticError) as info:
+        spec_to_nb201(load(EXAMPLES / "nb201.cell"))
+    assert (info.value.diagnostics[0].span.line, info.value.diagnostics[0].span.col) == (5, 1)
+
+
+def test_genotype_built_in_code_with_a_bad_index_is_refused():
+    g = Genotype([("sep_conv_3x3", 0), ("sep_conv_3x3", 3)], [2], [("max_pool_3x3", 0), ("max_pool_3x3", 1)], [2])
+    with pytest.raises(DiagnosticError, match="index 3 is out of range"):
+        genotype_to_spec_text(g)
+
+
+def test_genotype_and_nb201_string_refuse_the_other_macro():
+    with pytest.raises(DiagnosticError, match="use --macro nb201"):
+        genotype_to_spec_text(parse_genotype(NB201), "cifar")
+    with pytest.raises(DiagnosticError, match="use --macro cifar or imagenet"):
+        genotype_to_spec_text(parse_genotype(DARTS_V2), "nb201")
+
+
+def test_macro_texts_are_the_three_canonical_networks():
+    assert MACROS == ("cifar", "imagenet", "nb201")
+    for name in MACROS:
+        assert f"network {name}(" in macro_text(name)
+    with pytest.raises(DiagnosticError, match="unknown macro network 'cifra'"):
+        macro_text("cifra")
