@@ -97,6 +97,8 @@ def cell(c: ir.Cell) -> str:
         dropped = sorted({op for e in c.edges if e.computed is not None for op in e.candidates if op not in e.computed})
         if dropped:
             lines.append(f"  # not computed (alpha kept in the softmax): {', '.join(dropped)}")
+    if c.beta_rows is not None:
+        lines.append(f"  # beta: {sum(len(r.codes) for r in c.beta_rows)} topology variables over {len(c.beta_rows)} deciding nodes")
     if c.topology is not None:
         t = c.topology
         lines.append(f"  topology {t.kind} {t.k}" if t.kind != "any" else "  topology outputs any")

@@ -86,7 +86,7 @@ def _fixed(c: ir.Cell, chosen: list[Pick | ir.Edge]) -> ir.Cell:
     edges = tuple(
         x if isinstance(x, ir.Edge) else ir.Edge(x.edge.src, x.edge.dst, op=x.op, span=x.edge.span) for x in chosen
     )
-    return attrs.evolve(c, edges=edges, alpha_rows=None, keep=None, keep_span=None, topology=None)
+    return attrs.evolve(c, edges=edges, alpha_rows=None, beta_rows=None, keep=None, keep_span=None, topology=None)
 
 
 class Derive(Pass):
