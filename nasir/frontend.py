@@ -25,7 +25,8 @@ from nasir.source import SourceFile, Span
 @cache
 def parser(start: str = "start") -> Lark:
     text = resources.files("nasir.grammar").joinpath("cell.lark").read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True)
+    # cache=True keeps the LALR tables in the temp directory, keyed by the grammar: `nasir check` starts fast.
+    return Lark(text, parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 # ---- syntax errors ----------------------------------------------------------------------------

@@ -10,10 +10,9 @@ architecture can meet; unknown search settings.
 
 from __future__ import annotations
 
-from collections import Counter
+import graphlib
+from collections import Counter, defaultdict
 from typing import Any
-
-import networkx as nx
 
 from nasir import ir, ops
 from nasir.diagnostics import DiagnosticBag, did_you_mean
@@ -82,21 +81,25 @@ def verify_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
         if e.is_choice and pairs[(e.src, e.dst)] > 1:
             bag.error(e.span, f"two searchable edges {e.src} -> {e.dst}", "one choice per pair of nodes")
             pairs[(e.src, e.dst)] = 0
-    g = nx.DiGraph()
-    g.add_nodes_from(c.states)
-    g.add_edges_from((e.src, e.dst) for e in c.edges if e.src in states and e.dst in states and e.dst not in inputs)
+    # graphlib and a breadth-first walk rather than networkx: `nasir check` must start fast.
+    succ: dict[str, set[str]] = defaultdict(set)
+    pred: dict[str, set[str]] = defaultdict(set)
+    for e in c.edges:
+        if e.src in states and e.dst in states and e.dst not in inputs:
+            succ[e.src].add(e.dst)
+            pred[e.dst].add(e.src)
     try:
-        cycle = nx.find_cycle(g)
-        at = next(e.span for e in c.edges if (e.src, e.dst) == cycle[0][:2])
-        bag.error(at, "cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]]), "cells are acyclic; an edge must go from an earlier node to a later one")
+        graphlib.TopologicalSorter({n: pred[n] for n in c.states}).prepare()
+    except graphlib.CycleError as err:
+        cycle = list(reversed(err.args[1]))  # graphlib lists it against the edge direction
+        at = next((e.span for e in c.edges if (e.src, e.dst) == (cycle[0], cycle[1])), c.span)
+        bag.error(at, "cycle: " + " -> ".join(cycle), "cells are acyclic; an edge must go from an earlier node to a later one")
         return
-    except nx.NetworkXNoCycle:
-        pass
     if c.output is None:
         return
-    reach_in = set().union(*(nx.descendants(g, i) for i in c.input_names)) if c.inputs else set()
+    reach_in = _walk(c.input_names, succ)
     outs = [n for n in c.output.nodes if n in states]
-    reach_out = set(outs).union(*(nx.ancestors(g, o) for o in outs))
+    reach_out = _walk(outs, pred) | set(outs)
     for n in c.nodes:
         if n.name not in reach_in:
             bag.error(n.span, f"node '{n.name}' is unreachable from the inputs of cell '{c.name}'", "give it an input edge")
@@ -104,18 +107,30 @@ def verify_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
             bag.error(n.span, f"node '{n.name}' does not reach the output of cell '{c.name}'", "use it in the output or as an input of a later node")
     if c.output.kind == "node" and c.output.nodes and c.output.nodes[0] in inputs:
         bag.error(c.output.span, "the cell output is one of its inputs")
-    _constraints(c, g, bag)
+    _constraints(c, pred, bag)
 
 
-def _constraints(c: ir.Cell, g: nx.DiGraph, bag: DiagnosticBag) -> None:
+def _walk(start, edges: dict[str, set[str]]) -> set[str]:
+    """Every node reachable from `start` (excluded) along `edges`."""
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        for m in edges[todo.pop()]:
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def _constraints(c: ir.Cell, pred: dict[str, set[str]], bag: DiagnosticBag) -> None:
     if c.keep is not None:
         if c.keep < 1:
             bag.error(c.keep_span, "keep must be at least 1")
         for n in c.nodes:
-            preds = len(set(g.predecessors(n.name)))
+            preds = len(pred[n.name])
             if preds < c.keep:
                 bag.error(c.keep_span, f"no architecture can keep {c.keep} inputs for node '{n.name}': it has {preds} predecessor{'s' * (preds != 1)}",
-                          f"node '{n.name}' reads from {', '.join(sorted(g.predecessors(n.name))) or 'nothing'}")  # fmt: skip
+                          f"node '{n.name}' reads from {', '.join(sorted(pred[n.name])) or 'nothing'}")  # fmt: skip
                 break
     t = c.topology
     if t is not None:
@@ -123,7 +138,7 @@ def _constraints(c: ir.Cell, g: nx.DiGraph, bag: DiagnosticBag) -> None:
             bag.error(t.span, "topology variables need searchable edges", "write the edges as choice(...)")
         if t.kind == "inputs":
             for n in c.nodes:
-                preds = len(set(g.predecessors(n.name)))
+                preds = len(pred[n.name])
                 if preds < (t.k or 0):
                     bag.error(t.span, f"node '{n.name}' has {preds} predecessors, fewer than the {t.k} inputs it must pick")
                     break
