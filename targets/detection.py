@@ -1,0 +1,460 @@
+"""The detection target: any derived nasir network as the backbone of a torchvision RetinaNet.
+
+`NasBackbone` runs the stems and cells of a built `Network` (not its head or auxiliary head) and
+returns, as torchvision backbones do, an ordered dict of feature maps: the output of the last cell
+before each reduction (a reduction cell, or NAS-Bench-201's residual block) and of the last cell.
+`feature_levels` computes the index, channel count and stride of every level from the Plan and
+the IR alone, so the FPN is sized before anything runs. The detector follows torchvision's
+`retinanet_resnet50_fpn` (Lin et al., 2017, "Focal Loss for Dense Object Detection"): an FPN on
+the levels with `LastLevelP6P7` extra blocks, one anchor size per level (4 x its stride, in three
+octave scales, aspect ratios 0.5, 1, 2), and torchvision's RetinaNet heads and losses.
+
+What `nasir compile --target retinanet` writes (`write_module`), and why:
+- `OUT` (.pt): a TorchScript eval-mode detector. torchvision's RetinaNet scripts, but a nasir
+  network does not (`torch.jit.script` stops at CellModule.forward: "Expected a value of type
+  'Tensor' for argument 'x' but instead found type 'Optional[Tensor]'"; its ModuleList indexing
+  by loop variables would be next). So the backbone is traced (in eval mode; it has no data-dependent
+  control flow, so the trace holds for any input size the strides allow) and the rest of the
+  detector is scripted around it. Because BatchNorm and drop-path are traced in eval mode, the
+  artefact is for inference only. Call it as torchvision documents for scripted detectors:
+  `losses, detections = m([image])`, `image` a float [3, H, W] tensor in [0, 1].
+- `OUT` with `.state_dict.pt` for its suffix (det.pt -> det.state_dict.pt): the weights and the
+  detector's settings ({"format", "spec", "config", "state_dict"}; loads with `torch.load(...,
+  weights_only=True)`), for training: rebuild with `retinanet(spec, **config)`, `load_state_dict`.
+- ONNX (`write_onnx`): see its docstring for what the pinned torch/torchvision allow.
+
+Cost: a CIFAR macro keeps full resolution up to its first reduction, so its first level has
+stride 1; at torchvision's 800-pixel images the heads on that level dominate. `levels=(1, 2)` or a
+smaller `min_size` is the usual choice there.
+
+`coco_dataset(path, split)` reads a COCO-format detection set already on disk (no downloads).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
+
+from nasir import ir
+from nasir.diagnostics import Diagnostic, DiagnosticError
+from nasir.io import atomic_write, atomic_write_with
+from nasir.macro import CellPlan, Plan, ResidualPlan, parse_overrides
+from nasir.macro import plan as make_plan
+from nasir.targets.network import CellModule, Network, build
+
+__all__ = [
+    "FeatureLevel",
+    "NasBackbone",
+    "NasBackboneWithFPN",
+    "CocoDetectionTargets",
+    "CocoJson",
+    "coco_dataset",
+    "collate",
+    "feature_levels",
+    "retinanet",
+    "script_eval",
+    "write_module",
+    "write_onnx",
+]
+
+
+FORMAT = "nasir.retinanet/1"
+
+
+@attrs.frozen
+class FeatureLevel:
+    """One feature map the backbone returns: after body block `index`, `channels` wide, at `stride`."""
+
+    name: str
+    index: int
+    channels: int
+    stride: int
+
+
+def feature_levels(spec: ir.Spec, plan: Plan) -> list[FeatureLevel]:
+    """The detection levels of a network, from the Plan and the IR (nothing is built or run).
+
+    A level is the output of the last body block before each reduction and of the last block.
+    Channels: a cell's output multiplier (len(concat), or 1 for a single-node output) times its C
+    (ops.md, "A DARTS cell"); a residual block's C_out. Stride: the stems' conv strides times 2 for
+    every reduction cell (`stride 2 from inputs`) or residual block before and at the level.
+    """
+    stride = 1
+    for stem in plan.stems:
+        for layer in stem:
+            if layer.name == "conv3x3":
+                stride *= int(layer.kw("stride", 1))
+    blocks: list[tuple[int, int, bool]] = []  # (channels, stride after the block, block reduces)
+    for b in plan.body:
+        if isinstance(b, ResidualPlan):
+            stride *= 2
+            blocks.append((b.C_out, stride, True))
+            continue
+        assert isinstance(b, CellPlan)
+        cell = spec.cell(b.cell)
+        if cell is None or cell.output is None:
+            raise DiagnosticError([Diagnostic(f"unknown cell '{b.cell}'")])
+        multiplier = len(cell.output.nodes) if cell.output.kind == "concat" else 1
+        if cell.reduction:
+            stride *= 2
+        blocks.append((multiplier * b.C, stride, cell.reduction))
+    if not blocks:
+        raise DiagnosticError([Diagnostic(f"network '{plan.network}' has no cells to take detection features from")])
+    indices = [i - 1 for i, (_, _, reduces) in enumerate(blocks) if reduces and i > 0]
+    indices.append(len(blocks) - 1)
+    indices = sorted(set(indices))
+    return [FeatureLevel(str(k), i, blocks[i][0], blocks[i][1]) for k, i in enumerate(indices)]
+
+
+class NasBackbone(nn.Module):
+    """The stems and cells of a nasir `Network` returning an OrderedDict of the chosen feature levels.
+
+    Submodule names are the `Network`'s (`stem` or `stem0`/`stem1`, `cells.i`), so the state_dict
+    of a classification network trained by nasir loads with `load_state_dict(sd, strict=False)`
+    (the head and auxiliary head are the unexpected keys). Cells after the last chosen level are
+    not kept, so they cost nothing.
+    """
+
+    def __init__(self, network: Network, levels: Sequence[FeatureLevel]):
+        super().__init__()
+        if not levels:
+            raise ValueError("NasBackbone needs at least one feature level")
+        if hasattr(network, "stem0"):
+            self.stem0, self.stem1 = network.stem0, network.stem1
+        else:
+            self.stem = network.stem
+        last = max(lv.index for lv in levels)
+        self.cells = nn.ModuleList(list(network.cells)[: last + 1])
+        self.levels = tuple(levels)
+        self._names = {lv.index: lv.name for lv in levels}
+        self.out_channels_list = [lv.channels for lv in levels]
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        if hasattr(self, "stem0"):
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # The same schedule as Network.features: a two-input cell reads the two previous states.
+        for i, m in enumerate(self.cells):
+            if isinstance(m, CellModule) and m.two_inputs:
+                s0, s1 = s1, m(s0, s1)
+            else:
+                s0, s1 = s1, m(s1)
+            if i in self._names:
+                out[self._names[i]] = s1
+        return out
+
+
+class NasBackboneWithFPN(nn.Module):
+    """torchvision's `BackboneWithFPN` for a non-sequential body (its IntermediateLayerGetter needs
+    a sequential model; a DARTS cell reads the two previous states). Provides `out_channels`."""
+
+    def __init__(self, body: nn.Module, in_channels_list: list[int], out_channels: int, extra_blocks=None):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=extra_blocks)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fpn(self.body(x))
+
+
+def _select(all_levels: list[FeatureLevel], levels: Sequence[int] | None) -> list[FeatureLevel]:
+    if levels is None:
+        return all_levels
+    chosen = sorted(set(int(i) for i in levels))
+    bad = [i for i in chosen if not -len(all_levels) <= i < len(all_levels)]
+    if bad or not chosen:
+        raise DiagnosticError([Diagnostic(
+            f"levels {list(levels)} do not name the network's detection levels 0..{len(all_levels) - 1}",
+            hint="levels: " + ", ".join(f"{lv.name} (stride {lv.stride}, {lv.channels} channels)" for lv in all_levels))])  # fmt: skip
+    picked = sorted({all_levels[i].index: all_levels[i] for i in chosen}.values(), key=lambda lv: lv.index)
+    return [attrs.evolve(lv, name=str(k)) for k, lv in enumerate(picked)]
+
+
+def retinanet(spec: ir.Spec, *, num_classes: int, network: str | None = None,
+              overrides: dict[str, Any] | list[str] | None = None, min_size: int = 800, max_size: int = 1333,
+              levels: Sequence[int] | None = None, fpn_channels: int = 256, seed: int | None = None,
+              **kwargs: Any) -> RetinaNet:  # fmt: skip
+    """A torchvision RetinaNet on the derived network of `spec` (see the module docstring).
+
+    `overrides` are network parameters (a dict or `--set`-style strings), `seed` seeds the
+    initialisation. `levels` picks feature levels by position (default all; `feature_levels` lists
+    them), e.g. (1, 2) drops the stride-1 level of a CIFAR macro, whose heads cost the most. `fpn_channels` is the FPN and head width (256 in
+    torchvision). Other keyword arguments go to `torchvision.models.detection.RetinaNet`
+    (score_thresh, nms_thresh, detections_per_img, image_mean, ...). `num_classes` counts the
+    background index 0 as torchvision does (91 for COCO category ids).
+    """
+    plan = make_plan(spec, network, _overrides(overrides))
+    chosen = _select(feature_levels(spec, plan), levels)
+    net = build(spec, plan, seed=seed)
+    body = NasBackbone(net, chosen)
+    backbone = NasBackboneWithFPN(body, body.out_channels_list, fpn_channels,
+                                  LastLevelP6P7(fpn_channels, fpn_channels))  # fmt: skip
+    last = chosen[-1].stride
+    # Anchors as retinanet_resnet50_fpn: base size 4 x stride (32 at stride 8), three octave scales.
+    strides = [lv.stride for lv in chosen] + [2 * last, 4 * last]  # P6 and P7 halve P-last twice
+    sizes = tuple((4 * s, int(4 * s * 2 ** (1 / 3)), int(4 * s * 2 ** (2 / 3))) for s in strides)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes)
+    # A reduction cell halves with FactorizedReduce, whose two halves disagree on odd sizes, so
+    # the batch is padded to a multiple of the deepest stride (torchvision pads to 32 by default).
+    kwargs.setdefault("size_divisible", max(32, last))
+    return RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size,
+                     anchor_generator=anchors, head=head, **kwargs)  # fmt: skip
+
+
+def _overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    if isinstance(overrides, list):
+        return parse_overrides(overrides)[0]
+    return dict(overrides or {})
+
+
+def script_eval(model: RetinaNet, example_size: tuple[int, int] | None = None) -> torch.jit.ScriptModule:
+    """The eval-mode detector as TorchScript: the nasir backbone traced, torchvision's parts scripted.
+
+    Scripting the whole detector fails on the nasir cells (module docstring), hence the trace of
+    the body; the trace is made in eval mode on a zero image. The model is copied, not changed.
+    """
+    model = copy.deepcopy(model).eval()
+    body = model.backbone.body
+    if not isinstance(body, NasBackbone):
+        raise TypeError("script_eval expects a detector built by nasir.targets.detection.retinanet")
+    side = max(64, 2 * body.levels[-1].stride)
+    h, w = example_size or (side, side)
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch.jit is deprecated in torch 2.14 but still the only way to a Python-free detector here.
+        warnings.simplefilter("ignore")
+        model.backbone.body = torch.jit.trace(body, torch.zeros(1, 3, h, w), strict=False, check_trace=False)
+        return torch.jit.script(model)
+
+
+def write_module(spec: ir.Spec, out: str | Path, *, num_classes: int = 91, network: str | None = None,
+                 overrides: dict[str, Any] | list[str] | None = None, min_size: int = 800, max_size: int = 1333,
+                 levels: Sequence[int] | None = None, fpn_channels: int = 256, seed: int | None = 0,
+                 model: RetinaNet | None = None, onnx_path: str | Path | None = None) -> list[Path]:  # fmt: skip
+    """`nasir compile SPEC --target retinanet -o OUT`: the scripted eval-mode detector at OUT, the
+    weights and settings at OUT.state_dict.pt, and the ONNX detector at `onnx_path` if given (see the
+    module docstring). `num_classes` defaults to torchvision's COCO count (91, background included).
+    Pass a trained `model` to write it instead of a freshly initialised one (the settings must be
+    the ones it was built with). Returns the paths written.
+    """
+    out = Path(out)
+    overrides = _overrides(overrides)
+    config = {"num_classes": num_classes, "network": network, "overrides": overrides, "min_size": min_size,
+              "max_size": max_size, "levels": None if levels is None else [int(i) for i in levels],
+              "fpn_channels": fpn_channels}  # fmt: skip
+    fresh = retinanet(spec, seed=seed, **config)
+    if model is None:
+        model = fresh
+    else:
+        want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} != want:
+            raise DiagnosticError([Diagnostic(
+                "the detector passed to write_module was not built with these settings",
+                hint="pass the num_classes, overrides, levels and fpn_channels it was built with")])  # fmt: skip
+    # Inference settings travel with the weights, so `retinanet(spec, **config)` rebuilds this detector.
+    config.update(score_thresh=float(model.score_thresh), nms_thresh=float(model.nms_thresh),
+                  detections_per_img=int(model.detections_per_img), topk_candidates=int(model.topk_candidates))  # fmt: skip
+    meta = {"format": FORMAT, "spec": str(spec.file), "config": config}
+    try:
+        scripted = script_eval(model)
+    except Exception as e:  # any scripting failure is a diagnostic, not a traceback
+        raise _export_error("TorchScript", e) from None
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice (see script_eval)
+        torch.jit.save(scripted, buf, _extra_files={"nasir.json": json.dumps(meta)})
+    atomic_write(out, buf.getvalue())
+    weights = out.with_name(out.stem + ".state_dict.pt")
+    payload = {**meta, "state_dict": model.state_dict()}
+    atomic_write_with(weights, lambda tmp: torch.save(payload, tmp))
+    written = [out, weights]
+    if onnx_path is not None:
+        written.append(write_onnx(model, onnx_path))
+    return written
+
+
+def write_onnx(model: RetinaNet, out: str | Path, *, image_size: tuple[int, int] | None = None) -> Path:
+    """ONNX (opset 17) of the eval-mode detector: input `image` float [3, H, W] in [0, 1], H and W
+    dynamic; outputs `boxes` [N, 4] (xyxy, input pixels), `scores` [N], `labels` [N] int64.
+
+    With the pinned torch 2.14.1 / torchvision 0.29.1 this works through the TorchScript-based
+    exporter (`dynamo=False`), which traces the eager model: torchvision's detection code has
+    tracing paths for ONNX (resizing, anchors, top-k, batched NMS), and the nasir backbone has no
+    data-dependent control flow. Limits, all torchvision's: one image per call (the graph is traced
+    with a list of one image), and eval mode only (training-mode losses are not exported). Not
+    used, and why: exporting the scripted detector fails ("args contained 1 None's after
+    flattening. When exporting a ScriptModule or ScriptFunction, no args may be None"; RetinaNet's
+    forward has the optional `targets`); the torch.export-based exporter (`dynamo=True`, torch's
+    default) needs the `onnxscript` package, which nasir does not depend on.
+    Any exporter failure (another torch version, an op without a symbolic) is a DiagnosticError.
+    """
+    out = Path(out)
+    model = copy.deepcopy(model).eval()
+    h, w = image_size or (int(model.transform.min_size[0]),) * 2
+    example = ([torch.rand(3, h, w)],)
+    axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "scores": {0: "detections"},
+            "labels": {0: "detections"}}  # fmt: skip
+
+    def export(tmp: str) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            # Tracer and deprecation warnings about torchvision internals; the result is checked
+            # against the eager detector in tests/targets/test_detection.py.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, example, tmp, dynamo=False, opset_version=17, input_names=["image"],
+                              output_names=["boxes", "scores", "labels"], dynamic_axes=axes)  # fmt: skip
+
+    try:
+        atomic_write_with(out, export)
+    except Exception as e:  # exporter failures are a diagnostic, not a traceback
+        raise _export_error("ONNX", e) from None
+    return out
+
+
+def _export_error(what: str, e: Exception) -> DiagnosticError:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return DiagnosticError([Diagnostic(
+        f"the RetinaNet detector could not be exported to {what}: {type(e).__name__}: {first}",
+        hint="the torch.save'd state_dict (and `nasir.targets.detection.retinanet`) still work; "
+             "see the docstring of nasir.targets.detection.write_onnx for what the pinned versions support")])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO-format data on disk
+# ---------------------------------------------------------------------------------------------
+
+
+def _target(anns: list[dict], width: int, height: int, image_id: int) -> dict[str, Any]:
+    """COCO annotations -> torchvision's detection target: xyxy boxes clipped to the image, labels
+    = category ids (torchvision's COCO convention, 0 the background); crowd regions and empty boxes
+    are dropped, as torchvision's reference detection scripts do."""
+    boxes, labels = [], []
+    for a in anns:
+        if a.get("iscrowd", 0):
+            continue
+        x, y, w, h = (float(v) for v in a["bbox"])
+        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x2 > x1 and y2 > y1:
+            boxes.append([x1, y1, x2, y2])
+            labels.append(int(a["category_id"]))
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64), "image_id": image_id}  # fmt: skip
+
+
+class CocoJson(torch.utils.data.Dataset):
+    """A COCO-format detection set read without pycocotools: (image float [3, H, W] in [0, 1], target)."""
+
+    def __init__(self, root: Path, ann_file: Path, transforms: Callable | None = None):
+        try:
+            data = json.loads(ann_file.read_text())
+            images = {int(im["id"]): im for im in data["images"]}
+            self.categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
+            anns: dict[int, list[dict]] = {i: [] for i in images}
+            for a in data.get("annotations", []):
+                anns.setdefault(int(a["image_id"]), []).append(a)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DiagnosticError(
+                [Diagnostic(f"{ann_file}: not a COCO instances file ({type(e).__name__}: {e})")]
+            ) from None
+        self.root, self.transforms = root, transforms
+        self.ids = sorted(images)
+        self._images, self._anns = images, anns
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.categories, default=0) + 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        # PIL, as CocoDetection reads them (torchvision.io's decoders are deprecated since 0.29).
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        info = self._images[self.ids[i]]
+        with Image.open(self.root / info["file_name"]) as pil:
+            image = pil_to_tensor(pil.convert("RGB")).float() / 255
+        h, w = image.shape[-2:]
+        target = _target(self._anns.get(self.ids[i], []), w, h, self.ids[i])
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+class CocoDetectionTargets(torch.utils.data.Dataset):
+    """torchvision's `CocoDetection` (needs pycocotools) with the same items as `CocoJson`; keeps
+    the `coco` API object that COCO evaluation (pycocotools' COCOeval) needs."""
+
+    def __init__(self, root: Path, ann_file: Path, transforms: Callable | None = None):
+        from torchvision.datasets import CocoDetection
+
+        self.base = CocoDetection(str(root), str(ann_file))
+        self.coco, self.ids, self.transforms = self.base.coco, list(self.base.ids), transforms
+        self.categories = {int(i): str(c.get("name", i)) for i, c in self.coco.cats.items()}
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.categories, default=0) + 1
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        from torchvision.transforms.functional import pil_to_tensor
+
+        pil, anns = self.base[i]
+        image = pil_to_tensor(pil.convert("RGB")).float() / 255
+        h, w = image.shape[-2:]
+        target = _target(anns, w, h, int(self.ids[i]))
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def coco_dataset(path: str | Path, split: str, transforms: Callable | None = None) -> torch.utils.data.Dataset:
+    """`--data coco:PATH`: PATH/annotations/instances_{split}.json with images under PATH/{split}/.
+
+    Items are (image, target) in torchvision's detection format: image a float [3, H, W] tensor in
+    [0, 1]; target {"boxes": float [N, 4] xyxy, "labels": int64 [N] category ids, "image_id"}.
+    `num_classes` on the dataset is max(category id) + 1, what `retinanet(num_classes=...)` wants.
+    With pycocotools installed this is torchvision's `CocoDetection` (`CocoDetectionTargets`, which
+    keeps `.coco` for COCOeval); without it the JSON is read directly (`CocoJson`), same items.
+    `transforms(image, target) -> (image, target)` runs last, if given.
+    """
+    path = Path(path)
+    ann = path / "annotations" / f"instances_{split}.json"
+    root = path / split
+    missing = [p for p in (ann, root) if not p.exists()]
+    if missing:
+        raise DiagnosticError([Diagnostic(f"COCO data set at {path}: {', '.join(map(str, missing))} not found",
+                                          hint=f"expected {path}/annotations/instances_{split}.json and {path}/{split}/")])  # fmt: skip
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        return CocoJson(root, ann, transforms)
+    return CocoDetectionTargets(root, ann, transforms)
+
+
+def collate(batch):
+    """DataLoader collate for detection: images of different sizes stay a list, as RetinaNet takes them."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
