@@ -36,22 +36,31 @@ _TOKEN_WORDS = {
 }  # fmt: skip
 
 
-def _describe_expected(p: Lark, expected: set[str]) -> str:
-    words = set()
+def describe_expected(p: Lark, expected: set[str], token_words: dict[str, str] = _TOKEN_WORDS) -> tuple[str, set[str]]:
+    """Lark's expected terminal names as words a user reads ("'{', a name"), and the literal strings among them."""
+    words, literals = set(), set()
     for name in expected:
-        if name in _TOKEN_WORDS:
-            words.add(_TOKEN_WORDS[name])
+        if name in token_words:
+            words.add(token_words[name])
             continue
         try:
             pattern = p.get_terminal(name).pattern
         except KeyError:
             words.add(name.lower())
             continue
-        words.add(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+        if pattern.type == "str":
+            literals.add(pattern.value)
+            words.add(f"'{pattern.value}'")
+        else:
+            words.add(name.lower())
     items = sorted(words)
     if len(items) > 8:
         items = items[:8] + ["..."]
-    return ", ".join(items)
+    return ", ".join(items), literals
+
+
+def _describe_expected(p: Lark, expected: set[str]) -> str:
+    return describe_expected(p, expected)[0]
 
 
 def syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diagnostic:

@@ -25,7 +25,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from nasir import ir, ops, printer
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
-from nasir.frontend import read_source
+from nasir.frontend import describe_expected, read_source
 from nasir.macros import MACRO_CELLS, macro_text
 from nasir.source import SourceFile, Span, span_field
 
@@ -284,25 +284,7 @@ _TOKEN_WORDS = {
 
 
 def _expected(p: Lark, expected: set[str]) -> tuple[str, set[str]]:
-    words, literals = set(), set()
-    for name in expected:
-        if name in _TOKEN_WORDS:
-            words.add(_TOKEN_WORDS[name])
-            continue
-        try:
-            pattern = p.get_terminal(name).pattern
-        except KeyError:
-            words.add(name.lower())
-            continue
-        if pattern.type == "str":
-            literals.add(pattern.value)
-            words.add(f"'{pattern.value}'")
-        else:
-            words.add(name.lower())
-    items = sorted(words)
-    if len(items) > 8:
-        items = items[:8] + ["..."]
-    return ", ".join(items), literals
+    return describe_expected(p, expected, _TOKEN_WORDS)
 
 
 def _syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diagnostic:
