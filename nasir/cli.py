@@ -47,6 +47,44 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fmt", help="print the canonical .cell text")
     f.add_argument("file", type=Path)
     f.add_argument("-i", "--in-place", action="store_true", help="rewrite the file")
+
+    i = sub.add_parser("info", help="parameters, MACs, cell depth/width; for a search space its size")
+    i.add_argument("file", type=Path)
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_set(i)
+
+    co = sub.add_parser("compile", help="lower a derived architecture to a target")
+    co.add_argument("file", type=Path)
+    co.add_argument("--target", "-t", required=True, choices=("torch", "torchscript", "export", "onnx", "retinanet"))
+    co.add_argument("-o", "--output", required=True, type=Path, help="the file to write")
+    co.add_argument("--weights", type=Path, metavar="CKPT", help="trained weights (a state_dict checkpoint)")
+    co.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (default 0)")
+    _add_set(co)
+
+    d = sub.add_parser("draw", help="draw the cells as DAGs (.png or .svg)")
+    d.add_argument("file", type=Path)
+    d.add_argument("-o", "--output", required=True, type=Path, help="OUT.svg or OUT.png")
+    d.add_argument("--alphas", type=Path, metavar="JSON", help="shade a search space's edges by softmax(alpha)")
+    _add_set(d)
+
+    im = sub.add_parser("import", help="a DARTS genotype or NAS-Bench-201 string to a .cell file")
+    im.add_argument("genotype", metavar="GENOTYPE_FILE", help="a file with a Genotype(...) or an NB201 string; '-' reads stdin")
+    im.add_argument("--macro", choices=("cifar", "imagenet", "nb201"), help="the network to place the cells in "
+                    "(default: cifar for a DARTS genotype, nb201 for an NB201 string)")  # fmt: skip
+    im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2)")
+    im.add_argument("-o", "--output", type=Path, help="the .cell file to write (default: stdout)")
+    _add_set(im)
+
+    eg = sub.add_parser("export-genotype", help="print the genotype string of a derived spec")
+    eg.add_argument("file", type=Path)
+
+    ve = sub.add_parser("verify-export", help="compare an exported model with PyTorch (max abs diff at batch 1 and 8)")
+    ve.add_argument("model", type=Path, metavar="MODEL", help="MODEL.onnx, a TorchScript file (.pt/.ts) or MODEL.pt2")
+    ve.add_argument("--spec", required=True, type=Path, help="the .cell file the model was compiled from")
+    ve.add_argument("--weights", type=Path, metavar="CKPT", help="the weights it was compiled with")
+    ve.add_argument("--seed", type=int, default=0, help="the seed it was compiled with, without --weights (default 0)")
+    ve.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
+    _add_set(ve)
     return p
 
 
@@ -81,7 +119,78 @@ def cmd_fmt(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "fmt": cmd_fmt}
+def cmd_info(args) -> int:
+    import json
+
+    from nasir.analysis import info, render
+
+    d = info(args.file, overrides=args.overrides)
+    print(json.dumps(d, indent=2) if args.json else render(d))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from nasir.compile import compile, weights_path
+
+    out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
+    print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
+    return 0
+
+
+def cmd_draw(args) -> int:
+    from nasir.api import load
+    from nasir.targets.draw import draw
+
+    out = draw(load(args.file, overrides=args.overrides), args.output, alphas=args.alphas)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from nasir.compile import import_genotype
+    from nasir.io import atomic_write
+
+    text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            atomic_write(args.output, text)
+        except OSError as e:
+            raise DiagnosticError([Diagnostic(f"cannot write '{args.output}': {e.strerror or e}")]) from None
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_genotype(args) -> int:
+    from nasir.api import load
+    from nasir.genotype import spec_to_genotype, spec_to_nb201
+
+    spec = load(args.file)
+    one_input = bool(spec.cells) and all(len(c.inputs) == 1 for c in spec.cells)
+    print(spec_to_nb201(spec) if one_input else spec_to_genotype(spec))
+    return 0
+
+
+def cmd_verify_export(args) -> int:
+    from nasir.compile import verify_export
+
+    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    for batch, diff in diffs.items():
+        print(f"batch {batch}: max abs diff {diff:.3g}")
+    worst = max(diffs.values())
+    if worst > args.tolerance:
+        print(f"nasir: parity FAILED: {worst:.3g} > {args.tolerance:g}", file=sys.stderr)
+        return 1
+    print(f"ok: within {args.tolerance:g}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "check": cmd_check, "fmt": cmd_fmt, "info": cmd_info, "compile": cmd_compile, "draw": cmd_draw,
+    "import": cmd_import, "export-genotype": cmd_export_genotype, "verify-export": cmd_verify_export,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from nasir.targets import blocks
 from torch import nn
 
 from nasir import ir, ops
 from nasir.diagnostics import error_at
 from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
+from nasir.targets import blocks
 
 MakeOp = Callable[[ir.Edge, int, int], nn.Module]
 

@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from nasir.targets import blocks
 from torch import nn
 
 from nasir.ops import REGISTRY
+from nasir.targets import blocks
 
 # ---------------------------------------------------------------------------------------------
 # Parameter counts (conv weights have no bias; an affine BN(C) has 2C parameters)

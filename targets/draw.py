@@ -1,0 +1,230 @@
+"""Cell drawings: each cell kind as a DAG the way the DARTS paper draws it (inputs, nodes, output, op names on edges).
+
+A search-space cell can be drawn with architecture weights (`alphas`, a mapping {cell name: [[weight per
+op] per mixed edge]}, mixed edges in IR edge order, ops in the order of the edge's `choice.ops`):
+each mixed edge is then labelled with its strongest op other than `none` (the op DARTS derivation would
+keep) and shaded by that op's softmax weight. Layout by networkx (`multipartite_layout` over the
+topological generations), rendering by matplotlib's Agg/SVG canvases without pyplot (no screen, no
+global state). Output is written atomically; the format follows the suffix (.png or .svg).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from nasir import ir, ops
+from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
+from nasir.io import atomic_write_with
+from nasir.source import SourceFile
+
+FORMATS = {".png": "png", ".svg": "svg"}
+OUTPUT = "<output>"
+
+# Node colours of the DARTS paper's cell figures: inputs green, intermediate nodes blue, output yellow.
+_NODE_COLORS = {"input": "#9fdf9f", "node": "#a6c8ff", "output": "#ffe680"}
+# Edge colours by kind of op, so that convolutions, pooling and skips read apart at a glance.
+_OP_COLORS = {"conv": "#1f4e99", "pool": "#2e8b57", "skip": "#555555", "zero": "#bbbbbb"}
+
+Alphas = Mapping[str, Sequence[Sequence[float]]]
+
+
+def _op_color(name: str) -> str:
+    d = ops.REGISTRY.get(name)
+    if d is None or d.is_zero:
+        return _OP_COLORS["zero"]
+    if d.is_identity:
+        return _OP_COLORS["skip"]
+    return _OP_COLORS["pool"] if d.is_pool else _OP_COLORS["conv"]
+
+
+def softmax(row: Sequence[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(x - top) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def load_alphas(path: str | Path, cells: Sequence[ir.Cell]) -> dict[str, list[list[float]]]:
+    """Read and check an alphas JSON file against the cells it will shade; every problem is a diagnostic."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DiagnosticError([Diagnostic(f"cannot read alphas '{p}': {getattr(e, 'strerror', None) or e}")]) from None
+    src = SourceFile(str(p), text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DiagnosticError([Diagnostic(f"invalid JSON: {e.msg}", src.span(e.pos))]) from None
+    return check_alphas(data, cells, str(p))
+
+
+def check_alphas(data: Any, cells: Sequence[ir.Cell], where: str = "alphas") -> dict[str, list[list[float]]]:
+    bag = DiagnosticBag()
+    by_name = {c.name: c for c in cells}
+    if not isinstance(data, Mapping):
+        raise DiagnosticError([Diagnostic(f"{where}: expected an object {{cell name: [[weight per op] per mixed edge]}}")])
+    out: dict[str, list[list[float]]] = {}
+    for name, rows in data.items():
+        cell = by_name.get(name)
+        if cell is None:
+            bag.error(None, f"{where}: no cell '{name}' to shade", did_you_mean(name, by_name) or "cells: " + ", ".join(by_name))
+            continue
+        mixed = [e for e in cell.edges if e.is_choice]
+        if not mixed:
+            bag.error(cell.span, f"{where}: cell '{name}' has no mixed edges to shade")
+            continue
+        if not isinstance(rows, list) or len(rows) != len(mixed):
+            n = len(rows) if isinstance(rows, list) else "no"
+            bag.error(cell.span, f"{where}: cell '{name}' has {len(mixed)} mixed edges, the file gives {n} rows")
+            continue
+        ok = True
+        for k, (row, e) in enumerate(zip(rows, mixed)):
+            good = isinstance(row, list) and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in row)
+            if not good or len(row) != len(e.candidates):
+                bag.error(e.span, f"{where}: row {k} of '{name}' (edge {e.src} -> {e.dst}) needs {len(e.candidates)} finite numbers, "
+                                  f"one per op of {e.choice.expr if e.choice else 'the edge'}")  # fmt: skip
+                ok = False
+        if ok:
+            out[name] = [[float(x) for x in row] for row in rows]
+    bag.check()
+    return out
+
+
+def _graph(cell: ir.Cell) -> nx.MultiDiGraph:
+    g = nx.MultiDiGraph()
+    for s in cell.input_names:
+        g.add_node(s, kind="input")
+    for n in cell.node_names:
+        g.add_node(n, kind="node")
+    for k, e in enumerate(cell.edges):
+        g.add_edge(e.src, e.dst, index=k)
+    out = cell.output
+    if out is not None and out.kind == "concat":
+        g.add_node(OUTPUT, kind="output")
+        for n in out.nodes:
+            g.add_edge(n, OUTPUT, index=None)
+    elif out is not None:
+        g.nodes[out.nodes[0]]["kind"] = "output"
+    for layer, names in enumerate(nx.topological_generations(g)):
+        for n in names:
+            g.nodes[n]["layer"] = layer
+    # Inputs share the first column even when one of them only feeds later nodes.
+    for s in cell.input_names:
+        g.nodes[s]["layer"] = 0
+    return g
+
+
+def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any) -> None:
+    g = _graph(cell)
+    layers: dict[int, list[str]] = {}
+    for n, d in g.nodes(data=True):  # insertion order = cell order; reversed so that the first is on top
+        layers.setdefault(d["layer"], []).insert(0, n)
+    if cell.is_search_space:
+        # Every node reads every earlier one, so the generations are a chain of one-node columns and
+        # all edges would lie on one line; stack the nodes in one column instead (inputs | nodes | output).
+        column = {"input": 0, "node": 1, "output": 2}
+        layers = {}
+        for n, d in g.nodes(data=True):
+            layers.setdefault(column[d["kind"]], []).insert(0, n)
+    pos = nx.multipartite_layout(g, subset_key=layers, align="vertical")
+    labels = {n: ("output" if n == OUTPUT else n) for n in g.nodes}
+    for kind, color in _NODE_COLORS.items():
+        nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
+        nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=color, node_shape="s", node_size=900, edgecolors="black", ax=ax)
+    nx.draw_networkx_labels(g, pos, labels=labels, font_size=8, ax=ax)
+    mixed_row = {k: r for r, k in enumerate(k for k, e in enumerate(cell.edges) if e.is_choice)}
+    keys = list(g.edges(keys=True, data=True))
+    look: dict[tuple[str, str, int], tuple[Any, float, str | None, str]] = {}
+    for u, v, key, d in keys:
+        k = d["index"]
+        e = cell.edges[k] if k is not None else None
+        if e is None:  # into the concatenation
+            look[(u, v, key)] = ("black", 1.0, None, "solid")
+        elif not e.is_choice:
+            look[(u, v, key)] = (_op_color(e.op), 1.6, e.op, "solid")  # type: ignore[arg-type]
+        elif rows is None:
+            look[(u, v, key)] = ("#777777", 1.0, f"choice({e.choice.expr})", "dashed")  # type: ignore[union-attr]
+        else:
+            weights = softmax(rows[mixed_row[k]])
+            real = [i for i, o in enumerate(e.candidates) if not ops.REGISTRY[o].is_zero] or list(range(len(weights)))
+            i = max(real, key=lambda i: weights[i])
+            look[(u, v, key)] = (cmap(weights[i]), 0.8 + 3.0 * weights[i], f"{e.candidates[i]} {weights[i]:.2f}", "solid")
+    # Edges between columns bend slightly (more for parallel edges); edges inside one column bend far,
+    # so that they nest beside the column instead of running through its nodes.
+    same_column = {x for x in look if abs(pos[x[0]][0] - pos[x[1]][0]) < 1e-9}
+    top = max((k for _, _, k, _ in keys), default=0) + 1
+    for group, base in ((set(look) - same_column, 0.12), (same_column, -0.6)):
+        edgelist = [x for x in look if x in group]
+        if not edgelist:
+            continue
+        styles = [f"arc3,rad={base + math.copysign(0.18, base) * key}" for key in range(top)]
+        nx.draw_networkx_edges(g, pos, edgelist=edgelist, edge_color=[look[x][0] for x in edgelist],
+                               width=[look[x][1] for x in edgelist], style=[look[x][3] for x in edgelist], arrows=True,
+                               arrowsize=12, node_size=900, node_shape="s", connectionstyle=styles, ax=ax)  # fmt: skip
+        labels = {x: look[x][2] for x in edgelist if look[x][2] is not None}
+        nx.draw_networkx_edge_labels(g, pos, edge_labels=labels, font_size=7, ax=ax, connectionstyle=styles, node_size=900,
+                                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
+    title = f"{cell.name}" + (" (reduction)" if cell.reduction else "")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+
+def draw(spec: ir.Spec, out_path: str | Path, alphas: Alphas | str | Path | None = None) -> Path:
+    """Draw every cell kind the network stacks (or every cell of a spec without network) into one .png/.svg."""
+    out = Path(out_path)
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise DiagnosticError([Diagnostic(f"cannot draw to '{out}': the file name must end in .png or .svg")])
+    net = spec.network()
+    cells = [c for c in (spec.cell(n) for n in stacked_cells(net)) if c is not None] if net is not None else []
+    cells = cells or list(spec.cells)
+    if not cells:
+        raise DiagnosticError([Diagnostic(f"{spec.file} has no cells to draw")])
+    rows: dict[str, list[list[float]]] = {}
+    if isinstance(alphas, str | Path):
+        rows = load_alphas(alphas, cells)
+    elif alphas is not None:
+        rows = check_alphas(alphas, cells)
+
+    from matplotlib import colormaps, rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2 * len(cells)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(cells), 1, squeeze=False)[:, 0]
+    cmap = colormaps["Blues"]
+    for ax, cell in zip(axes, cells):
+        shade = rows.get(cell.name)
+        # Keep light shades visible: map weights onto the darker half of the colour map.
+        _draw_cell(ax, cell, shade, (lambda w: cmap(0.35 + 0.65 * w)) if shade is not None else cmap)
+    fig.suptitle(f"{Path(spec.file).name}" + (" (shaded by softmax(alpha))" if rows else ""), fontsize=11)
+    fig.tight_layout()
+
+    def save(tmp: str) -> None:
+        # SVG text stays text (searchable, selectable); no hash salt or date: the same spec draws the same file.
+        with rc_context({"svg.fonttype": "none", "svg.hashsalt": "nasir"}):
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=_metadata(fmt))
+
+    atomic_write_with(out, save)
+    return out
+
+
+def _metadata(fmt: str) -> dict[str, Any]:
+    return {"Date": None} if fmt == "svg" else {}
+
+
+def stacked_cells(net: ir.Network) -> list[str]:
+    """The cell kinds a network stacks, normal before reduction, in order of appearance."""
+    names: list[str] = []
+    for b in net.body:
+        if isinstance(b, ir.Stack):
+            names += [b.cell] + ([b.reduce] if b.reduce else [])
+    return list(dict.fromkeys(names))

@@ -1,0 +1,185 @@
+"""Serialised targets of a built network: TorchScript, torch.export (.pt2) and ONNX, and parity checks.
+
+Every artifact is an inference graph: the model is exported in eval mode, so the auxiliary head
+(training only) and drop-path (training only) are not in it, and BatchNorm uses its running
+statistics. Files are written atomically (`nasir.io`): a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nasir.diagnostics import Diagnostic, DiagnosticError
+from nasir.io import atomic_write, atomic_write_with
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+MIN_OPSET = 17
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the deprecation notices of torch.jit / the TorchScript ONNX exporter: they are the tools chosen here."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode for the block and restore every submodule's flag afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def to_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, *, optimize: bool = True) -> Path:
+    """Trace `model` (eval mode) and save it for `torch.jit.load`.
+
+    Tracing suits these networks: their control flow depends on the architecture, never on tensor
+    values. With `optimize` the trace is frozen: parameters become constants and BN is folded into
+    the convolutions. (`torch.jit.optimize_for_inference` is faster still, but its MKL-DNN constants
+    do not survive `torch.jit.save` / `load` in this torch version.)
+    """
+    with eval_mode(model), torch.no_grad(), _quiet():
+        script = torch.jit.trace(model, example, check_trace=False)
+        if optimize:
+            script = torch.jit.freeze(script)
+
+    def write(tmp: str) -> None:
+        with _quiet():
+            torch.jit.save(script, tmp)
+
+    atomic_write_with(path, write)
+    return Path(path)
+
+
+def to_export(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    """`torch.export` the model (eval mode, dynamic batch axis) and save the ExportedProgram as a .pt2 file."""
+    # torch.export specialises a dimension whose example size is 1; show it a batch of 2.
+    if example.shape[0] < 2:
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with eval_mode(model), torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+    buf = io.BytesIO()  # torch.export.save wants a `.pt2` name or a buffer, not the temporary file's name
+    torch.export.save(program, buf)
+    atomic_write(path, buf.getvalue())
+    return Path(path)
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = MIN_OPSET) -> Path:
+    """Export to ONNX: input `image` and output `logits` with a dynamic batch axis, checked in full.
+
+    Uses the TorchScript-based exporter (`dynamo=False`): it needs no onnxscript, which the pinned
+    packages lack. BatchNorm is folded into the preceding convolutions (eval mode, constant folding).
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"ONNX opset {opset} is too old; nasir emits opset {MIN_OPSET} or newer")
+    import onnx
+
+    def write(tmp: str) -> None:
+        with eval_mode(model), torch.no_grad(), _quiet():
+            torch.onnx.export(
+                model, (example,), tmp, dynamo=False, export_params=True, opset_version=opset,
+                do_constant_folding=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )  # fmt: skip
+        onnx.checker.check_model(tmp, full_check=True)
+
+    atomic_write_with(path, write)
+    return Path(path)
+
+
+# ---- loading artifacts and parity ------------------------------------------------------------------
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".pt2":
+        return "export"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith("/archive_format") or "/models/" in n for n in names) and not any("/code/" in n for n in names):
+            return "export"
+        return "torchscript"
+    return "onnx"
+
+
+def load_runner(path: str | Path) -> tuple[str, Runner, tuple[int, ...] | None]:
+    """Open an exported model: (kind, a numpy -> numpy runner, the input shape without batch if the file states it).
+
+    Raises a DiagnosticError naming the file when it cannot be read as ONNX, TorchScript or .pt2.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DiagnosticError([Diagnostic(f"cannot read '{path}': no such file")])
+    kind = _kind(path)
+    try:
+        if kind == "onnx":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()  # follow torch's setting; ORT's default takes every core
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            inp = sess.get_inputs()[0]
+            dims = inp.shape[1:]
+            shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
+            return kind, lambda x: sess.run(None, {inp.name: x})[0], shape
+        with _quiet():
+            module = torch.export.load(str(path)).module() if kind == "export" else torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # the model file is corrupt or of another kind: bad input, not a bug
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DiagnosticError([Diagnostic(f"cannot load model '{path}' as {kind}: {reason}")]) from None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return kind, run, None
+
+
+def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8), *,
+           input_shape: Sequence[int] | None = None, seed: int = 0) -> dict[int, float]:  # fmt: skip
+    """Max-abs difference between the exported model and `model` in eval mode, per batch size.
+
+    Inputs are seeded standard-normal images; `input_shape` (C, H, W) is needed unless the file states it.
+    """
+    _, run, shape = load_runner(path)
+    shape = tuple(input_shape) if input_shape is not None else shape
+    if shape is None:
+        raise ValueError(f"the input shape of '{path}' is not recorded in the file; pass input_shape")
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[int, float] = {}
+    with eval_mode(model), torch.no_grad():
+        for b in batches:
+            x = torch.randn(b, *shape, generator=gen)
+            ref = model(x).numpy()
+            got = run(x.numpy())
+            if got.shape != ref.shape:
+                raise DiagnosticError([Diagnostic(f"'{path}' returns shape {got.shape}, PyTorch {ref.shape} at batch {b}")])
+            out[b] = float(np.abs(got - ref).max())
+    return out
+
+
+def onnx_parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8)) -> float:
+    """ONNX Runtime vs PyTorch eval output: the max-abs difference over the batch sizes."""
+    return max(parity(model, path, batches).values())

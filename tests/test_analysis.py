@@ -1,0 +1,205 @@
+"""`nasir info`: published parameter and MAC figures, SDARTS depth/width, search-space sizes by brute force."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from helpers import EXAMPLES, spec_of
+
+from nasir import analysis
+from nasir.api import load
+from nasir.genotype import genotype_to_spec_text, parse_genotype
+from nasir.ops import REGISTRY
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning threads per process slow these nets 100x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spec_from_genotype(text: str, macro: str | None = None):
+    return load(genotype_to_spec_text(parse_genotype(text), macro=macro), name="imported.cell")
+
+
+# ---- published figures ---------------------------------------------------------------------------------
+
+
+def test_darts_v2_cifar_has_3349342_params_without_aux_and_528359040_macs():
+    d = analysis.info(EXAMPLES / "darts_v2.cell")
+    assert d["params_no_aux"] == 3_349_342 == d["params"]  # auxiliary = false by default
+    assert d["macs"] == 528_359_040
+
+
+def test_darts_v2_imagenet_has_4718752_params_without_aux():
+    d = analysis.info(EXAMPLES / "darts_v2_imagenet.cell", overrides=["auxiliary=true"])
+    assert d["params_no_aux"] == 4_718_752
+    # ImageNet auxiliary head on 768 channels: conv 1x1 768->128 + BN + conv 2x2 128->768 (no BN) + linear 768->1000.
+    assert d["params"] - d["params_no_aux"] == 768 * 128 + 2 * 128 + 128 * 768 * 4 + 768 * 1000 + 1000
+
+
+def test_auxiliary_head_counts_in_the_total_only():
+    d = analysis.info(EXAMPLES / "darts_v2.cell", overrides=["auxiliary=true"])
+    assert d["params_no_aux"] == 3_349_342
+    # CIFAR auxiliary head on the 576 channels after cell 13: 576*128 + 2*128 + 128*768*4 + 2*768 + 768*10 + 10.
+    assert d["params"] - d["params_no_aux"] == 476_426
+
+
+def test_nb201_network_with_all_conv3x3_edges_has_1531546_params():
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    assert analysis.info(spec_from_genotype(arch))["params"] == 1_531_546
+
+
+def test_macs_follow_the_conv_rule_on_a_hand_countable_network():
+    spec = spec_of("""
+        cell c {
+          inputs x
+          n1 = nor_conv_3x3(x)
+          output n1
+        }
+        network n(C = 4) {
+          input (3, 8, 8)
+          stem  conv3x3(C), bn
+          stack 1 cells(C): c
+          head  global_avg_pool, linear(5)
+        }
+    """)
+    stem = 4 * 8 * 8 * 3 * 9
+    cell = 4 * 8 * 8 * 4 * 9
+    assert analysis.info(spec)["macs"] == stem + cell + 4 * 5
+
+
+# ---- depth and width (SDARTS appendix 7.4, section 5) -----------------------------------------------------
+
+
+def test_darts_v2_normal_cell_has_depth_3_and_width_3_5c():
+    cells = {c["name"]: c for c in analysis.info(EXAMPLES / "darts_v2.cell")["cells"]}
+    assert (cells["normal"]["depth"], cells["normal"]["width"]) == (3, 3.5)
+    # reduce: n0 reads only inputs (1c); n1, n2, n3 read one input and n0 (0.5c each); c_k2 -> n0 -> n1 -> output.
+    assert (cells["reduce"]["depth"], cells["reduce"]["width"]) == (3, 2.5)
+    assert cells["normal"]["width_text"] == "3.5c"
+
+
+def test_pc_darts_normal_cell_has_depth_2_and_width_4c():
+    # PC-DARTS' CIFAR genotype (genotypes.py of the PC-DARTS repository); SDARTS section 5: width 4c, depth 2.
+    pc_darts = """Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1),
+        ('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)], normal_concat=range(2, 6),
+        reduce=[('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_5x5', 2), ('sep_conv_3x3', 0),
+        ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)], reduce_concat=range(2, 6))"""
+    normal = load(genotype_to_spec_text(parse_genotype(pc_darts)), name="pc.cell").cell("normal")
+    assert analysis.cell_depth(normal) == 2 and analysis.cell_width(normal) == 4
+
+
+def test_none_edges_are_not_connections():
+    # A chain x -> n1 -> n2 -> n3; the other edges carry `none`. Output node n3: depth 3; only n1 touches the input.
+    spec = spec_from_genotype("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_3x3~2|")
+    cell = spec.cell("nbcell")
+    assert analysis.cell_depth(cell) == 3 and analysis.cell_width(cell) == 1
+
+
+def test_nb201_cell_with_every_edge_has_depth_3_and_width_11_6c():
+    cell = spec_from_genotype("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|").cell("nbcell")
+    assert analysis.cell_depth(cell) == 3
+    assert analysis.cell_width(cell) == 1 + analysis.Fraction(1, 2) + analysis.Fraction(1, 3)
+
+
+# ---- search spaces ---------------------------------------------------------------------------------------
+
+OPS3 = ("none", "skip_connect", "sep_conv_3x3")
+
+
+def small_space(rule: str = "") -> str:
+    return f"""
+        cell c {{
+          inputs a, b
+          nodes n0, n1, n2
+          edges * -> n* : choice({{{", ".join(OPS3)}}})
+          output concat(n0, n1, n2)
+          {rule}
+        }}
+    """
+
+
+def brute_force(cell, rule) -> int:
+    """Enumerate every assignment of (absent | op) to every edge and count those the rule admits."""
+    edges = [(e.src, e.dst) for e in cell.edges]
+    real = [o for o in OPS3 if not REGISTRY[o].is_zero]
+    count = 0
+    for assign in itertools.product([None, *real], repeat=len(edges)):
+        present = {edges[i] for i, a in enumerate(assign) if a is not None}
+        if rule(present):
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_keep_k_candidates_match_brute_force_enumeration(k):
+    cell = spec_of(small_space(f"keep {k} inputs per node")).cell("c")
+    nodes = cell.node_names
+
+    def rule(present):  # every node keeps exactly k input edges, each with a real op
+        return all(sum(d == n for _, d in present) == k for n in nodes)
+
+    assert analysis.candidates(cell) == brute_force(cell, rule)
+    # ... and the closed form C(#preds, k) * (#ops - none)^k per node: preds 2, 3, 4.
+    assert analysis.candidates(cell) == math.prod(math.comb(p, k) * 2**k for p in (2, 3, 4))
+
+
+def test_without_keep_every_edge_stays_with_one_of_all_its_ops():
+    cell = spec_of(small_space()).cell("c")
+    count = sum(1 for _ in itertools.product(OPS3, repeat=len(cell.edges)))
+    assert analysis.candidates(cell) == count == 3**9
+
+
+def test_nb201_space_has_15625_candidates_30_variables_6_mixed_edges():
+    d = analysis.info(EXAMPLES / "nb201.cell")
+    assert d["space"]["candidates"] == 15_625 == len(list(itertools.product(range(5), repeat=6)))
+    assert d["space"]["mixed_edges"] == 6 and d["space"]["architecture_variables"] == 30
+    assert d["params"] is None and d["cells"][0]["depth"] is None
+
+
+def test_darts_space_sizes():
+    d = analysis.info(EXAMPLES / "darts.cell")
+    s = d["space"]
+    assert s["mixed_edges"] == 28 and s["architecture_variables"] == 2 * 14 * 8
+    per_cell = math.prod(math.comb(p, 2) * 7**2 for p in (2, 3, 4, 5))
+    assert s["candidates"] == per_cell**2
+    # The DARTS reference logs "param size = 1.930618MB" for this supernet (train_search.py, C = 16, 8 layers).
+    assert s["supernet_weight_params"] == 1_930_618
+
+
+@pytest.mark.parametrize("topology", ["inputs 2", "outputs 1", "outputs 2", "outputs any"])
+def test_topology_candidates_match_brute_force_enumeration(topology):
+    cell = spec_of(small_space(f"topology {topology}").replace("none, ", "")).cell("c")
+    kind, k = topology.split()
+    nodes, states = cell.node_names, cell.states
+
+    def rule(present):
+        if not all(any(d == n for _, d in present) for n in nodes):
+            return False  # a node without inputs: invalid topology
+        if kind == "inputs":
+            return all(sum(d == n for _, d in present) == min(int(k), sum(e.dst == n for e in cell.edges)) for n in nodes)
+        for s in states:
+            succ = sum(e.src == s for e in cell.edges)
+            chosen = sum(src == s for src, _ in present)
+            if k != "any" and succ and chosen != min(int(k), succ):
+                return False
+        return True
+
+    assert analysis.candidates(cell) == brute_force(cell, rule) > 0
+
+
+def test_info_is_json_and_renders_the_figures():
+    d = analysis.info(EXAMPLES / "darts_v2.cell")
+    assert json.loads(json.dumps(d)) == d
+    text = analysis.render(d)
+    assert "3,349,342" in text and "528,359,040" in text and "depth 3, width 3.5c" in text
+    space = analysis.render(analysis.info(EXAMPLES / "nb201.cell"))
+    assert "candidate architectures  15,625" in space and "mixed edges              6" in space
