@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("compile", help="lower a derived architecture to a target")
     co.add_argument("file", type=Path)
     co.add_argument("--target", "-t", required=True, choices=("torch", "torchscript", "export", "onnx", "retinanet"))
-    co.add_argument("-o", "--output", required=True, type=Path, help="the file to write")
+    co.add_argument("-o", "--output", type=Path, help="the file to write (required unless --dump-after stops at a search space)")
+    co.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (mixed_ops, zero_ops, topology, dead_nodes)")
     co.add_argument("--weights", type=Path, metavar="CKPT", help="trained weights (a state_dict checkpoint)")
     co.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (default 0)")
     _add_set(co)
@@ -77,6 +78,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     eg = sub.add_parser("export-genotype", help="print the genotype string of a derived spec")
     eg.add_argument("file", type=Path)
+
+    tr = sub.add_parser("train", help="retrain a derived network")
+    tr.add_argument("file", type=Path)
+    tr.add_argument("--data", default="digits", help="digits | synthetic[:N] | cifar10:PATH | folder:PATH | coco:PATH")
+    tr.add_argument("--out", required=True, type=Path, help="the run directory (checkpoints, metrics.jsonl)")
+    tr.add_argument("--preset", help="darts-cifar | darts-imagenet | digits")
+    tr.add_argument("--task", choices=("classification", "detection"), default="classification")
+    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--weight-decay", float), ("--cutout", int),
+                       ("--drop-path", float), ("--auxiliary-weight", float), ("--grad-clip", float),
+                       ("--label-smoothing", float), ("--seed", int), ("--limit-batches", int)):  # fmt: skip
+        tr.add_argument(flag, type=kind)
+    tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    _add_set(tr)
+
+    ev = sub.add_parser("eval", help="accuracy of a trained network")
+    ev.add_argument("file", type=Path)
+    ev.add_argument("--weights", required=True, type=Path, metavar="CKPT")
+    ev.add_argument("--data", default="digits")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--seed", type=int, default=0, help="the seed of the held-out split used in training")
+    _add_set(ev)
+
+    try:
+        from nasir.search.cli import add_search_parser
+    except ImportError:  # pragma: no cover - the search runtime is part of the package
+        add_search_parser = None
+    if add_search_parser is not None:
+        add_search_parser(sub)
 
     ve = sub.add_parser("verify-export", help="compare an exported model with PyTorch (max abs diff at batch 1 and 8)")
     ve.add_argument("model", type=Path, metavar="MODEL", help="MODEL.onnx, a TorchScript file (.pt/.ts) or MODEL.pt2")
@@ -131,6 +161,23 @@ def cmd_info(args) -> int:
 
 def cmd_compile(args) -> int:
     from nasir.compile import compile, weights_path
+
+    if args.dump_after is not None:
+        from nasir.api import load
+        from nasir.passes.dead_nodes import DeadNodes
+        from nasir.passes.mixed_ops import MixedOps
+        from nasir.passes.topology import Topology
+        from nasir.passes.zero_ops import ZeroOps
+        from nasir.pipeline import PassManager
+
+        spec = load(args.file, overrides=args.overrides)
+        # A search space runs the passes that build its supernet; a derived spec the clean-up passes.
+        passes = [MixedOps(), ZeroOps(), Topology()] if spec.is_search_space else [DeadNodes()]
+        PassManager(passes, verify=True, dump_after=args.dump_after, dump=lambda text: sys.stdout.write(text)).run(spec)
+        if spec.is_search_space:
+            return 0
+    if args.output is None:
+        raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
 
     out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
@@ -187,7 +234,48 @@ def cmd_verify_export(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from nasir.api import load
+    from nasir.train import TrainConfig, train
+
+    if args.task == "detection":
+        raise DiagnosticError([Diagnostic("nasir train --task detection is not available yet",
+                                          hint="build the detector in Python: nasir.targets.detection.retinanet and coco_dataset")])  # fmt: skip
+    spec = load(args.file, overrides=args.overrides)
+    preset = args.preset or ("digits" if args.data == "digits" else None)
+    cfg = TrainConfig.from_preset(
+        preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        cutout=args.cutout, drop_path=args.drop_path, auxiliary_weight=args.auxiliary_weight, grad_clip=args.grad_clip,
+        label_smoothing=args.label_smoothing, seed=args.seed, limit_batches=args.limit_batches,
+    )  # fmt: skip
+    if args.overrides:
+        import attrs
+
+        cfg = attrs.evolve(cfg, set=cfg.set + tuple(args.overrides))
+    last = train(spec, args.data, args.out, cfg, device=args.device, resume=args.resume)
+    print(f"valid accuracy {last.get('valid_acc', float('nan')):.4f} (best {last.get('best_valid_acc', float('nan')):.4f}); "
+          f"weights in {args.out / 'best.pt'} and {args.out / 'last.pt'}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from nasir.train import evaluate_checkpoint
+
+    loss, acc, n = evaluate_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
+    print(f"accuracy {acc:.4f}  loss {loss:.4f}  on {n} held-out images")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from nasir.search.cli import run_search
+
+    return run_search(args)
+
+
 COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "search": cmd_search,
     "check": cmd_check, "fmt": cmd_fmt, "info": cmd_info, "compile": cmd_compile, "draw": cmd_draw,
     "import": cmd_import, "export-genotype": cmd_export_genotype, "verify-export": cmd_verify_export,
 }  # fmt: skip

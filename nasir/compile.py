@@ -25,9 +25,7 @@ if TYPE_CHECKING:
 
     from nasir.targets.network import Network
 
-TARGETS: tuple[str, ...] = ("torch", "torchscript", "export", "onnx")
-# Targets the command line already names but that later work will bring.
-PLANNED: Mapping[str, str] = {"retinanet": "the RetinaNet detection target is not implemented yet"}
+TARGETS: tuple[str, ...] = ("torch", "torchscript", "export", "onnx", "retinanet")
 
 Overrides = Sequence[str] | Mapping[str, Any] | None
 
@@ -194,17 +192,26 @@ def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *,
     `torch` writes a standalone Python module; with `weights` it also writes the state_dict beside it
     (`weights_path(out)`), loadable into the module's `Network` and into `nasir.build`.
     """
-    if target in PLANNED:
-        raise DiagnosticError([Diagnostic(f"target '{target}': {PLANNED[target]}", None, "available targets: " + ", ".join(TARGETS))])
     if target not in TARGETS:
         raise DiagnosticError([Diagnostic(f"unknown target '{target}'", None, did_you_mean(target, TARGETS) or "available targets: " + ", ".join(TARGETS))])
     spec, plan = resolve(spec_or_path, overrides)
+    out = Path(out)
+    if target == "retinanet":
+        # A detector on the derived backbone: scripted eval-mode model at OUT, weights and settings at
+        # OUT.state_dict.pt, and ONNX beside it (targets/detection.py says what each export can do).
+        from nasir.targets import detection
+
+        require_derived(spec, plan)
+        values = dict(parse_overrides(list(overrides))[0]) if overrides and not isinstance(overrides, Mapping) else dict(overrides or {})
+        detection.write_module(spec, out, num_classes=plan.classes, overrides=values, seed=seed,
+                               min_size=max(64, plan.input[1]), max_size=max(64, plan.input[1], plan.input[2]),
+                               onnx_path=out.with_suffix(".onnx"))  # fmt: skip
+        return out
     model = build_from_plan(spec, plan, weights, seed)
     import torch
 
     from nasir.targets import export, torch_source
 
-    out = Path(out)
     try:
         if target == "torch":
             atomic_write(out, torch_source.generate(spec, plan, spec.file))

@@ -1,0 +1,190 @@
+"""Retraining: learning happens, resume equals not stopping, DARTS' cutout and schedules, DDP math."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import spec_of
+
+from nasir.diagnostics import DiagnosticError
+from nasir.train import PRESETS, TrainConfig, cutout, load_checkpoint, lr_at, train
+
+TINY = """
+cell normal {
+  inputs c_k2, c_k1
+  n0 = sep_conv_3x3(c_k2) + skip_connect(c_k1)
+  n1 = max_pool_3x3(n0) + sep_conv_3x3(c_k1)
+  output concat(n0, n1)
+}
+cell reduce {
+  inputs c_k2, c_k1
+  stride 2 from inputs
+  n0 = max_pool_3x3(c_k2) + sep_conv_3x3(c_k1)
+  n1 = skip_connect(n0) + avg_pool_3x3(c_k1)
+  output concat(n0, n1)
+}
+network tiny(C = 4, layers = 3, classes = 4, auxiliary = false) {
+  input (1, 8, 8)
+  stem conv3x3(3 * C), bn
+  stack layers cells(C): normal, reduce at 1/3, 2/3
+  auxiliary cifar at 2/3 if auxiliary
+  head global_avg_pool, linear(classes)
+}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cfg(**kw):
+    base = dict(epochs=3, batch_size=32, lr=0.05, limit_batches=4, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_learns_the_synthetic_classes(tmp_path):
+    last = train(spec_of(TINY), "synthetic:256", tmp_path, cfg(epochs=4, limit_batches=None), progress=False)
+    assert last["valid_acc"] > 0.6  # 4 classes: chance is 0.25
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path):
+    spec = spec_of(TINY)
+    train(spec, "synthetic:128", tmp_path / "a", cfg(), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, stop_after_steps=6)  # mid epoch 2
+    train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, resume=True)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cutout_zeroes_one_square_of_the_given_size():
+    x = torch.ones(64, 1, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    y = cutout(x, 16, g)
+    g = torch.Generator().manual_seed(0)
+    cy, cx = torch.randint(0, 32, (64,), generator=g), torch.randint(0, 32, (64,), generator=g)
+    for i in range(64):
+        # Hand rule: rows max(0, cy-8) .. min(32, cy+8) - 1, the same for columns.
+        rows = min(32, int(cy[i]) + 8) - max(0, int(cy[i]) - 8)
+        cols = min(32, int(cx[i]) + 8) - max(0, int(cx[i]) - 8)
+        assert int((y[i] == 0).sum()) == rows * cols
+
+
+def test_schedules_follow_darts():
+    c = TrainConfig(epochs=600, lr=0.025, lr_min=0.0, schedule="cosine")
+    assert lr_at(c, 0) == pytest.approx(0.025) and lr_at(c, 300) == pytest.approx(0.0125) and lr_at(c, 600) == pytest.approx(0.0)
+    e = TrainConfig(lr=0.1, schedule="exponential", gamma=0.97)
+    assert lr_at(e, 10) == pytest.approx(0.1 * 0.97**10)
+
+
+def test_presets_hold_the_darts_protocol():
+    p = TrainConfig.from_preset("darts-cifar")
+    assert (p.epochs, p.batch_size, p.lr, p.momentum, p.weight_decay, p.cutout, p.drop_path, p.auxiliary_weight, p.grad_clip) == (
+        600, 96, 0.025, 0.9, 3e-4, 16, 0.2, 0.4, 5.0)  # fmt: skip
+    assert "C=36" in p.set and "layers=20" in p.set
+    assert TrainConfig.from_preset("darts-imagenet").label_smoothing == 0.1
+    assert TrainConfig.from_preset("darts-cifar", epochs=5).epochs == 5
+    with pytest.raises(DiagnosticError, match="unknown preset"):
+        TrainConfig.from_preset("darts-cifr")
+    assert set(PRESETS) == {"darts-cifar", "darts-imagenet", "digits"}
+
+
+def test_corrupt_checkpoint_is_a_diagnostic(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DiagnosticError, match="not a readable nasir checkpoint"):
+        load_checkpoint(bad)
+
+
+# ---- DistributedDataParallel on the CPU (gloo) ----------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RANK_SCRIPT = """
+import os, sys, torch
+torch.set_num_threads(1)
+from nasir.api import load
+from nasir.train import TrainConfig, train
+import nasir.train as tr
+spec = load(sys.argv[1])
+out = sys.argv[2]
+train(spec, "synthetic:128", out, TrainConfig(epochs=1, batch_size=32, lr=0.05, limit_batches=3, seed=3),
+      device="cpu", progress=False)
+torch.save(tr._LAST_MODEL_STATE, os.path.join(out, "rank%s.pt" % os.environ["RANK"]))
+"""
+
+
+def test_two_gloo_processes_agree_and_match_the_averaged_single_process_step(tmp_path):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    (tmp_path / "t.cell").write_text(TINY)
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                        str(tmp_path / "rank.py"), str(tmp_path / "t.cell"), out], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0 = torch.load(os.path.join(out, "rank0.pt"), weights_only=True)
+    w1 = torch.load(os.path.join(out, "rank1.pt"), weights_only=True)
+    for k in w0:
+        if k.endswith("running_mean") or k.endswith("running_var") or k.endswith("num_batches_tracked"):
+            continue  # DDP broadcasts buffers from rank 0 at the next forward, not after the last step
+        assert torch.equal(w0[k], w1[k]), k
+
+    # The math DDP promises: each step averages the gradients of the two half-batches (each half
+    # normalised by its own BN statistics), with BN buffers taken from rank 0. Emulate it in one process.
+    from nasir.macro import plan as make_plan
+    from nasir.search import data as data_mod
+    from nasir.targets.network import Network
+    from nasir.train import _eval_data, lr_at
+
+    spec = spec_of(TINY)
+    p = make_plan(spec)
+    c = cfg(epochs=1, limit_batches=3)
+    torch.manual_seed(c.seed)
+    model = Network(spec, p)
+    raw = data_mod.load_data("synthetic:128", p.input, p.classes)
+    data, train_idx, _, _ = _eval_data("synthetic:128", raw, c.holdout, c.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr_at(c, 0), momentum=c.momentum, weight_decay=c.weight_decay)
+    order = data_mod.epoch_order(train_idx, c.seed, 0, 0)
+    model.train()
+    for step in range(3):
+        idx = order[step * c.batch_size : (step + 1) * c.batch_size]
+        halves = [idx[: c.batch_size // 2], idx[c.batch_size // 2 :]]
+        buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+        grads = []
+        for r in (1, 0):  # rank 1 first, then restore buffers and run rank 0 (whose buffers DDP keeps)
+            model.load_state_dict({**model.state_dict(), **buffers})
+            x, y = data.batch(halves[r], data_mod.batch_generator(c.seed, 0, step, r))
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads.append([q.grad.clone() for q in model.parameters()])
+        for q, g1, g0 in zip(model.parameters(), *grads):
+            q.grad = (g0 + g1) / 2
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        opt.step()
+    ref = model.state_dict()
+    for k in w0:
+        if "running" in k or "num_batches" in k:
+            continue
+        assert torch.allclose(w0[k], ref[k], atol=1e-6, rtol=1e-5), k
+    assert not math.isnan(float(sum(v.float().sum() for v in w0.values())))
