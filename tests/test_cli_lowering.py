@@ -176,9 +176,22 @@ def test_unwritable_output_is_exit_2_and_nothing_is_written(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx", "file"] and not any((tmp_path / "dir.onnx").iterdir())
 
 
-def test_retinanet_target_is_refused_clearly(tmp_path, capsys):
-    code, _, err = run(capsys, "compile", EXAMPLES / "darts_v2.cell", "--target", "retinanet", "-o", tmp_path / "m.onnx")
-    assert code == 2 and "target 'retinanet': the RetinaNet detection target is not implemented yet" in err
+def test_retinanet_target_writes_a_detector_that_returns_torchvision_detections(tmp_path, capsys):
+    import torch
+
+    code, _, err = run(capsys, "compile", EXAMPLES / "darts_v2.cell", "--target", "retinanet", "-o", tmp_path / "det.pt",
+                       "--set", "C=8", "--set", "layers=5")  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det.onnx", "det.pt", "det.state_dict.pt"]
+    det = torch.jit.load(str(tmp_path / "det.pt"))
+    _, detections = det([torch.rand(3, 64, 64)])
+    assert set(detections[0]) == {"boxes", "scores", "labels"} and detections[0]["boxes"].shape[1] == 4
+
+
+def test_retinanet_needs_an_rgb_network(tmp_path, capsys):
+    code, _, err = run(capsys, "compile", EXAMPLES / "digits.cell", "--target", "retinanet", "-o", tmp_path / "d.pt")
+    assert code == 2 and "is a search space" in err  # a search space is refused before anything else
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_info_prints_the_figures_and_json(capsys):
