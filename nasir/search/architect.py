@@ -1,0 +1,173 @@
+"""The DARTS architecture step, first and second order (methods.md, "DARTS"; darts-slides "Approximation").
+
+First order (xi = 0): alpha descends grad_alpha L_val(w, alpha).
+Second order: alpha descends
+    grad_alpha L_val(w', alpha) - xi * (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps)
+with w' = one step of the weight optimiser from w on the training batch, w+- = w +- eps * grad_w' L_val(w', alpha),
+eps = 0.01 / ||grad_w' L_val(w', alpha)|| and xi the current weight learning rate.
+
+Which w': methods.md writes w' = w - xi * grad_w L_train(w, alpha); the DARTS reference code
+(architect.py, `_compute_unrolled_model`) unrolls the actual SGD step, momentum and weight decay
+included: w' = w - xi * (momentum * buf + grad_w L_train + wd * w). We take the code's reading: it is
+the weight step the search really takes next, and methods.md's is its special case momentum = wd = 0.
+The momentum and decay terms do not depend on alpha, so the finite-difference term is the same.
+
+The hypothetical weights w', w+ and w- are written into the live parameters and restored afterwards
+(as the reference does with a model copy and in-place updates), so low-memory recomputation in the
+backward pass sees the same weights as the forward; BN running statistics are restored too, so only
+evaluations at the real weights w update them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasir.search.supernet import Supernet
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@contextlib.contextmanager
+def weights_at(params: Sequence[nn.Parameter], values: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Temporarily give `params` the `values` (forward and backward must both run inside)."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+
+
+@contextlib.contextmanager
+def buffers_kept(module: nn.Module) -> Iterator[None]:
+    """Evaluations at hypothetical weights must not move the BN running statistics."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+class Architect:
+    """Updates the architecture variables of a `Supernet` with Adam (DARTS defaults: lr 3e-4,
+    betas (0.5, 0.999), weight decay 1e-3), first or second order.
+
+    `w_optimizer` is the weight optimiser; the second-order step reads its momentum and weight decay
+    to unroll the step it is about to take (see the module docstring).
+    """
+
+    def __init__(self, model: Supernet, w_optimizer: torch.optim.Optimizer | None = None, *, order: int = 1,
+                 lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
+                 criterion: nn.Module | None = None, fd_radius: float = 0.01):  # fmt: skip
+        if order not in (1, 2):
+            raise ValueError(f"DARTS order must be 1 or 2, got {order}")
+        self.model = model
+        self.w_optimizer = w_optimizer
+        self.order = order
+        self.criterion = criterion or nn.CrossEntropyLoss()
+        # eps = fd_radius / ||grad_w' L_val||: w+- lie fd_radius away from w (DARTS: 0.01).
+        self.fd_radius = fd_radius
+        self.last_eps: float | None = None
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    # ---- gradients -----------------------------------------------------------------------------
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self.model(x)
+        return self.criterion(logits, y), logits
+
+    def first_order_grad(self, valid: Batch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """grad_alpha L_val(w, alpha) (methods.md, DARTS first order); also the loss and logits."""
+        alphas = self.model.arch_parameters()
+        loss, logits = self._loss(valid)
+        grads = torch.autograd.grad(loss, alphas)
+        return list(grads), loss.detach(), logits.detach()
+
+    def unrolled_weights(self, train: Batch, xi: float) -> list[torch.Tensor]:
+        """w' = w - xi * (momentum * buf + grad_w L_train(w, alpha) + wd * w), the next SGD step (DARTS code)."""
+        params = self.model.weight_parameters()
+        loss, _ = self._loss(train)
+        grads = torch.autograd.grad(loss, params)
+        momentum, wd, bufs = 0.0, 0.0, [None] * len(params)
+        opt = self.w_optimizer
+        if opt is not None:
+            group = opt.param_groups[0]
+            momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+            bufs = [opt.state.get(p, {}).get("momentum_buffer") for p in params]
+        out = []
+        with torch.no_grad():
+            for p, g, buf in zip(params, grads, bufs):
+                d = g + wd * p if wd else g
+                if buf is not None and momentum:
+                    d = d + momentum * buf
+                out.append(p - xi * d)
+        return out
+
+    def second_order_grad(self, train: Batch, valid: Batch, xi: float) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The DARTS second-order gradient with the finite-difference Hessian-vector product (methods.md)."""
+        model = self.model
+        params = model.weight_parameters()
+        alphas = model.arch_parameters()
+        w = [p.detach().clone() for p in params]
+        w_prime = self.unrolled_weights(train, xi)
+        with buffers_kept(model), weights_at(params, w_prime):
+            loss, logits = self._loss(valid)
+            g = torch.autograd.grad(loss, alphas + params)
+        d_alpha, d_w = list(g[: len(alphas)]), g[len(alphas) :]
+        # eps = 0.01 / ||grad_w' L_val(w', alpha)|| (methods.md; DARTS architect.py `r = 1e-2`).
+        norm = torch.sqrt(sum((v.double() ** 2).sum() for v in d_w))
+        eps = float(self.fd_radius / norm) if norm > 0 else 0.0
+        self.last_eps = eps
+        implicit = [torch.zeros_like(a) for a in alphas]
+        if eps > 0.0:
+            for sign in (1.0, -1.0):
+                point = [wi + sign * eps * v for wi, v in zip(w, d_w)]
+                with buffers_kept(model), weights_at(params, point):
+                    lt, _ = self._loss(train)
+                    ga = torch.autograd.grad(lt, alphas)
+                for acc, gi in zip(implicit, ga):
+                    acc.add_(gi, alpha=sign / (2 * eps))
+        grads = [da - xi * h for da, h in zip(d_alpha, implicit)]
+        return grads, loss.detach(), logits.detach()
+
+    def gradient(self, train: Batch, valid: Batch, xi: float) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        if self.order == 1:
+            return self.first_order_grad(valid)
+        return self.second_order_grad(train, valid, xi)
+
+    # ---- the step ------------------------------------------------------------------------------
+    def step(self, train: Batch, valid: Batch, xi: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One architecture step; returns the validation loss and logits (at w for order 1, at w' for 2)."""
+        grads, loss, logits = self.gradient(train, valid, xi)
+        self.optimizer.zero_grad(set_to_none=True)
+        for a, g in zip(self.model.arch_parameters(), grads):
+            a.grad = g
+        self.optimizer.step()
+        return loss, logits
+
+
+def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, batch: Batch, *, clip: float = 5.0,
+                criterion: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One weight step: descend grad_w L_train(w, alpha), gradient norm clipped at `clip` (DARTS: 5)."""
+    x, y = batch
+    params = model.weight_parameters()
+    logits = model(x)
+    loss = (criterion or F.cross_entropy)(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    grads = torch.autograd.grad(loss, params)
+    for p, g in zip(params, grads):
+        p.grad = g
+    nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return loss.detach(), logits.detach()

@@ -1,0 +1,68 @@
+"""`nasir search`: the flags and their rendering only; the work is `nasir.search.runner.search`.
+
+The lead wires `add_search_parser` and `run_search` into nasir/cli.py. Exit codes: 0 done, 2 bad input
+(a DiagnosticError, rendered by the caller), 130 stopped by a signal (a checkpoint was saved first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_search_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("search", help="search a space on data and derive an architecture",
+                              description="Run DARTS on a .cell search space; settings in the spec's search block are "
+                                          "defaults that these flags override.")  # fmt: skip
+    p.add_argument("file", type=Path, metavar="SPEC", help="a .cell file with choice(...) edges")
+    p.add_argument("--data", default="digits", metavar="SPEC",
+                   help="digits (embedded, default) | synthetic[:N] | cifar10:PATH | folder:PATH")  # fmt: skip
+    p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/<spec name>)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the spec's, else 50)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the spec's, else 64)")
+    p.add_argument("--order", type=int, choices=(1, 2), help="DARTS first or second order (default: the spec's, else 1)")
+    p.add_argument("--select", choices=("magnitude", "strength", "strength-star", "naive"),
+                   help="how the architecture is derived (this runtime: magnitude)")  # fmt: skip
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's, else 2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto picks CUDA when available")
+    p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    p.add_argument("--low-memory", action="store_true", help="recompute mixed ops in the backward pass (less memory)")
+    p.add_argument("--layout", choices=("auto", "channels-last", "contiguous"), default="auto",
+                   help="tensor layout (auto: channels-last on CPU)")  # fmt: skip
+    p.add_argument("--limit-batches", type=int, metavar="N", help="at most N steps per epoch (quick runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", dest="overrides", action="append", metavar="NAME=VALUE", default=[],
+                   help="override a network parameter")  # fmt: skip
+    return p
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from nasir.search.runner import SearchInterrupted, search
+
+    select = args.select.replace("-", "_") if args.select else None
+    layout = {"auto": None, "channels-last": True, "contiguous": False}[args.layout]
+    t0 = time.perf_counter()
+    try:
+        result = search(args.file, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                        order=args.order, seed=args.seed, select=select, device=args.device, resume=args.resume,
+                        overrides=args.overrides, low_memory=args.low_memory, channels_last=layout,
+                        limit_batches=args.limit_batches, progress=not args.no_progress)  # fmt: skip
+    except SearchInterrupted as e:
+        print(f"nasir: {e}", file=sys.stderr)
+        return 130
+    sys.stdout.write(result.derived_text)
+    last = result.metrics[-1] if result.metrics else {}
+    print()
+    if result.genotype:
+        print(f"genotype: {result.genotype}")
+    if last:
+        print(f"epoch {last['epoch']}: train acc {last['train_acc']:.3f}, valid acc {last['valid_acc']:.3f} "
+              f"(supernet, eval mode, on the architecture half)")  # fmt: skip
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"search took {time.perf_counter() - t0:.0f} s; files in {result.out}/:")
+    for name in result.files:
+        print(f"  {name}")
+    return 0

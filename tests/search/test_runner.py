@@ -1,0 +1,205 @@
+"""The search job end to end on a tiny space: outputs, determinism, resume, errors, the CLI skin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from helpers import EXAMPLES, spec_of
+
+from nasir.api import load
+from nasir.diagnostics import DiagnosticError
+from nasir.search.cli import add_search_parser, run_search
+from nasir.search.runner import SearchInterrupted, make_options, search
+
+SPEC = EXAMPLES / "digits.cell"
+TINY = dict(data="synthetic:32", overrides=["C=4", "layers=3"], epochs=2, batch_size=8, seed=0, device="cpu",
+            progress=False)  # fmt: skip
+STEPS = 2  # 32 images -> halves of 16 -> 2 batches of 8 per epoch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return search(SPEC, out=tmp_path_factory.mktemp("ref"), **TINY)
+
+
+def _same_result(a, b) -> None:
+    for name in ("derived.cell", "alphas.json", "alphas/epoch_001.json", "alphas/epoch_002.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    drop = ("time_s", "train_s")
+    assert [{k: v for k, v in m.items() if k not in drop} for m in ma] == [{k: v for k, v in m.items() if k not in drop} for m in mb]
+
+
+def test_search_writes_every_output(reference):
+    out = reference.out
+    names = ("derived.cell", "genotype.txt", "alphas.json", "metrics.jsonl", "checkpoint.pt", "derived.onnx", "derived.png", "alphas.png")
+    for name in names:
+        assert (out / name).is_file(), name
+    assert (out / "derived.png").read_bytes()[:4] == (out / "alphas.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and all(m["steps"] == STEPS for m in metrics)
+    assert {"train_loss", "train_acc", "arch_loss", "valid_loss", "valid_acc", "lr", "time_s", "genotype"} <= set(metrics[0])
+    assert metrics[0]["lr"] == 0.025 and metrics[1]["lr"] == pytest.approx(0.001 + 0.024 * 0.5)  # cosine, T = 2 epochs
+    # alphas.json: {kind: [[alpha per op] per mixed edge]}, the file `nasir draw --alphas` reads.
+    alphas = json.loads((out / "alphas.json").read_text())
+    assert alphas == json.loads((out / "alphas" / "epoch_002.json").read_text()) == reference.alphas
+    assert {k: (len(v), len(v[0])) for k, v in alphas.items()} == {"normal": (14, 8), "reduce": (14, 8)}
+    # derived.cell stands alone: it loads, has no choices, and keeps the searched network's parameters.
+    derived = load(out / "derived.cell")
+    assert not derived.is_search_space and derived.search is None
+    assert "network digits(C = 4, layers = 3, classes = 10)" in (out / "derived.cell").read_text()
+    assert all(len(c.in_edges(n)) == 2 for c in derived.cells for n in c.node_names)  # keep 2 inputs per node
+    from nasir.genotype import spec_to_genotype
+
+    assert (out / "genotype.txt").read_text().strip() == spec_to_genotype(derived) == reference.genotype
+
+
+def test_derived_selection_is_the_top_alpha_per_edge_and_top_two_edges_per_node(reference):
+    """Magnitude selection recomputed by hand from alphas.json (methods.md, DARTS derivation)."""
+    alphas = json.loads((reference.out / "alphas.json").read_text())
+    derived = load(reference.out / "derived.cell")
+    ops = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+    states = ["c_k2", "c_k1", "n0", "n1", "n2", "n3"]
+    for kind, rows in alphas.items():
+        want, r = set(), 0
+        for j in range(4):
+            best = []
+            for i in range(j + 2):
+                soft = torch.tensor(rows[r]).softmax(0)
+                k = int(soft[1:].argmax()) + 1  # `none` excluded
+                best.append((float(soft[k]), states[i], ops[k]))
+                r += 1
+            want |= {(src, f"n{j}", op) for _, src, op in sorted(best, reverse=True)[:2]}
+        got = {(e.src, e.dst, e.op) for e in derived.cell(kind).edges}
+        assert got == want
+
+
+def test_derived_network_exports_to_onnx_and_retrains(reference):
+    import numpy as np
+    import onnxruntime as ort
+
+    from nasir.macro import plan
+    from nasir.targets.network import build
+
+    derived = load(reference.out / "derived.cell")
+    model = build(derived, plan(derived), seed=0).eval()  # the search exports this seeded network
+    x = torch.randn(3, 1, 8, 8)
+    sess = ort.InferenceSession(str(reference.out / "derived.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    got = sess.run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    # Retraining: the derived network fits a fixed batch.
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    xb, yb = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_fixed_seed_gives_a_byte_identical_search(reference, tmp_path):
+    again = search(SPEC, out=tmp_path, artifacts=False, **TINY)
+    _same_result(reference.out, again.out)
+
+
+def test_resume_after_a_stop_signal_mid_epoch_gives_the_same_result(reference, tmp_path):
+    with pytest.raises(SearchInterrupted) as info:
+        search(SPEC, out=tmp_path, artifacts=False, stop_after_steps=STEPS + 1, **TINY)
+    assert (info.value.epoch, info.value.step) == (1, 1)  # mid-way through the second epoch
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 1)
+    search(SPEC, out=tmp_path, artifacts=False, resume=True, **TINY)
+    _same_result(reference.out, tmp_path)
+
+
+def test_resume_after_a_kill_mid_epoch_gives_the_same_result(reference, tmp_path):
+    def kill(info):
+        if info["global_step"] == STEPS + 1:
+            raise KeyboardInterrupt  # as abrupt as a kill: no checkpoint of this epoch is written
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        search(SPEC, out=tmp_path, artifacts=False, callback=kill, **TINY)
+    assert not isinstance(info.value, SearchInterrupted)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    search(SPEC, out=tmp_path, artifacts=False, resume=True, **TINY)
+    _same_result(reference.out, tmp_path)
+
+
+def test_search_block_gives_defaults_and_flags_override_them():
+    spec = load(SPEC)
+    opts = make_options(spec, data="digits", order=None, epochs=None, batch_size=None, seed=None, select=None,
+                        overrides={}, limit_batches=None, channels_last=False, low_memory=False, device=torch.device("cpu"))  # fmt: skip
+    text = (EXAMPLES / "digits.cell").read_text()
+    assert f"order = {opts.order}" in text and f"epochs {opts.epochs}" in text and f"batch_size {opts.batch_size}" in text
+    assert (opts.seed, opts.w_lr, opts.momentum, opts.w_weight_decay, opts.grad_clip) == (2, 0.025, 0.9, 3e-4, 5.0)
+    assert (opts.w_lr_min, opts.a_lr, opts.a_betas, opts.a_weight_decay) == (0.001, 3e-4, (0.5, 0.999), 1e-3)
+    flagged = make_options(spec, data="digits", order=2, epochs=3, batch_size=5, seed=9, select=None, overrides={},
+                           limit_batches=None, channels_last=False, low_memory=False, device=torch.device("cpu"))  # fmt: skip
+    assert (flagged.order, flagged.epochs, flagged.batch_size, flagged.seed) == (2, 3, 5, 9)
+
+
+def test_second_order_search_runs(tmp_path):
+    result = search(SPEC, out=tmp_path, artifacts=False, order=2, limit_batches=1, **{**TINY, "epochs": 1})
+    assert len(result.metrics) == 1 and result.metrics[0]["steps"] == 1
+
+
+def test_bad_input_is_a_diagnostic(reference, tmp_path):
+    cases = [
+        (dict(spec_or_path=EXAMPLES / "darts_v2.cell"), "has no choices to search"),
+        (dict(data="cifar10:/no/such/folder"), "data path '/no/such/folder' does not exist"),
+        (dict(data="imagenet"), "unknown data set 'imagenet'"),
+        (dict(epochs=0), "--epochs must be a whole number >= 1, got 0"),
+        (dict(select="strength"), "--select strength is not supported"),
+        (dict(out=reference.out), "already holds a search"),
+        (dict(out=reference.out, resume=True, seed=1), r"ran with other settings: seed \(0 then, 1 now\)"),
+        (dict(resume=True), "no checkpoint in"),
+    ]
+    for kw, message in cases:
+        args = {**TINY, "out": tmp_path / "x", "artifacts": False, **kw}
+        spec = args.pop("spec_or_path", SPEC)
+        with pytest.raises(DiagnosticError, match=message):
+            search(spec, **args)
+
+
+def test_unsupported_search_settings_point_at_the_spec():
+    text = (EXAMPLES / "nb201.cell").read_text().replace('include "ops.cell"', "opset nb201 = {none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3}")
+    spec = spec_of(text)
+    with pytest.raises(DiagnosticError, match="selection 'strength' is not supported") as info:
+        make_options(spec, data="digits", order=None, epochs=None, batch_size=None, seed=None, select=None, overrides={},
+                     limit_batches=None, channels_last=False, low_memory=False, device=torch.device("cpu"))  # fmt: skip
+    span = info.value.diagnostics[0].span
+    assert span.file == "t.cell" and text.splitlines()[span.line - 1].strip() == "select strength"
+
+
+def test_cli_prints_the_derived_cell_and_the_files(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="nasir")
+    add_search_parser(parser.add_subparsers(dest="command"))
+    argv = ["search", str(SPEC), "--data", "synthetic:32", "--set", "C=4", "--set", "layers=3", "--epochs", "1",
+            "--batch-size", "8", "--limit-batches", "1", "--seed", "0", "--device", "cpu", "--order", "2",
+            "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert run_search(parser.parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Derived by nasir search from digits.cell.\ncell normal {")
+    assert "genotype: Genotype(normal=[" in out and f"files in {tmp_path / 'run'}/" in out and "  derived.onnx" in out
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args([*argv, "--order", "3"])
+    assert info.value.code == 2
+    with pytest.raises(DiagnosticError, match="does not exist"):
+        run_search(parser.parse_args([*argv, "--data", "folder:/no/such/folder"]))
