@@ -7,22 +7,12 @@ import json
 import math
 
 import pytest
-import torch
 from helpers import EXAMPLES, spec_of
 
 from nasir import analysis
 from nasir.api import load
 from nasir.genotype import genotype_to_spec_text, parse_genotype
 from nasir.ops import REGISTRY
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process slow these nets 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def spec_from_genotype(text: str, macro: str | None = None):

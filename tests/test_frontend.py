@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from helpers import EXAMPLES, errors_of, spec_of
+from helpers import DARTS_CELLS, EXAMPLES, errors_of, spec_of
 
 from nasir import ir
 from nasir.api import load
 from nasir.printer import print_spec
 
-DARTS_SPACE = """
-opset darts = {none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5}
-cell normal {
-  inputs c_k2, c_k1
-  nodes n0..n3
-  edges * -> n* : choice(darts)
-  output concat(n0..n3)
-  keep 2 inputs per node
-}
-cell reduce like normal { stride 2 from inputs }
-"""
+DARTS_SPACE = DARTS_CELLS
 
 
 def test_darts_pattern_expands_to_14_edges_in_reference_order():

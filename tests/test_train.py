@@ -38,14 +38,6 @@ network tiny(C = 4, layers = 3, classes = 4, auxiliary = false) {
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg(**kw):
     base = dict(epochs=3, batch_size=32, lr=0.05, limit_batches=4, seed=3)
     base.update(kw)

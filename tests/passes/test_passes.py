@@ -6,7 +6,7 @@ import itertools
 import random
 
 import pytest
-from helpers import EXAMPLES, spec_of
+from helpers import DARTS_CELLS, EXAMPLES, spec_of
 
 from nasir.api import load
 from nasir.ops import DARTS_OPS
@@ -16,17 +16,7 @@ from nasir.passes.mixed_ops import MixedOps
 from nasir.passes.zero_ops import ZeroOps
 from nasir.pipeline import PassManager
 
-SPACE = """
-opset darts = {none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5}
-cell normal {
-  inputs c_k2, c_k1
-  nodes n0..n3
-  edges * -> n* : choice(darts)
-  output concat(n0..n3)
-  keep 2 inputs per node
-}
-cell reduce like normal { stride 2 from inputs }
-"""
+SPACE = DARTS_CELLS
 
 
 def searched(text=SPACE):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from helpers import spec_of
@@ -27,14 +26,6 @@ network tiny(C = 4, layers = 3, classes = 10) {
   head global_avg_pool, linear(classes)
 }
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_skipping_none_gives_the_loss_and_gradients_of_an_explicit_zero_op():

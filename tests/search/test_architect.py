@@ -5,37 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import spec_of
+from helpers import TINY_SPACE, spec_of
 from torch.func import functional_call
 
 from nasir.search.architect import Architect, weight_step
 from nasir.search.supernet import build_supernet
 
-TINY = """
-opset darts = {none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5}
-cell normal {
-  inputs c_k2, c_k1
-  nodes n0..n3
-  edges * -> n* : choice(darts)
-  output concat(n0..n3)
-  keep 2 inputs per node
-}
-cell reduce like normal { stride 2 from inputs }
-network tiny(C = 4, layers = 3, classes = 10) {
-  input (1, 8, 8)
-  stem conv3x3(3 * C), bn
-  stack layers cells(C): normal, reduce at 1/3, 2/3
-  head global_avg_pool, linear(classes)
-}
-"""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = TINY_SPACE
 
 
 def setup(seed: int = 0, dtype=torch.float64):

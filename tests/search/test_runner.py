@@ -20,14 +20,6 @@ TINY = dict(data="synthetic:32", overrides=["C=4", "layers=3"], epochs=2, batch_
 STEPS = 2  # 32 images -> halves of 16 -> 2 batches of 8 per epoch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return search(SPEC, out=tmp_path_factory.mktemp("ref"), **TINY)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import EXAMPLES, spec_of
+from helpers import EXAMPLES, TINY_SPACE, spec_of
 from torch import nn
 
 from nasir.api import load
@@ -12,32 +12,7 @@ from nasir.diagnostics import DiagnosticError
 from nasir.ops import DARTS_OPS
 from nasir.search.supernet import FixedOp, MixedOp, build_supernet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-TINY = """
-opset darts = {none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5}
-cell normal {
-  inputs c_k2, c_k1
-  nodes n0..n3
-  edges * -> n* : choice(darts)
-  output concat(n0..n3)
-  keep 2 inputs per node
-}
-cell reduce like normal { stride 2 from inputs }
-network tiny(C = 4, layers = 3, classes = 10) {
-  input (1, 8, 8)
-  stem conv3x3(3 * C), bn
-  stack layers cells(C): normal, reduce at 1/3, 2/3
-  head global_avg_pool, linear(classes)
-}
-"""
+TINY = TINY_SPACE
 
 
 def _nb201_weights(C: int = 16, N: int = 5, classes: int = 10) -> int:

@@ -45,17 +45,6 @@ network nb201(C = 4, N = 2, classes = 10) {
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a small shared CPU a second intra-op thread costs more in spinning
-    # and oneDNN setup than it saves (measured: a training step 0.3 s of CPU on one thread, 0.9 s on
-    # two), and one thread makes the loss trajectory reproducible.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def darts():
     return load(EXAMPLES / "darts_v2.cell", overrides=SMALL_SET)

@@ -15,15 +15,6 @@ from nasir.targets import export
 SETS = ["C=8", "layers=5", "auxiliary=true"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process slow these small nets 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def randomise_bn(model: nn.Module, seed: int = 1) -> nn.Module:
     """BN statistics and affine parameters away from their defaults: BN folding must then get every number right."""
     g = torch.Generator().manual_seed(seed)

@@ -37,15 +37,6 @@ network nb201(C = 8, N = 1, classes = 10) {
 }
 """
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process slow these small nets 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CASES = {
     "darts_v2_aux": (EXAMPLES / "darts_v2.cell", ["C=8", "layers=5", "auxiliary=true"]),
     "imagenet_aux": (EXAMPLES / "darts_v2_imagenet.cell", ["C=8", "layers=4", "auxiliary=true"]),
