@@ -84,14 +84,15 @@ class Data:
     def __len__(self) -> int:
         return len(self.y) if self.y is not None else len(self.dataset)  # type: ignore[arg-type]
 
-    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels at `idx`; augmented (if the set augments) only when `train`."""
         if self.x is not None:
             x, y = self.x[idx], self.y[idx]  # type: ignore[index]
         else:
             items = [self.dataset[int(i)] for i in idx]  # type: ignore[index]
             x = torch.stack([_fit(t.unsqueeze(0), self.shape)[0] for t, _ in items])
             y = torch.tensor([int(c) for _, c in items])
-        if self.augment:
+        if self.augment and train:
             x = _crop_flip(x, 4, generator)
         return x, y
 

@@ -445,7 +445,7 @@ class Search:
         loss = correct = seen = 0.0
         for k in range(n_batches):
             idx = indices[k * b : (k + 1) * b]
-            x, y = self.data.batch(idx)
+            x, y = self.data.batch(idx, train=False)
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))

@@ -120,7 +120,7 @@ def use_fast_dilated_depthwise(module: nn.Module) -> int:
     """Swap every dilated depthwise nn.Conv2d for DilatedDepthwiseConv2d in place; returns how many."""
     n = 0
     for m in module.modules():
-        for name, child in m.named_children():
+        for _name, child in m.named_children():
             if _is_dilated_depthwise(child):
                 child.__class__ = DilatedDepthwiseConv2d
                 n += 1
@@ -306,12 +306,13 @@ def prepare(spec: ir.Spec) -> ir.Spec:
 
 def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool = False, channels_last: bool = False,
                    pool_bn: bool | None = None, seed: int | None = None, overrides: dict[str, Any] | None = None,
-                   skip_zero: bool = True) -> Supernet:  # fmt: skip
+                   skip_zero: bool = True, fast_dilated: bool = True) -> Supernet:  # fmt: skip
     """The supernet of a search space. `plan` defaults to the spec's first network (with `overrides`).
 
     `pool_bn=None` follows the reference of each space: BN after pooling when the searched cells have
     two inputs (DARTS), none when they have one (NAS-Bench-201). `skip_zero=False` builds explicit Zero ops for `none`
     (only useful to test that skipping them changes nothing). `seed` seeds the initialisation.
+    `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward).
     """
     from nasir.macro import plan as make_plan
 
@@ -330,4 +331,5 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     plan = plan or make_plan(spec, None, overrides)
     if seed is not None:
         torch.manual_seed(seed)
-    return Supernet(spec, plan, low_memory=low_memory, channels_last=channels_last, pool_bn=pool_bn)
+    return Supernet(spec, plan, low_memory=low_memory, channels_last=channels_last, pool_bn=pool_bn,
+                    fast_dilated=fast_dilated)

@@ -1,0 +1,363 @@
+"""Search-step cost of the DARTS supernet (C = 16, 8 layers, 32 x 32 input): nasir against the original.
+
+    python benchmarks/search_step.py                       # batch 32 and 64, every variant
+    python benchmarks/search_step.py --batches 32 --steps 1 --variants reference,nasir
+
+Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
+a warm-up step, then `--steps` timed steps of each kind, the median reported:
+  weight  forward, backward, clip 5, SGD momentum (train_search.py's weight step)
+  arch1   first-order architecture step (methods.md, DARTS, xi = 0)
+  arch2   second-order architecture step (finite-difference Hessian-vector product)
+Peak memory is the child's ru_maxrss after its weight steps (what performance.md quotes) and after all.
+
+Variants, each adding one change to the one before, so the ratios say what each change bought:
+  reference      a plain re-implementation of the original DARTS code (quark0/darts model_search.py,
+                 operations.py, architect.py): every op computed (Zero too), NCHW, loss.backward() for
+                 the first-order step, a model copy for the unrolled step
+  nasir-nchw     nasir's supernet built from examples/darts.cell: `none` skipped (zero_ops), alpha-only
+                 backward passes, no model copy; NCHW, stock convolutions
+  nasir-nhwc     + channels_last
+  nasir          + the dilated depthwise backward of nasir/search/supernet.py (nasir's default on CPU)
+  nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op)
+
+Machines are shared and noisy (performance.md): compare variants of one run only; the thread count is
+fixed (`--threads`, default 2, as the original figures); another process on the cores makes 2-thread
+timings jump (OpenMP waits on a descheduled thread), so look at the load average printed with each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("reference", "nasir-nchw", "nasir-nhwc", "nasir", "nasir-lowmem")
+KINDS = ("weight", "arch1", "arch2")
+ORIGINAL = {32: {"weight": 8.8, "arch1": 8.8, "arch2": 26.9, "rss_gib": 5.1}, 64: {"weight": 13.4, "rss_gib": 9.5}}
+
+
+# ---- the original DARTS search model, re-implemented plainly (the baseline) -------------------------
+def reference_model(C: int = 16, classes: int = 10, layers: int = 8):
+    import torch
+    from torch import nn
+
+    class ReLUConvBN(nn.Module):
+        def __init__(self, C_in, C_out, k, s, p, affine=True):
+            super().__init__()
+            self.op = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, k, stride=s, padding=p, bias=False),
+                                    nn.BatchNorm2d(C_out, affine=affine))  # fmt: skip
+
+        def forward(self, x):
+            return self.op(x)
+
+    class DilConv(nn.Module):
+        def __init__(self, C_in, C_out, k, s, p, d, affine=True):
+            super().__init__()
+            self.op = nn.Sequential(nn.ReLU(inplace=False),
+                                    nn.Conv2d(C_in, C_in, k, s, p, dilation=d, groups=C_in, bias=False),
+                                    nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=affine))  # fmt: skip
+
+        def forward(self, x):
+            return self.op(x)
+
+    class SepConv(nn.Module):
+        def __init__(self, C_in, C_out, k, s, p, affine=True):
+            super().__init__()
+            self.op = nn.Sequential(
+                nn.ReLU(inplace=False), nn.Conv2d(C_in, C_in, k, s, p, groups=C_in, bias=False),
+                nn.Conv2d(C_in, C_in, 1, bias=False), nn.BatchNorm2d(C_in, affine=affine),
+                nn.ReLU(inplace=False), nn.Conv2d(C_in, C_in, k, 1, p, groups=C_in, bias=False),
+                nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=affine))  # fmt: skip
+
+        def forward(self, x):
+            return self.op(x)
+
+    class Zero(nn.Module):
+        def __init__(self, stride):
+            super().__init__()
+            self.stride = stride
+
+        def forward(self, x):
+            return x.mul(0.0) if self.stride == 1 else x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+    class FactorizedReduce(nn.Module):
+        def __init__(self, C_in, C_out, affine=True):
+            super().__init__()
+            self.relu = nn.ReLU(inplace=False)
+            self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+            self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+            self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+        def forward(self, x):
+            x = self.relu(x)
+            return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+    ops = {
+        "none": lambda C, s: Zero(s),
+        "max_pool_3x3": lambda C, s: nn.MaxPool2d(3, s, 1),
+        "avg_pool_3x3": lambda C, s: nn.AvgPool2d(3, s, 1, count_include_pad=False),
+        "skip_connect": lambda C, s: nn.Identity() if s == 1 else FactorizedReduce(C, C, affine=False),
+        "sep_conv_3x3": lambda C, s: SepConv(C, C, 3, s, 1, affine=False),
+        "sep_conv_5x5": lambda C, s: SepConv(C, C, 5, s, 2, affine=False),
+        "dil_conv_3x3": lambda C, s: DilConv(C, C, 3, s, 2, 2, affine=False),
+        "dil_conv_5x5": lambda C, s: DilConv(C, C, 5, s, 4, 2, affine=False),
+    }
+
+    class MixedOp(nn.Module):
+        def __init__(self, C, stride):
+            super().__init__()
+            self._ops = nn.ModuleList()
+            for name, make in ops.items():
+                op = make(C, stride)
+                if "pool" in name:
+                    op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                self._ops.append(op)
+
+        def forward(self, x, weights):
+            return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+    class Cell(nn.Module):
+        def __init__(self, C_pp, C_p, C, reduction, reduction_prev, steps=4, multiplier=4):
+            super().__init__()
+            self.reduction = reduction
+            self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+            self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+            self.steps, self.multiplier = steps, multiplier
+            self._ops = nn.ModuleList(MixedOp(C, 2 if reduction and j < 2 else 1) for i in range(steps) for j in range(2 + i))
+
+        def forward(self, s0, s1, weights):
+            states = [self.preprocess0(s0), self.preprocess1(s1)]
+            offset = 0
+            for _ in range(self.steps):
+                s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+                offset += len(states)
+                states.append(s)
+            return torch.cat(states[-self.multiplier :], dim=1)
+
+    class Network(nn.Module):
+        def __init__(self):
+            super().__init__()
+            C_curr = 3 * C
+            self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+            C_pp, C_p, C_curr = C_curr, C_curr, C
+            self.cells = nn.ModuleList()
+            reduction_prev = False
+            for i in range(layers):
+                reduction = i in (layers // 3, 2 * layers // 3)
+                if reduction:
+                    C_curr *= 2
+                self.cells.append(Cell(C_pp, C_p, C_curr, reduction, reduction_prev))
+                reduction_prev = reduction
+                C_pp, C_p = C_p, 4 * C_curr
+            self.global_pooling = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Linear(C_p, classes)
+            k = sum(2 + i for i in range(4))
+            self.alphas_normal = (1e-3 * torch.randn(k, len(ops))).requires_grad_()
+            self.alphas_reduce = (1e-3 * torch.randn(k, len(ops))).requires_grad_()
+
+        def arch_parameters(self):
+            return [self.alphas_normal, self.alphas_reduce]
+
+        def new(self):
+            m = Network()
+            for x, y in zip(m.arch_parameters(), self.arch_parameters()):
+                x.data.copy_(y.data)
+            return m
+
+        def forward(self, x):
+            s0 = s1 = self.stem(x)
+            for cell in self.cells:
+                w = torch.softmax(self.alphas_reduce if cell.reduction else self.alphas_normal, dim=-1)
+                s0, s1 = s1, cell(s0, s1, w)
+            return self.classifier(self.global_pooling(s1).flatten(1))
+
+    return Network()
+
+
+class ReferenceArchitect:
+    """architect.py of the original: first order by loss.backward(), second order with a model copy."""
+
+    def __init__(self, model, w_opt):
+        import torch
+
+        self.model, self.w_opt = model, w_opt
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def _loss(self, model, x, y):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(model(x), y)
+
+    def step(self, train, valid, eta, unrolled):
+        import torch
+
+        self.optimizer.zero_grad()
+        if not unrolled:
+            self._loss(self.model, *valid).backward()
+        else:
+            params = list(self.model.parameters())
+            theta = torch.cat([p.data.flatten() for p in params])
+            try:
+                moment = torch.cat([self.w_opt.state[p]["momentum_buffer"].flatten() for p in params]) * 0.9
+            except KeyError:
+                moment = torch.zeros_like(theta)
+            grads = torch.autograd.grad(self._loss(self.model, *train), params)
+            dtheta = torch.cat([g.flatten() for g in grads]) + 3e-4 * theta
+            unrolled_model = self.model.new()
+            state = self.model.state_dict()
+            new_theta, offset = theta - eta * (moment + dtheta), 0
+            for (name, p) in self.model.named_parameters():
+                state[name] = new_theta[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+            unrolled_model.load_state_dict(state)
+            self._loss(unrolled_model, *valid).backward()
+            dalpha = [a.grad for a in unrolled_model.arch_parameters()]
+            vector = [p.grad.data for p in unrolled_model.parameters()]
+            R = 1e-2 / torch.cat([v.flatten() for v in vector]).norm()
+            for p, v in zip(params, vector):
+                p.data.add_(v, alpha=R)
+            gp = torch.autograd.grad(self._loss(self.model, *train), self.model.arch_parameters())
+            for p, v in zip(params, vector):
+                p.data.sub_(v, alpha=2 * R)
+            gn = torch.autograd.grad(self._loss(self.model, *train), self.model.arch_parameters())
+            for p, v in zip(params, vector):
+                p.data.add_(v, alpha=R)
+            for a, g, x, y in zip(self.model.arch_parameters(), dalpha, gp, gn):
+                a.grad = g - eta * (x - y) / (2 * R)
+        self.optimizer.step()
+
+
+# ---- one configuration in this process -----------------------------------------------------------
+def child(variant: str, batch: int, steps: int, kinds: list[str]) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    train, valid = (x, y), (x.flip(0), y.flip(0))
+    if variant == "reference":
+        model = reference_model()
+        params = list(model.parameters())
+        w_opt = torch.optim.SGD(params, 0.025, momentum=0.9, weight_decay=3e-4)
+        arch = ReferenceArchitect(model, w_opt)
+
+        def weight():
+            w_opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            w_opt.step()
+
+        def arch1():
+            arch.step(train, valid, 0.025, unrolled=False)
+
+        def arch2():
+            arch.step(train, valid, 0.025, unrolled=True)
+
+        n_weights = sum(p.numel() for p in params)
+    else:
+        from nasir.api import load
+        from nasir.search.architect import Architect, weight_step
+        from nasir.search.supernet import build_supernet
+
+        model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0, channels_last=variant != "nasir-nchw",
+                               low_memory=variant == "nasir-lowmem", fast_dilated=variant in ("nasir", "nasir-lowmem"))  # fmt: skip
+        w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+        a1, a2 = Architect(model, w_opt, order=1), Architect(model, w_opt, order=2)
+
+        def weight():
+            weight_step(model, w_opt, train)
+
+        def arch1():
+            a1.step(train, valid, xi=0.025)
+
+        def arch2():
+            a2.step(train, valid, xi=0.025)
+
+        n_weights = sum(p.numel() for p in model.weight_parameters())
+    model.train()
+    out: dict = {"variant": variant, "batch": batch, "weights": n_weights, "threads": torch.get_num_threads()}
+    fns = {"weight": weight, "arch1": arch1, "arch2": arch2}
+    for kind in kinds:
+        fns[kind]()  # warm-up: first-touch memory, oneDNN primitive creation
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            fns[kind]()
+            times.append(time.perf_counter() - t)
+        out[kind] = statistics.median(times)
+        out[kind + "_all"] = [round(t, 3) for t in times]
+        if kind == "weight":
+            out["rss_weight_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["load"] = os.getloadavg()[0]
+    return out
+
+
+def _fmt(v: float | None, unit: str = "s") -> str:
+    return "-" if v is None else f"{v:.2f} {unit}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--steps", type=int, default=2, help="timed steps per kind (after one warm-up)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--json", type=Path, help="also write the rows to this file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    kinds = a.kinds.split(",")
+    if a.child:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        print(json.dumps(child(a.child, a.batch, a.steps, kinds)))
+        return 0
+    rows = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    print(f"DARTS supernet, C = 16, 8 layers, 32 x 32; {a.threads} threads; median of {a.steps} steps after a warm-up")
+    print(f"{'variant':<14}{'batch':>6}{'weight':>10}{'arch1':>10}{'arch2':>10}{'arch2/1':>9}{'peak RSS (weight)':>19}{'(all)':>10}{'load':>6}")
+    for batch in a.batches:
+        for v in a.variants.split(","):
+            cmd = [sys.executable, __file__, "--child", v, "--batch", str(batch), "--steps", str(a.steps),
+                   "--threads", str(a.threads), "--kinds", ",".join(kinds)]  # fmt: skip
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            if res.returncode != 0:
+                print(f"{v:<14}{batch:>6}  failed: {res.stderr.strip().splitlines()[-1] if res.stderr else res.returncode}")
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            ratio = r["arch2"] / r["arch1"] if "arch1" in r and "arch2" in r else None
+            print(f"{v:<14}{batch:>6}{_fmt(r.get('weight')):>10}{_fmt(r.get('arch1')):>10}{_fmt(r.get('arch2')):>10}"
+                  f"{'-' if ratio is None else f'{ratio:.2f}x':>9}{_fmt(r.get('rss_weight_gib'), 'GiB'):>19}"
+                  f"{_fmt(r['rss_gib'], 'GiB'):>10}{r['load']:>6.1f}", flush=True)  # fmt: skip
+    print("\nratios against the reference of the same batch (and against performance.md's original figures):")
+    for r in rows:
+        ref = next((x for x in rows if x["variant"] == "reference" and x["batch"] == r["batch"]), None)
+        orig = ORIGINAL.get(r["batch"], {})
+        parts = []
+        for k in ("weight", "arch1", "arch2"):
+            if k in r:
+                vs = f"{r[k] / ref[k]:.2f}x" if ref and k in ref else "-"
+                vo = f"{r[k] / orig[k]:.2f}x" if k in orig else "-"
+                parts.append(f"{k} {vs} ({vo})")
+        mem = f"{r['rss_weight_gib'] / ref['rss_weight_gib']:.2f}x" if ref and "rss_weight_gib" in r and "rss_weight_gib" in ref else "-"
+        memo = f"{r['rss_weight_gib'] / orig['rss_gib']:.2f}x" if "rss_gib" in orig and "rss_weight_gib" in r else "-"
+        print(f"  {r['variant']:<14} batch {r['batch']:>3}: " + ", ".join(parts) + f", peak RSS {mem} ({memo})")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
