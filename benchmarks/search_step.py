@@ -18,7 +18,8 @@ Variants, each adding one change to the one before, so the ratios say what each 
                  backward passes, no model copy; NCHW, stock convolutions
   nasir-nhwc     + channels_last
   nasir          + the dilated depthwise backward of nasir/search/supernet.py (nasir's default on CPU)
-  nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op)
+  nasir-keepmem  + freed memory kept in the process between steps (runner.keep_freed_memory, glibc mallopt)
+  nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op), memory kept as in nasir-keepmem
 
 Machines are shared and noisy (performance.md): compare variants of one run only; the thread count is
 fixed (`--threads`, default 2, as the original figures); another process on the cores makes 2-thread
@@ -38,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("reference", "nasir-nchw", "nasir-nhwc", "nasir", "nasir-lowmem")
+VARIANTS = ("reference", "nasir-nchw", "nasir-nhwc", "nasir", "nasir-keepmem", "nasir-lowmem")
 KINDS = ("weight", "arch1", "arch2")
 ORIGINAL = {32: {"weight": 8.8, "arch1": 8.8, "arch2": 26.9, "rss_gib": 5.1}, 64: {"weight": 13.4, "rss_gib": 9.5}}
 
@@ -265,10 +266,13 @@ def child(variant: str, batch: int, steps: int, kinds: list[str]) -> dict:
     else:
         from nasir.api import load
         from nasir.search.architect import Architect, weight_step
+        from nasir.search.runner import keep_freed_memory
         from nasir.search.supernet import build_supernet
 
+        if variant in ("nasir-keepmem", "nasir-lowmem"):
+            keep_freed_memory()
         model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0, channels_last=variant != "nasir-nchw",
-                               low_memory=variant == "nasir-lowmem", fast_dilated=variant in ("nasir", "nasir-lowmem"))  # fmt: skip
+                               low_memory=variant == "nasir-lowmem", fast_dilated=variant not in ("nasir-nchw", "nasir-nhwc"))  # fmt: skip
         w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
         a1, a2 = Architect(model, w_opt, order=1), Architect(model, w_opt, order=2)
 

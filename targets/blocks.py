@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -133,8 +134,25 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
+        if torch.is_grad_enabled() and not torch.jit.is_tracing() and x.device.type == "cpu" and x.shape[1] < 8:
+            return self._dense(x)
         out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation in NCHW, for the CPU channels_last case that torch 2.14's oneDNN gets wrong.
+
+        The weight gradient of a 1x1 stride-2 convolution with fewer than 8 input channels in NHWC
+        corrupts the heap on CPU (found with PC-DARTS, whose partial channels make C_in small); NCHW
+        inputs and weights take another kernel. The output goes back to the input's layout.
+        """
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        xd = x.contiguous()
+        w1 = self.conv_1.weight.clone(memory_format=torch.contiguous_format)
+        w2 = self.conv_2.weight.clone(memory_format=torch.contiguous_format)
+        out = torch.cat([F.conv2d(xd, w1, stride=2), F.conv2d(xd[:, :, 1:, 1:], w2, stride=2)], dim=1)
+        out = self.bn(out)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class Zero(nn.Module):

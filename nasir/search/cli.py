@@ -22,9 +22,19 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/<spec name>)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the spec's, else 50)")
     p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the spec's, else 64)")
+    p.add_argument("--method", choices=("darts", "milenas", "pcdarts"),
+                   help="architecture update: DARTS, MiLeNAS mixed level, PC-DARTS partial channels (default: the spec's, else darts)")  # fmt: skip
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS first or second order (default: the spec's, else 1)")
+    p.add_argument("--pc-k", type=int, metavar="K", help="PC-DARTS: 1/K of the channels through the mixed ops (default 4)")
     p.add_argument("--select", choices=("magnitude", "strength", "strength-star", "naive"),
-                   help="how the architecture is derived (this runtime: magnitude)")  # fmt: skip
+                   help="how the architecture is derived: alpha magnitude (DARTS), operation strength or OStr* "
+                        "(OStr-DARTS), loss increase on removal (naive); default: the spec's, else magnitude")  # fmt: skip
+    p.add_argument("--strength-window", type=int, metavar="B", help="operation strength over the last B steps (default: one epoch)")
+    p.add_argument("--smooth", choices=("none", "rs", "adv"), help="SDARTS smoothing of the weight step (default: the spec's, else none)")
+    p.add_argument("--adv-steps", type=int, metavar="N", help="SDARTS-ADV: PGD steps (default 7)")
+    p.add_argument("--early-stop", type=int, metavar="C", help="stop once the derived architecture is unchanged for C epochs")
+    p.add_argument("--hessian", action="store_true", default=None,
+                   help="record the dominant Hessian eigenvalue of L_val w.r.t. alpha each epoch (costs ~20 passes)")  # fmt: skip
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's, else 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto picks CUDA when available")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -39,14 +49,20 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from nasir.search.runner import SearchInterrupted, search
+    from nasir.search.runner import SearchInterrupted, keep_freed_memory, search
+
+    if args.device != "cuda":
+        keep_freed_memory()  # a whole process for one search: keep its activations' pages between steps
 
     select = args.select.replace("-", "_") if args.select else None
     layout = {"auto": None, "channels-last": True, "contiguous": False}[args.layout]
     t0 = time.perf_counter()
     try:
         result = search(args.file, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                        order=args.order, seed=args.seed, select=select, device=args.device, resume=args.resume,
+                        order=args.order, seed=args.seed, select=select, method=args.method,
+                        partial_channels=args.pc_k, smooth=args.smooth, adv_steps=args.adv_steps,
+                        early_stop=args.early_stop, hessian=args.hessian, strength_window=args.strength_window,
+                        device=args.device, resume=args.resume,
                         overrides=args.overrides, low_memory=args.low_memory, channels_last=layout,
                         limit_batches=args.limit_batches, progress=not args.no_progress)  # fmt: skip
     except SearchInterrupted as e:
@@ -57,6 +73,8 @@ def run_search(args: argparse.Namespace) -> int:
     print()
     if result.genotype:
         print(f"genotype: {result.genotype}")
+    if last.get("early_stop"):
+        print(f"early stop: the architecture did not change for {last['unchanged_epochs']} epochs")
     if last:
         print(f"epoch {last['epoch']}: train acc {last['train_acc']:.3f}, valid acc {last['valid_acc']:.3f} "
               f"(supernet, eval mode, on the architecture half)")  # fmt: skip

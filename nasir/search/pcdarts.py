@@ -58,7 +58,12 @@ class PartialMixedOp(nn.Module):
         rest = x[:, part:]
         if self.bypass_pool is not None:
             rest = self.bypass_pool(rest)
-        return channel_shuffle(torch.cat([y, rest], dim=1), self.k)
+        out = channel_shuffle(torch.cat([y, rest], dim=1), self.k)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # Keep the supernet in one layout: the shuffle's reshape returns NCHW, and mixing NCHW
+            # and NHWC tensors in one node's sum corrupted the heap in the CPU backward (torch 2.14).
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
 
 def edge_normalization(cell: ir.Cell, gamma: torch.Tensor) -> torch.Tensor:

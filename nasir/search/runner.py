@@ -1,7 +1,10 @@
 """The search job: supernet + data + DARTS steps per epoch, checkpoints, outputs (`nasir.search`).
 
 Per step (methods.md, DARTS; the reference's train_search.py order): an architecture step on a batch of
-the architecture half, then a weight step on a batch of the weight half. The training set is split in
+the architecture half, then a weight step on a batch of the weight half. The papers' methods plug into
+that loop, combinable: the architecture step's rule (DARTS order 1 or 2, MiLeNAS), PC-DARTS' partial
+channels and stretchable cells' topology variables (in the supernet), SDARTS' perturbation (the weight
+step's `soft`), the selection rule and early stop (at each epoch's derivation), the Hessian diagnostic. The training set is split in
 two halves (DARTS train_portion 0.5). Defaults are the reference's: weights SGD lr 0.025 cosine-annealed
 to 0.001 over the epochs, momentum 0.9, weight decay 3e-4, gradient norm clipped at 5; alpha Adam lr 3e-4,
 betas (0.5, 0.999), weight decay 1e-3; seed 2, first order. The spec's `search { ... }` settings
@@ -14,6 +17,8 @@ The output directory gets
     alphas.json           the final architecture variables {cell kind: [[alpha per op] per mixed edge]},
                           rows in IR edge order, ops in the choice's order (`nasir draw --alphas` reads it)
     alphas/epoch_NNN.json the same after every epoch
+    strengths.json        operation strength per alpha (OStr-DARTS Eq. 11), same layout; strengths/epoch_NNN.json
+    betas.json, gammas.json  topology variables (one list per beta row) / PC-DARTS edge variables, where present
     metrics.jsonl         one JSON object per epoch: losses, accuracies, learning rate, seconds, derivation
     checkpoint.pt         the state after the last finished epoch (or the step a stop signal arrived at)
     derived.onnx          the derived network (seeded initialisation), input `image`, output `logits`
@@ -49,23 +54,51 @@ from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import Plan
 from nasir.search import data as data_mod
-from nasir.search.architect import Architect, weight_step
+from nasir.search import smoothing
+from nasir.search.architect import Architect, all_reduce_mean, buffers_kept, weight_step
+from nasir.search.milenas import three_way_split
+from nasir.search.pcdarts import normalized_scores
+from nasir.search.strength import EarlyStop, StrengthMeter, ostr_star, removal_importance
 from nasir.search.supernet import build_supernet, prepare
+from nasir.search.topology import most_likely_edges, passive_aggressive
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
-SELECTIONS = ("magnitude",)  # the runtime's selection rules; verify.SEARCH_SETTINGS lists the language's
+CHECKPOINT_VERSION = 2
+METHODS = ("darts", "milenas", "pcdarts")
+SELECTIONS = ("magnitude", "strength", "strength_star", "naive")
+SMOOTHINGS = ("none", "rs", "adv")
 
 
 @attrs.frozen
 class Options:
-    """Everything that determines a search's result (and, below the line, what does not)."""
+    """Everything that determines a search's result (and, below the line, what does not).
 
+    method        darts (order 1 or 2) | milenas (mixed level, Eq. 18; `mixed_level` is lambda') |
+                  pcdarts (partial channels, K = `partial_channels`, and edge normalisation)
+    select        magnitude | strength | strength_star | naive (OStr-DARTS Sec. III); the strength is
+                  averaged over the last `strength_window` architecture steps (None: one epoch's)
+    smooth        none | rs | adv (SDARTS); radius `eps_start` -> `eps_end` over the epochs, PGD `adv_steps`
+    early_stop    C of OStr-DARTS' Algorithm 1 (None: run every epoch)
+    hessian       record the dominant eigenvalue of the Hessian of L_val w.r.t. alpha every epoch
+    pa_lambda     weight of the passive-aggressive regulariser on the topology variables (Eq. 15)
+    """
+
+    method: str = "darts"
     order: int = 1
+    partial_channels: int = 1
+    mixed_level: float = 1.0
+    select: str = "magnitude"
+    strength_window: int | None = None
+    smooth: str = "none"
+    eps_start: float = 0.03
+    eps_end: float = 0.3
+    adv_steps: int = 7
+    early_stop: int | None = None
+    hessian: bool = False
+    pa_lambda: float = 10.0
     epochs: int = 50
     batch_size: int = 64
     seed: int = 2
-    select: str = "magnitude"
     data: str = "digits"
     w_lr: float = 0.025
     w_lr_min: float = 0.001
@@ -121,6 +154,38 @@ def _num(st: ir.Setting, what: str, minimum: int = 0) -> int:
     return int(v.value)
 
 
+def _args(st: ir.Setting, allowed: Mapping[str, tuple[str, Callable[[Any], bool], str]]) -> dict[str, Any]:
+    """The keyword arguments of a setting's call, each checked: {name: (option, test, what it must be)}."""
+    v = st.value
+    out: dict[str, Any] = {}
+    if not isinstance(v, ir.Call):
+        return out
+    for a in v.args:
+        if a.name not in allowed:
+            takes = ", ".join(f"'{k}'" for k in allowed) or "no arguments"
+            raise error_at(a.span or st.span, f"{v.name}() takes {takes}; got '{a.name or 'a positional argument'}'")
+        option, test, what = allowed[a.name]
+        value = a.value.value if isinstance(a.value, ir.Num | ir.Bool) else None
+        if value is None or isinstance(value, bool) or not test(value):
+            raise error_at(a.value.span or a.span or st.span, f"'{a.name}' must be {what}")
+        out[option] = value
+    return out
+
+
+_ORDER = ("order", lambda v: v in (1, 2), "1 or 2 (first- or second-order DARTS)")
+_POSITIVE_INT = (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1")
+_METHOD_ARGS: dict[str, dict[str, tuple[str, Callable[[Any], bool], str]]] = {
+    "darts": {"order": _ORDER},
+    "milenas": {"lam": ("mixed_level", lambda v: v >= 0, "a number >= 0 (lambda' of Eq. 18)")},
+    "pcdarts": {"k": ("partial_channels", *_POSITIVE_INT), "order": _ORDER},
+}
+_SELECT_ARGS = {"window": ("strength_window", *_POSITIVE_INT)}
+_SMOOTH_ARGS = {
+    "eps": ("eps_end", lambda v: v > 0, "a positive number (the final radius)"),
+    "steps": ("adv_steps", *_POSITIVE_INT),
+}
+
+
 def spec_settings(spec: ir.Spec) -> dict[str, Any]:
     """The `search { ... }` block as search defaults; settings this runtime cannot honour are errors."""
     out: dict[str, Any] = {}
@@ -128,29 +193,32 @@ def spec_settings(spec: ir.Spec) -> dict[str, Any]:
         return out
     for st in spec.search.settings:
         v = st.value
+        name = v.name if isinstance(v, ir.Call | ir.Var) else None
         if st.name == "method":
-            name = v.name if isinstance(v, ir.Call | ir.Var) else None
-            if name != "darts":
-                raise error_at(st.span, f"search method '{name}' is not supported by the search runtime yet", "use 'method darts(order = 1)' or 'darts(order = 2)'")
-            if isinstance(v, ir.Call):
-                for a in v.args:
-                    if a.name != "order":
-                        raise error_at(a.span or st.span, f"darts() takes one argument, 'order' (1 or 2); got '{a.name or 'a positional argument'}'")
-                    if not isinstance(a.value, ir.Num) or a.value.value not in (1, 2):
-                        raise error_at(a.value.span or a.span, "order must be 1 or 2 (first- or second-order DARTS)")
-                    out["order"] = int(a.value.value)
+            if name not in METHODS:
+                raise error_at(st.span, f"search method '{name}' is not supported by the search runtime", "use darts(order = 1 | 2), milenas or pcdarts(k = 4)")
+            out["method"] = name
+            if name == "pcdarts":
+                out["partial_channels"] = 4
+            out.update(_args(st, _METHOD_ARGS[name]))
         elif st.name == "select":
-            name = v.name if isinstance(v, ir.Var | ir.Call) else None
             if name not in SELECTIONS:
-                raise error_at(st.span, f"selection '{name}' is not supported by the search runtime yet", "use 'select magnitude' (or --select magnitude)")
+                raise error_at(st.span, f"selection '{name}' is not supported by the search runtime", "use " + ", ".join(SELECTIONS))
             out["select"] = name
+            out.update(_args(st, _SELECT_ARGS if name in ("strength", "strength_star") else {}))
         elif st.name == "smooth":
-            if not (isinstance(v, ir.Var) and v.name == "none"):
-                raise error_at(st.span, "smoothing (SDARTS) is not supported by the search runtime yet", "use 'smooth none'")
-        elif st.name in ("epochs", "batch_size"):
+            if name not in SMOOTHINGS:
+                raise error_at(st.span, f"smoothing '{name}' is not supported by the search runtime", "use none, rs or adv")
+            out["smooth"] = name
+            out.update(_args(st, {k: a for k, a in _SMOOTH_ARGS.items() if name == "adv" or k != "steps"} if name != "none" else {}))
+        elif st.name in ("epochs", "batch_size", "early_stop"):
             out[st.name] = _num(st, st.name, 1)
         elif st.name == "seed":
             out["seed"] = _num(st, "seed", 0)
+        elif st.name == "hessian":
+            if not isinstance(v, ir.Bool):
+                raise error_at(st.span, "'hessian' must be true or false", "for example 'hessian true'")
+            out["hessian"] = bool(v.value)
         else:
             raise error_at(st.span, f"search setting '{st.name}' is not supported by the search runtime yet")
     return out
@@ -170,21 +238,42 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_options(spec: ir.Spec, *, data: str, order: int | None, epochs: int | None, batch_size: int | None,
-                 seed: int | None, select: str | None, overrides: Mapping[str, Any], limit_batches: int | None,
-                 channels_last: bool | None, low_memory: bool, device: torch.device) -> Options:  # fmt: skip
+FLAGS = ("method", "order", "partial_channels", "select", "strength_window", "smooth", "adv_steps", "early_stop",
+         "hessian", "epochs", "batch_size", "seed")  # fmt: skip
+
+
+def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limit_batches: int | None,
+                 channels_last: bool | None, low_memory: bool, device: torch.device, **flags: Any) -> Options:  # fmt: skip
+    """The spec's `search` block over the defaults, the caller's `flags` (None: unset; names in FLAGS) over both."""
+    unknown = set(flags) - set(FLAGS)
+    if unknown:
+        raise TypeError(f"unknown search settings: {', '.join(sorted(unknown))}")
     s = spec_settings(spec)
-    flags = {"order": order, "epochs": epochs, "batch_size": batch_size, "seed": seed, "select": select}
+    if flags.get("method") == "pcdarts" and s.get("method") != "pcdarts":
+        s["partial_channels"] = 4
     for k, v in flags.items():
         if v is not None:
             s[k] = v
+    method = s.get("method", "darts")
+    if method not in METHODS:
+        raise _flag_error(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
     if s.get("order", 1) not in (1, 2):
         raise _flag_error(f"--order must be 1 or 2, got {s['order']}")
-    for k, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-        if k in s and (not isinstance(s[k], int) or s[k] < low):
+    for k, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("partial_channels", 1), ("strength_window", 1),
+                   ("adv_steps", 1), ("early_stop", 1)):  # fmt: skip
+        if k in s and s[k] is not None and (not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < low):
             raise _flag_error(f"--{k.replace('_', '-')} must be a whole number >= {low}, got {s[k]}")
     if s.get("select", "magnitude") not in SELECTIONS:
-        raise _flag_error(f"--select {s['select']} is not supported by the search runtime yet", "use --select magnitude")
+        raise _flag_error(f"--select must be one of {', '.join(x.replace('_', '-') for x in SELECTIONS)}, got '{s['select']}'")
+    if s.get("smooth", "none") not in SMOOTHINGS:
+        raise _flag_error(f"--smooth must be one of {', '.join(SMOOTHINGS)}, got '{s['smooth']}'")
+    if method == "milenas" and s.get("order", 1) != 1:
+        raise _flag_error("MiLeNAS is a first-order method: --order 2 does not apply to --method milenas")
+    if method != "pcdarts" and s.get("partial_channels", 1) != 1:
+        raise _flag_error("--pc-k (partial channels) applies to --method pcdarts only")
+    if method == "pcdarts" and any(c.topology is not None for c in spec.cells):
+        raise _flag_error("PC-DARTS' edge normalisation and topology variables both decide edges; use one of them",
+                          "drop the cell's 'topology' line or choose --method darts or milenas")  # fmt: skip
     if limit_batches is not None and limit_batches < 1:
         raise _flag_error(f"--limit-batches must be at least 1, got {limit_batches}")
     if channels_last is None:
@@ -194,6 +283,26 @@ def make_options(spec: ir.Spec, *, data: str, order: int | None, epochs: int | N
 
 
 # ---- the job ------------------------------------------------------------------------------------------
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process instead of returning it to the OS after every step.
+
+    A search step frees and reallocates its activations (GiBs); by default glibc unmaps large blocks
+    and trims the heap, and the next step faults the pages back in, zero-filled. On the shared VMs we
+    measure on, that first touch costs more than the arithmetic (see benchmarks/search_step.py). The
+    peak resident set is unchanged; memory is not given back until the process ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_trim_threshold, 2**30) == 1
+    return libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1 and ok  # 32 MiB: glibc's largest mmap threshold
+
 class _StopFlag:
     """SIGINT/SIGTERM ask for a stop at the next step boundary; a second signal stops at once."""
 
@@ -268,27 +377,53 @@ class Search:
         self.stop_after_steps = stop_after_steps
         self.source = source or spec.file
         self.device = torch.device(options.device)
+        from nasir.train import init_distributed
+
+        # Under torchrun every rank takes an equal slice of each global batch; every gradient is
+        # averaged over the ranks (architect.all_reduce_mean), so weights and alphas stay identical.
+        self.dist = init_distributed(self.device)
+        self.reduce = all_reduce_mean if self.dist.world > 1 else None
+        if options.batch_size % self.dist.world:
+            raise _flag_error(f"the batch size {options.batch_size} does not split evenly over {self.dist.world} processes")
         self.data = data_mod.load_data(options.data, plan.input, plan.classes)
-        self.w_idx, self.a_idx = data_mod.split_halves(len(self.data), options.seed)
+        self.notes: list[str] = [self.data.note] if self.data.note else []
+        self.three_way = options.method == "milenas" and any(c.beta_rows for c in self.spec.cells)
+        if self.three_way:  # weights / alpha / beta (stretchable-cells, MiLeNAS)
+            split = three_way_split(len(self.data), options.seed)
+            self.splits = [torch.tensor(x, dtype=torch.long) for x in split]
+        else:  # weights / architecture halves (DARTS)
+            self.splits = list(data_mod.split_halves(len(self.data), options.seed))
+        self.w_idx, self.a_idx = self.splits[0], self.splits[1]
         b = options.batch_size
-        steps = max(1, min(len(self.w_idx), len(self.a_idx)) // b)
+        steps = max(1, min(len(x) for x in self.splits) // b)
         if options.limit_batches is not None:
             steps = min(steps, options.limit_batches)
         self.steps = steps
         self.stop = _StopFlag()
-        self.notes: list[str] = [self.data.note] if self.data.note else []
 
         self.model = build_supernet(self.spec, plan, seed=options.seed, channels_last=options.channels_last,
-                                    low_memory=options.low_memory).to(self.device)  # fmt: skip
+                                    low_memory=options.low_memory, partial_channels=options.partial_channels,
+                                    ).to(self.device)  # fmt: skip
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), options.w_lr, momentum=options.momentum,
                                      weight_decay=options.w_weight_decay)  # fmt: skip
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, options.epochs, eta_min=options.w_lr_min)
-        self.architect = Architect(self.model, self.w_opt, order=options.order, lr=options.a_lr,
-                                   betas=options.a_betas, weight_decay=options.a_weight_decay)  # fmt: skip
+        order = "milenas" if options.method == "milenas" else options.order
+        regularizer = self._passive_aggressive if self.model.betas and options.pa_lambda else None
+        self.architect = Architect(self.model, self.w_opt, order=order, lr=options.a_lr, betas=options.a_betas,
+                                   weight_decay=options.a_weight_decay, mixed_level=options.mixed_level,
+                                   regularizer=regularizer, reduce=self.reduce)  # fmt: skip
+        self.meter = StrengthMeter(options.strength_window or steps)
+        self.early = EarlyStop(options.early_stop) if options.early_stop else None
+        self.stopped_early = False
         self.epoch = 0
         self.step = 0
         self.partial = self._zero_sums()
         self.history: list[dict[str, Any]] = []
+
+    def _passive_aggressive(self) -> torch.Tensor:
+        """lambda * r(beta) summed over the cell kinds (stretchable-cells Eq. 14-15)."""
+        m = self.model
+        return self.opt.pa_lambda * sum(passive_aggressive(m.cells[k], list(rows)) for k, rows in m.betas.items())  # type: ignore[return-value]
 
     # ---- state ---------------------------------------------------------------------------------
     @staticmethod
@@ -309,9 +444,14 @@ class Search:
             "rng": _rng_state(),
             "partial": dict(self.partial),
             "history": json.dumps(self.history),
+            "strength": self.meter.state_dict(),
+            "early": self.early.state_dict() if self.early else None,
+            "stopped_early": self.stopped_early,
         }
 
     def save(self) -> None:
+        if not self.dist.main:
+            return
         state = self.state_dict()
         atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
@@ -343,6 +483,10 @@ class Search:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.partial = {k: float(v) for k, v in state["partial"].items()}
         self.history = json.loads(state["history"])
+        self.meter.load_state_dict(state["strength"])
+        self.stopped_early = bool(state["stopped_early"])
+        if self.early is not None:
+            self.early.load_state_dict(state["early"])
 
     # ---- batches -------------------------------------------------------------------------------
     def _batch(self, order: torch.Tensor, step: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,6 +494,9 @@ class Search:
         idx = order[step * b : (step + 1) * b]
         g = data_mod.batch_generator(self.opt.seed, self.epoch, step, stream)
         x, y = self.data.batch(idx, g)
+        if self.dist.world > 1:  # this rank's slice of the global batch, augmented as one process would
+            n = len(y) // self.dist.world
+            x, y = x[self.dist.rank * n : (self.dist.rank + 1) * n], y[self.dist.rank * n : (self.dist.rank + 1) * n]
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -362,14 +509,14 @@ class Search:
                               "continue it with --resume, or choose another --out")  # fmt: skip
         total = self.opt.epochs * self.steps
         bar = None
-        if self.progress:
+        if self.progress and self.dist.main:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.epoch * self.steps + self.step, file=sys.stderr, unit="step",
                        dynamic_ncols=True, leave=False)  # fmt: skip
         try:
             with self.stop.installed():
-                while self.epoch < self.opt.epochs:
+                while self.epoch < self.opt.epochs and not self.stopped_early:
                     self._epoch(bar)
         finally:
             if bar is not None:
@@ -378,20 +525,24 @@ class Search:
 
     def _epoch(self, bar) -> None:
         model, opt = self.model, self.opt
-        w_order = data_mod.epoch_order(self.w_idx, opt.seed, self.epoch, 0)
-        a_order = data_mod.epoch_order(self.a_idx, opt.seed, self.epoch, 1)
+        orders = [data_mod.epoch_order(idx, opt.seed, self.epoch, stream) for stream, idx in enumerate(self.splits)]
         lr = self.sched.get_last_lr()[0]
+        eps = smoothing.epsilon(self.epoch, opt.epochs, opt.eps_start, opt.eps_end) if opt.smooth != "none" else None
         model.train()
         sums = self.partial
         if bar is not None:
             bar.set_description(f"epoch {self.epoch + 1}/{opt.epochs}")
         while self.step < self.steps:
             t0 = time.perf_counter()
-            train = self._batch(w_order, self.step, 0)
-            valid = self._batch(a_order, self.step, 1)
-            # 1. architecture step on the architecture half, 2. weight step (methods.md, DARTS).
-            a_loss, _ = self.architect.step(train, valid, xi=lr)
-            loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip)
+            train = self._batch(orders[0], self.step, 0)
+            valid = self._batch(orders[1], self.step, 1)
+            valid_beta = self._batch(orders[2], self.step, 2) if self.three_way else None
+            # 1. architecture step on the architecture data, 2. weight step (methods.md, DARTS).
+            a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
+            kinds = list(model.alphas)
+            self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
+            soft = self._smoothed(train, eps) if eps is not None else None
+            loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
             n = train[1].numel()
             sums["train_loss"] += float(loss) * n
             sums["train_correct"] += float((logits.argmax(1) == train[1]).sum())
@@ -423,16 +574,61 @@ class Search:
             "arch_loss": sums["arch_loss"] / seen, "valid_loss": valid_loss, "valid_acc": valid_acc,
             "time_s": round(sums["seconds"] + eval_s, 3), "train_s": round(sums["seconds"], 3),
         }  # fmt: skip
+        if eps is not None:
+            record["eps"] = eps
+        if opt.hessian:
+            t0 = time.perf_counter()
+            record["hessian_eig"] = self.hessian_eigenvalue()
+            record["hessian_s"] = round(time.perf_counter() - t0, 3)
         derived = self.derive()
         record["genotype"] = _genotype(derived)
+        if self.early is not None:
+            self.stopped_early = self.early.update(_canonical(derived))
+            record["unchanged_epochs"] = self.early.count
+            if self.stopped_early:
+                record["early_stop"] = True
         self.history.append(record)
         self.epoch += 1
         self.step = 0
         self.partial = self._zero_sums()
         self._write_epoch(record)
         self.save()
-        if self.stop.requested and self.epoch < opt.epochs:
+        if self.stop.requested and self.epoch < opt.epochs and not self.stopped_early:
             raise SearchInterrupted(self.out, self.epoch, 0)
+
+    def _generator(self, step: int, stream: int) -> torch.Generator:
+        seed = data_mod.batch_generator(self.opt.seed, self.epoch, step, stream).initial_seed()
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _smoothed(self, batch: tuple[torch.Tensor, torch.Tensor], eps: float) -> dict[str, torch.Tensor]:
+        """softmax(alpha) + delta for this weight step (SDARTS-RS or -ADV, search/smoothing.py)."""
+        model = self.model
+        with torch.no_grad():
+            soft = {k: v.detach() for k, v in model.softmax_weights().items()}
+        g = self._generator(self.step, 3)
+        if self.opt.smooth == "rs":
+            return {k: smoothing.random_smoothing(v, eps, g) for k, v in soft.items()}
+        x, y = batch
+
+        def loss(weights):
+            return F.cross_entropy(model(x, soft=weights), y)
+
+        with buffers_kept(model):  # the attack's forward passes must not move the BN statistics
+            return smoothing.adversarial(soft, loss, eps, steps=self.opt.adv_steps, generator=g, reduce=self.reduce)  # type: ignore[return-value]
+
+    def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `batch_size` samples of the architecture data, unaugmented: the diagnostics' batch."""
+        x, y = self.data.batch(self.a_idx[: self.opt.batch_size], train=False)
+        return x.to(self.device), y.to(self.device)
+
+    def hessian_eigenvalue(self) -> float:
+        """The dominant eigenvalue of the Hessian of L_val w.r.t. alpha (SDARTS' diagnostic), train mode
+        as in the search, on the fixed batch; BN statistics untouched."""
+        x, y = self._fixed_batch()
+        model = self.model
+        g = torch.Generator().manual_seed(self.opt.seed)
+        with buffers_kept(model):
+            return smoothing.hessian_max_eigenvalue(lambda: F.cross_entropy(model(x), y), model.alpha_parameters(), generator=g)
 
     @torch.no_grad()
     def evaluate(self, indices: torch.Tensor) -> tuple[float, float]:
@@ -455,18 +651,68 @@ class Search:
         return loss / max(seen, 1.0), correct / max(seen, 1.0)
 
     # ---- derivation and outputs ----------------------------------------------------------------
+    def scores(self) -> dict[str, list[list[float]]]:
+        """The selection rule's score per (alpha row, candidate), per cell kind (passes/derive.py ranks them).
+
+        magnitude: softmax(alpha) (DARTS), times the edge weights under PC-DARTS; strength: operation
+        strength (OStr-DARTS Eq. 11); strength_star: OStr* (Eq. 18); naive: the loss increase when
+        the op is removed (Fig. 4b). Before any architecture step the strengths fall back to magnitude.
+        """
+        model, select = self.model, self.opt.select
+        with torch.no_grad():
+            soft = {k: F.softmax(a.detach().double(), dim=-1) for k, a in model.alphas.items()}
+            strength = {k: v.double() for k, v in self.meter.strength().items()}
+            if select == "strength" and strength:
+                return {k: v.tolist() for k, v in strength.items()}
+            if select == "strength_star" and strength:
+                return {k: ostr_star(v, model.alphas[k].detach().double()).tolist() for k, v in strength.items()}
+            if select == "naive":
+                return {k: v.tolist() for k, v in self.removal_scores().items()}
+            return {k: (normalized_scores(model.cells[k], v, model.gammas[k].detach().double()) if k in model.gammas else v).tolist()
+                    for k, v in soft.items()}  # fmt: skip
+
+    def removal_scores(self) -> dict[str, torch.Tensor]:
+        """The naive criterion: L(supernet without op o on edge e) - L(supernet) on the fixed batch, train mode."""
+        model = self.model
+        x, y = self._fixed_batch()
+        shapes = {k: tuple(a.shape) for k, a in model.alphas.items()}
+
+        def set_mask(masks):
+            model.op_mask = None if all(bool((m == 1).all()) for m in masks.values()) else dict(masks)
+
+        with buffers_kept(model):
+            return removal_importance(lambda: F.cross_entropy(model(x), y), set_mask, shapes)  # type: ignore[arg-type]
+
     def derive(self) -> ir.Spec:
-        """Magnitude selection (methods.md, DARTS derivation) under the spec's limits and budgets (passes/derive.py)."""
+        """Selection by the chosen rule (`scores`) under the spec's limits and budgets (passes/derive.py);
+        stretchable cells keep the edges of their most likely codes (search/topology.py)."""
         from nasir.passes.derive import Derive
 
         budgets = self.spec.search.budgets if self.spec.search else ()
-        return Derive(self.model.scores(), cost=_cost_fn(self.plan) if budgets else None).run(self.spec).spec
+        m = self.model
+        keep = {k: most_likely_edges(m.cells[k], list(rows)) for k, rows in m.betas.items()}
+        return Derive(self.scores(), keep_edges=keep, cost=_cost_fn(self.plan) if budgets else None).run(self.spec).spec
 
     def _write_epoch(self, record: dict[str, Any]) -> None:
-        alphas = self.model.alpha_values()
-        atomic_write(self.out / "alphas" / f"epoch_{record['epoch']:03d}.json", json.dumps(alphas) + "\n")
-        atomic_write(self.out / "alphas.json", json.dumps(alphas) + "\n")
+        if not self.dist.main:
+            return
+        for name, values in self._variables().items():
+            atomic_write(self.out / name / f"epoch_{record['epoch']:03d}.json", json.dumps(values) + "\n")
+            atomic_write(self.out / f"{name}.json", json.dumps(values) + "\n")
         atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _variables(self) -> dict[str, Any]:
+        """What is written per epoch: alphas, the operation strengths, and betas / gammas where the supernet has them."""
+        m = self.model
+        out: dict[str, Any] = {"alphas": m.alpha_values()}
+        strength = self.meter.strength()
+        if strength:
+            out["strengths"] = {k: v.double().tolist() for k, v in strength.items()}
+        if m.betas:
+            out["betas"] = m.beta_values()
+        if m.gammas:
+            out["gammas"] = m.gamma_values()
+        return out
 
     def finish(self) -> SearchResult:
         derived = self.derive()
@@ -474,6 +720,8 @@ class Search:
         files: dict[str, Path] = {}
         notes = list(self.notes)
         text = derived_text(derived, self.source, dict(self.opt.overrides))
+        if not self.dist.main:  # rank 0 writes the files
+            return SearchResult(out, derived, text, _genotype(derived), self.model.alpha_values(), list(self.history), files, tuple(notes))
         atomic_write(out / "derived.cell", text)
         files["derived.cell"] = out / "derived.cell"
         genotype = _genotype(derived)
@@ -481,8 +729,9 @@ class Search:
             atomic_write(out / "genotype.txt", genotype + "\n")
             files["genotype.txt"] = out / "genotype.txt"
         alphas = self.model.alpha_values()
-        atomic_write(out / "alphas.json", json.dumps(alphas) + "\n")
-        files["alphas.json"] = out / "alphas.json"
+        for name, values in self._variables().items():
+            atomic_write(out / f"{name}.json", json.dumps(values) + "\n")
+            files[f"{name}.json"] = out / f"{name}.json"
         files["metrics.jsonl"] = out / "metrics.jsonl"
         files["checkpoint.pt"] = out / CHECKPOINT
         if not self.artifacts:
@@ -582,7 +831,10 @@ def alpha_heatmap(spec: ir.Spec, alphas: Mapping[str, Sequence[Sequence[float]]]
 # ---- the library entry point ----------------------------------------------------------------------------
 def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | Path | None = None, *,
            epochs: int | None = None, batch_size: int | None = None, order: int | None = None,
-           seed: int | None = None, select: str | None = None, device: str = "auto", resume: bool = False,
+           seed: int | None = None, select: str | None = None, method: str | None = None,
+           partial_channels: int | None = None, smooth: str | None = None, adv_steps: int | None = None,
+           early_stop: int | None = None, hessian: bool | None = None, strength_window: int | None = None,
+           device: str = "auto", resume: bool = False,
            overrides: Sequence[str] | Mapping[str, Any] | None = None, low_memory: bool = False,
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
@@ -590,7 +842,9 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
-    from the spec's `search` block, then from the DARTS defaults. `limit_batches` caps the steps per
+    from the spec's `search` block, then from the DARTS defaults; `Options` says what each one does
+    (method darts|milenas|pcdarts, select magnitude|strength|strength_star|naive, smooth none|rs|adv,
+    early_stop C, hessian). `limit_batches` caps the steps per
     epoch (and the evaluation batches) for quick runs. `callback(info)` runs after every step;
     `stop_after_steps` stops (with a checkpoint) once that many steps are done in all, as a signal would.
     `artifacts=False` skips derived.onnx and the PNGs.
@@ -602,9 +856,11 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     values = dict(overrides) if isinstance(overrides, Mapping) else _override_values(overrides)
     dev = resolve_device(device)
     data_mod.parse_data_spec(data)  # bad data specs fail before anything is built
-    options = make_options(spec, data=data, order=order, epochs=epochs, batch_size=batch_size, seed=seed,
-                           select=select, overrides=values, limit_batches=limit_batches,
-                           channels_last=channels_last, low_memory=low_memory, device=dev)  # fmt: skip
+    options = make_options(spec, data=data, overrides=values, limit_batches=limit_batches, channels_last=channels_last,
+                           low_memory=low_memory, device=dev, order=order, epochs=epochs, batch_size=batch_size,
+                           seed=seed, select=select, method=method, partial_channels=partial_channels, smooth=smooth,
+                           adv_steps=adv_steps, early_stop=early_stop, hessian=hessian,
+                           strength_window=strength_window)  # fmt: skip
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
     runner = Search(spec, plan, options, out_dir, progress=progress, callback=callback,
                     stop_after_steps=stop_after_steps, source=spec.file, artifacts=artifacts)  # fmt: skip

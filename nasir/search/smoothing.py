@@ -44,13 +44,15 @@ def random_smoothing(weights: torch.Tensor, eps: float, generator: torch.Generat
 
 def adversarial(weights: Weights, loss_fn: Callable[[Weights], torch.Tensor], eps: float, steps: int = 7,
                 step_size: float | None = None, random_start: bool = True,
-                generator: torch.Generator | None = None) -> Weights:  # fmt: skip
+                generator: torch.Generator | None = None,
+                reduce: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]] | None = None) -> Weights:  # fmt: skip
     """SDARTS-ADV: weights + delta with delta ~ argmax_{||delta||_inf <= eps} L_train(w, weights + delta) (Sec. 3.2-3.3).
 
     Projected gradient ascent on delta; "the 7-step PGD attack" is the paper's default and one step
     "brings little performance decrease" (Sec. 5.1). `weights` is one tensor or a mapping of them (one per cell kind:
     the loss depends on all kinds jointly); `loss_fn` takes the same structure. Only delta receives
-    gradients (torch.autograd.grad), so the network's .grad buffers are untouched.
+    gradients (torch.autograd.grad), so the network's .grad buffers are untouched. `reduce` averages the
+    ascent gradients over the ranks of a distributed search, so every rank takes the same delta.
 
     Readings taken where sdarts.txt is silent or garbled: its update reads delta <- P(delta + lr *
     grad), P the projection onto the ball ("clipping in the case of the L_inf norm"), without a value
@@ -78,6 +80,8 @@ def adversarial(weights: Weights, loss_fn: Callable[[Weights], torch.Tensor], ep
         d = {k: v.clone().requires_grad_() for k, v in delta.items()}
         loss = loss_fn(pack({k: base[k] + d[k] for k in base}))
         grads = torch.autograd.grad(loss, list(d.values()), allow_unused=True)
+        if reduce is not None:  # a distributed search ascends the loss of the global batch
+            grads = reduce([torch.zeros_like(v) if g is None else g for g, v in zip(grads, d.values())])
         delta = {
             k: (d[k].detach() + step * (g.sign() if g is not None else 0)).clamp(-eps, eps)
             for (k, g) in zip(d, grads)

@@ -142,3 +142,11 @@ class EarlyStop:
     @property
     def stop(self) -> bool:
         return self.count >= self.patience
+
+    def state_dict(self) -> dict:
+        """Count and last architecture (None before the first); the architecture must be checkpointable (e.g. a str)."""
+        return {"count": self.count, "last": None if self._last is _NOTHING else self._last}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.count = int(state["count"])
+        self._last = _NOTHING if state["last"] is None else state["last"]

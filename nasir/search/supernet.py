@@ -17,6 +17,17 @@ softmax.
 Options: `channels_last` (the whole supernet and its input in NHWC; performance.md measured about
 0.63 x the time of the contiguous layout) and `low_memory` (each mixed op is recomputed in the
 backward pass by torch.utils.checkpoint instead of keeping its op outputs).
+
+Method parts that live in the supernet, all folded into the one weight per (edge, candidate) that the
+mixed ops already take, so no op and no cell changes for them:
+- stretchable cells (passes/topology.py ran): topology variables `betas[kind]`, one tensor per beta
+  row; edge k's weights are multiplied by its merged factor s(i, j) (search/topology.py, Eq. 6/10/13);
+- PC-DARTS (`partial_channels=K > 1`): every mixed op is a PartialMixedOp over C/K channels, and the
+  edge-normalisation variables `gammas[kind]` (one per alpha row) multiply each edge's weights
+  (search/pcdarts.py);
+- SDARTS: `forward(x, soft=...)` replaces softmax(alpha) by given (perturbed) weights;
+- the naive pruning criterion: `op_mask` multiplies the weights without renormalising.
+The variables are created after the weights and alphas, so adding them changes no other initial value.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from torch.utils.checkpoint import checkpoint
 from nasir import ir, ops
 from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.macro import Plan
+from nasir.search.pcdarts import PartialMixedOp, edge_normalization
+from nasir.search.topology import beta_sizes, merged_factors
 from nasir.targets.blocks import Zero
 from nasir.targets.network import Network
 
@@ -208,12 +221,14 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, spec: ir.Spec, plan: Plan, *, low_memory: bool = False, channels_last: bool = False,
-                 pool_bn: bool | None = None, fast_dilated: bool = True):  # fmt: skip
+                 pool_bn: bool | None = None, fast_dilated: bool = True, partial_channels: int = 1):  # fmt: skip
         super().__init__()
         self.spec = spec
         self.plan = plan
         self.low_memory = low_memory
         self.channels_last = channels_last
+        self.partial_channels = k = partial_channels
+        self.op_mask: dict[str, torch.Tensor] | None = None
         cells = {c.name: c for c in spec.cells}
 
         if pool_bn is None:
@@ -222,6 +237,11 @@ class Supernet(nn.Module):
         def make_op(edge: ir.Edge, C: int, stride: int) -> nn.Module:
             if edge.alpha is None:
                 return FixedOp(ops.REGISTRY[edge.op].build(C, stride, affine=False))  # type: ignore[index]
+            if k > 1:
+                if C % k:
+                    raise DiagnosticError([Diagnostic(f"partial channels: {C} channels of an edge into node '{edge.dst}' do not split into K = {k} parts",
+                                                      edge.span, "choose K dividing every cell's channel count (e.g. pcdarts(k = 2))")])  # fmt: skip
+                return PartialMixedOp(MixedOp(edge, C // k, stride, pool_bn, low_memory), k=k, stride=stride)
             return MixedOp(edge, C, stride, pool_bn, low_memory)
 
         self.net = Network(spec, plan, make_op=make_op, affine=False)
@@ -230,11 +250,13 @@ class Supernet(nn.Module):
         used = {b.cell for b in plan.cells}
         self.rows: dict[str, tuple[tuple[str, ...], ...]] = {}
         self.edge_rows: dict[str, list[int | None]] = {}
+        self.cells: dict[str, ir.Cell] = {}
         alphas = {}
         for name in sorted(used, key=[c.name for c in spec.cells].index):
             c = cells[name]
             if c.alpha_rows is None:
                 continue
+            self.cells[name] = c
             widths = {len(r) for r in c.alpha_rows}
             if len(widths) != 1:
                 raise error_at(c.span, f"cell '{c.name}' mixes choices of different sizes; this runtime needs one op set per cell kind")
@@ -243,12 +265,27 @@ class Supernet(nn.Module):
             # DARTS initialises the architecture variables to 1e-3 * N(0, 1) (model_search.py).
             alphas[name] = nn.Parameter(1e-3 * torch.randn(len(c.alpha_rows), widths.pop()))
         self.alphas = nn.ParameterDict(alphas)
+        # Stretchable cells: one beta per code of each row; PC-DARTS: one gamma per alpha row. Both
+        # initialised as the alphas are (1e-3 * N(0, 1)), after them.
+        self.betas = nn.ModuleDict({
+            kind: nn.ParameterList([nn.Parameter(1e-3 * torch.randn(n)) for n in beta_sizes(c)])
+            for kind, c in self.cells.items() if c.beta_rows
+        })  # fmt: skip
+        self.gammas = nn.ParameterDict({kind: nn.Parameter(1e-3 * torch.randn(len(c.alpha_rows or ())))
+                                        for kind, c in self.cells.items()} if k > 1 else {})  # fmt: skip
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
     # ---- parameters ----------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
+        """alphas, then betas (stretchable cells), then gammas (PC-DARTS edge normalisation)."""
+        return self.alpha_parameters() + self.beta_parameters() + list(self.gammas.values())
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
         return list(self.alphas.values())
+
+    def beta_parameters(self) -> list[nn.Parameter]:
+        return [b for rows in self.betas.values() for b in rows]  # type: ignore[union-attr]
 
     def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"net.{n}", p) for n, p in self.net.named_parameters()]
@@ -257,19 +294,45 @@ class Supernet(nn.Module):
         return list(self.net.parameters())
 
     # ---- forward -------------------------------------------------------------------------------
-    def edge_weights(self, alphas: dict[str, torch.Tensor] | None = None) -> dict[str, list[torch.Tensor | None]]:
-        """Per cell kind, per edge of the cell (IR order), its softmax row; None for fixed edges."""
+    def edge_factors(self, kind: str) -> torch.Tensor | None:
+        """The factor each edge of the cell (IR order) multiplies its mixed op by: the merged topology
+        factor s(i, j) times the PC-DARTS edge weight; None when the cell has neither."""
+        c = self.cells[kind]
+        f = None
+        if kind in self.betas:
+            f = merged_factors(c, list(self.betas[kind]))  # type: ignore[arg-type]
+        if kind in self.gammas:
+            g = edge_normalization(c, self.gammas[kind])
+            f = g if f is None else f * g
+        return f
+
+    def edge_weights(self, alphas: dict[str, torch.Tensor] | None = None,
+                     soft: dict[str, torch.Tensor] | None = None) -> dict[str, list[torch.Tensor | None]]:  # fmt: skip
+        """Per cell kind, per edge of the cell (IR order), the weight of each candidate; None for fixed edges.
+
+        The weights are softmax(alpha) of the edge's row (or the row of `soft`, SDARTS' perturbed
+        weights), times `op_mask` when set, times the edge's factor (`edge_factors`).
+        """
         alphas = alphas if alphas is not None else dict(self.alphas)
         out = {}
         for kind, rows in self.edge_rows.items():
-            soft = F.softmax(alphas[kind], dim=-1).unbind(0)
-            out[kind] = [None if r is None else soft[r] for r in rows]
+            a = soft[kind] if soft is not None else F.softmax(alphas[kind], dim=-1)
+            if self.op_mask is not None and kind in self.op_mask:
+                a = a * self.op_mask[kind].to(a)
+            f = self.edge_factors(kind)
+            w = a.unbind(0)
+            out[kind] = [None if r is None else (w[r] if f is None else w[r] * f[k]) for k, r in enumerate(rows)]
         return out
 
-    def forward(self, x: torch.Tensor, alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def softmax_weights(self) -> dict[str, torch.Tensor]:
+        """softmax(alpha) per cell kind, [rows, candidates], in the graph (what SDARTS perturbs)."""
+        return {k: F.softmax(a, dim=-1) for k, a in self.alphas.items()}
+
+    def forward(self, x: torch.Tensor, alphas: dict[str, torch.Tensor] | None = None,
+                soft: dict[str, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x, self.edge_weights(alphas))
+        return self.net(x, self.edge_weights(alphas, soft))
 
     # ---- selection -----------------------------------------------------------------------------
     def scores(self) -> dict[str, list[list[float]]]:
@@ -280,6 +343,13 @@ class Supernet(nn.Module):
     def alpha_values(self) -> dict[str, list[list[float]]]:
         with torch.no_grad():
             return {k: a.detach().double().tolist() for k, a in self.alphas.items()}
+
+    def beta_values(self) -> dict[str, list[list[float]]]:
+        """The topology variables per cell kind, one list per beta row (`Cell.beta_rows` order)."""
+        return {k: [b.detach().double().tolist() for b in rows] for k, rows in self.betas.items()}
+
+    def gamma_values(self) -> dict[str, list[float]]:
+        return {k: g.detach().double().tolist() for k, g in self.gammas.items()}
 
 
 def prepare(spec: ir.Spec) -> ir.Spec:
@@ -293,12 +363,13 @@ def prepare(spec: ir.Spec) -> ir.Spec:
         raise DiagnosticError([Diagnostic(f"{spec.file} has no choices to search: no cell has a choice(...) edge",
                                           cell.span if cell else None,
                                           "write an edge as 'edges * -> n* : choice(darts)', or compile a derived spec with 'nasir compile'")])  # fmt: skip
-    for c in spec.cells:
-        if c.topology is not None:
-            raise error_at(c.topology.span, f"cell '{c.name}': topology variables are not supported by the search runtime yet")
+    from nasir.passes.topology import Topology
+
     passes = []
     if "mixed_ops" not in spec.properties:
         passes.append(MixedOps())
+    if "topology" not in spec.properties and any(c.topology is not None for c in spec.cells):
+        passes.append(Topology())
     if "zero_ops" not in spec.properties:
         passes.append(ZeroOps())
     return PassManager(passes).run(spec) if passes else spec
@@ -306,13 +377,14 @@ def prepare(spec: ir.Spec) -> ir.Spec:
 
 def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool = False, channels_last: bool = False,
                    pool_bn: bool | None = None, seed: int | None = None, overrides: dict[str, Any] | None = None,
-                   skip_zero: bool = True, fast_dilated: bool = True) -> Supernet:  # fmt: skip
+                   skip_zero: bool = True, fast_dilated: bool = True, partial_channels: int = 1) -> Supernet:  # fmt: skip
     """The supernet of a search space. `plan` defaults to the spec's first network (with `overrides`).
 
     `pool_bn=None` follows the reference of each space: BN after pooling when the searched cells have
     two inputs (DARTS), none when they have one (NAS-Bench-201). `skip_zero=False` builds explicit Zero ops for `none`
     (only useful to test that skipping them changes nothing). `seed` seeds the initialisation.
     `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward).
+    `partial_channels` is PC-DARTS' K (1: every channel through every mixed op, no edge normalisation).
     """
     from nasir.macro import plan as make_plan
 
@@ -332,4 +404,4 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     if seed is not None:
         torch.manual_seed(seed)
     return Supernet(spec, plan, low_memory=low_memory, channels_last=channels_last, pool_bn=pool_bn,
-                    fast_dilated=fast_dilated)
+                    fast_dilated=fast_dilated, partial_channels=partial_channels)

@@ -158,7 +158,7 @@ def test_bad_input_is_a_diagnostic(reference, tmp_path):
         (dict(data="cifar10:/no/such/folder"), "data path '/no/such/folder' does not exist"),
         (dict(data="imagenet"), "unknown data set 'imagenet'"),
         (dict(epochs=0), "--epochs must be a whole number >= 1, got 0"),
-        (dict(select="strength"), "--select strength is not supported"),
+        (dict(select="bogus"), "--select must be one of magnitude, strength, strength-star, naive, got 'bogus'"),
         (dict(out=reference.out), "already holds a search"),
         (dict(out=reference.out, resume=True, seed=1), r"ran with other settings: seed \(0 then, 1 now\)"),
         (dict(resume=True), "no checkpoint in"),
@@ -170,14 +170,11 @@ def test_bad_input_is_a_diagnostic(reference, tmp_path):
             search(spec, **args)
 
 
-def test_unsupported_search_settings_point_at_the_spec():
+def test_search_settings_of_an_example_are_honoured():
     text = (EXAMPLES / "nb201.cell").read_text().replace('include "ops.cell"', "opset nb201 = {none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3}")
-    spec = spec_of(text)
-    with pytest.raises(DiagnosticError, match="selection 'strength' is not supported") as info:
-        make_options(spec, data="digits", order=None, epochs=None, batch_size=None, seed=None, select=None, overrides={},
-                     limit_batches=None, channels_last=False, low_memory=False, device=torch.device("cpu"))  # fmt: skip
-    span = info.value.diagnostics[0].span
-    assert span.file == "t.cell" and text.splitlines()[span.line - 1].strip() == "select strength"
+    opts = make_options(spec_of(text), data="digits", order=None, epochs=None, batch_size=None, seed=None, select=None, overrides={},
+                        limit_batches=None, channels_last=False, low_memory=False, device=torch.device("cpu"))  # fmt: skip
+    assert (opts.method, opts.order, opts.select) == ("darts", 1, "strength")  # `select strength` in nb201.cell
 
 
 def test_cli_prints_the_derived_cell_and_the_files(tmp_path, capsys):

@@ -351,3 +351,32 @@ def test_block_exports_to_onnx_and_onnxruntime_matches_torch(name, module, shape
     (got,) = session.run(None, {"x": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-4, atol=1e-5)
+def test_factorized_reduce_with_few_channels_in_channels_last_matches_nchw():
+    """torch 2.14's oneDNN corrupts the heap in the weight gradient of a 1x1 stride-2 NHWC conv with
+    C_in < 8 on CPU; FactorizedReduce takes an NCHW path there. Run in a child: a corrupted heap aborts."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from nasir.targets.blocks import FactorizedReduce
+torch.manual_seed(0)
+for cin in (2, 4, 6):
+    fr = FactorizedReduce(cin, cin, affine=False).to(memory_format=torch.channels_last)
+    ref = FactorizedReduce(cin, cin, affine=False)
+    ref.load_state_dict(fr.state_dict())
+    x = torch.randn(8, cin, 8, 8)
+    xc, xr = x.contiguous(memory_format=torch.channels_last).requires_grad_(), x.clone().requires_grad_()
+    for _ in range(3):
+        y = fr(xc)
+        r = ref.bn(torch.cat([torch.nn.functional.conv2d(ref.relu(xr), ref.conv_1.weight, stride=2),
+                              torch.nn.functional.conv2d(ref.relu(xr)[:, :, 1:, 1:], ref.conv_2.weight, stride=2)], 1))
+        gy = torch.randn_like(r)
+        g = torch.autograd.grad((y * gy).sum(), [xc, fr.conv_1.weight, fr.conv_2.weight])
+        h = torch.autograd.grad((r * gy).sum(), [xr, ref.conv_1.weight, ref.conv_2.weight])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, r, atol=1e-6) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g, h))
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
