@@ -20,6 +20,8 @@ Variants, each adding one change to the one before, so the ratios say what each 
   nasir          + the dilated depthwise backward of nasir/search/supernet.py (nasir's default on CPU)
   nasir-keepmem  + freed memory kept in the process between steps (runner.keep_freed_memory, glibc mallopt)
   nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op), memory kept as in nasir-keepmem
+  nasir-pc4      PC-DARTS on the same space (method pcdarts, K = 4: partial channels + edge normalisation),
+                 otherwise as nasir-keepmem; performance.md's target: peak memory <= 0.35 x full DARTS
 
 Machines are shared and noisy (performance.md): compare variants of one run only; the thread count is
 fixed (`--threads`, default 2, as the original figures); another process on the cores makes 2-thread
@@ -39,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("reference", "nasir-nchw", "nasir-nhwc", "nasir", "nasir-keepmem", "nasir-lowmem")
+VARIANTS = ("reference", "nasir-nchw", "nasir-nhwc", "nasir", "nasir-keepmem", "nasir-lowmem", "nasir-pc4")
 KINDS = ("weight", "arch1", "arch2")
 ORIGINAL = {32: {"weight": 8.8, "arch1": 8.8, "arch2": 26.9, "rss_gib": 5.1}, 64: {"weight": 13.4, "rss_gib": 9.5}}
 
@@ -269,10 +271,11 @@ def child(variant: str, batch: int, steps: int, kinds: list[str]) -> dict:
         from nasir.search.runner import keep_freed_memory
         from nasir.search.supernet import build_supernet
 
-        if variant in ("nasir-keepmem", "nasir-lowmem"):
+        if variant in ("nasir-keepmem", "nasir-lowmem", "nasir-pc4"):
             keep_freed_memory()
         model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0, channels_last=variant != "nasir-nchw",
-                               low_memory=variant == "nasir-lowmem", fast_dilated=variant not in ("nasir-nchw", "nasir-nhwc"))  # fmt: skip
+                               low_memory=variant == "nasir-lowmem", fast_dilated=variant not in ("nasir-nchw", "nasir-nhwc"),
+                               partial_channels=4 if variant == "nasir-pc4" else 1)  # fmt: skip
         w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
         a1, a2 = Architect(model, w_opt, order=1), Architect(model, w_opt, order=2)
 
