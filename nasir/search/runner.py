@@ -415,6 +415,7 @@ class Search:
         self.meter = StrengthMeter(options.strength_window or steps)
         self.early = EarlyStop(options.early_stop) if options.early_stop else None
         self.stopped_early = False
+        self._derived: tuple[int, ir.Spec] | None = None
         self.epoch = 0
         self.step = 0
         self.partial = self._zero_sums()
@@ -688,10 +689,15 @@ class Search:
         stretchable cells keep the edges of their most likely codes (search/topology.py)."""
         from nasir.passes.derive import Derive
 
+        at = self.epoch * self.steps + self.step  # steps done so far
+        if self._derived is not None and self._derived[0] == at:  # nothing changed since (finish after the last epoch)
+            return self._derived[1]
         budgets = self.spec.search.budgets if self.spec.search else ()
         m = self.model
         keep = {k: most_likely_edges(m.cells[k], list(rows)) for k, rows in m.betas.items()}
-        return Derive(self.scores(), keep_edges=keep, cost=_cost_fn(self.plan) if budgets else None).run(self.spec).spec
+        derived = Derive(self.scores(), keep_edges=keep, cost=_cost_fn(self.plan) if budgets else None).run(self.spec).spec
+        self._derived = (at, derived)
+        return derived
 
     def _write_epoch(self, record: dict[str, Any]) -> None:
         if not self.dist.main:

@@ -33,7 +33,6 @@ The variables are created after the weights and alphas, so adding them changes n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -151,25 +150,33 @@ class FixedOp(nn.Module):
         return self.op(x)
 
 
-@contextlib.contextmanager
-def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+class _FrozenBNStats:
     """Recomputation must not update BN running statistics a second time.
 
     momentum 0 makes the update `running = 1 * running + 0 * batch`, which leaves the value exactly as
-    it was; num_batches_tracked (counted only when momentum is None) is restored by hand.
+    it was; num_batches_tracked (counted only when momentum is None) is restored by hand. A class, not
+    a generator: the recomputation context is entered again for every backward through the same graph
+    (retain_graph, as the Hessian's power iteration does).
     """
-    saved = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, count in saved:
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.saved: list[tuple[nn.Module, float | None, torch.Tensor | None]] = []
+
+    def __enter__(self) -> None:
+        self.saved = []
+        for m in self.module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                count = None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
+                self.saved.append((m, m.momentum, count))
+                m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, momentum, count in self.saved:
             m.momentum = momentum
             if count is not None:
-                m.num_batches_tracked.copy_(count)
+                m.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
+        self.saved = []
 
 
 class MixedOp(nn.Module):
@@ -208,7 +215,7 @@ class MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.low_memory and self.training and torch.is_grad_enabled():
             return checkpoint(self._mixed, x, weights, use_reentrant=False,
-                              context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)))  # fmt: skip
+                              context_fn=lambda: (contextlib.nullcontext(), _FrozenBNStats(self)))  # fmt: skip
         return self._mixed(x, weights)
 
 
