@@ -60,8 +60,8 @@ class PartialMixedOp(nn.Module):
             rest = self.bypass_pool(rest)
         out = channel_shuffle(torch.cat([y, rest], dim=1), self.k)
         if x.is_contiguous(memory_format=torch.channels_last):
-            # Keep the supernet in one layout: the shuffle's reshape returns NCHW, and mixing NCHW
-            # and NHWC tensors in one node's sum corrupted the heap in the CPU backward (torch 2.14).
+            # Keep the supernet in one layout: the shuffle's reshape returns NCHW, and the next ops
+            # would otherwise run (and convert back) in the slower contiguous layout.
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
