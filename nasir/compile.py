@@ -202,11 +202,12 @@ def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *,
         from nasir.targets import detection
 
         require_derived(spec, plan)
-        if plan.input[0] != 3:
-            net = spec.network()
-            raise error_at(net.span if net else None, f"a RetinaNet detector reads RGB images, but network '{plan.network}' takes {plan.input[0]} channel(s)",
-                           "declare 'input (3, H, W)' for a detection backbone")  # fmt: skip
+        detection.require_rgb(spec, plan)
         values = dict(parse_overrides(list(overrides))[0]) if overrides and not isinstance(overrides, Mapping) else dict(overrides or {})
+        if weights is not None:  # a detector trained by `nasir train --task detection` (its best.pt or last.pt)
+            model, settings = detection.load_detector(spec, weights, values)
+            detection.write_module(spec, out, **settings, model=model, onnx_path=out.with_suffix(".onnx"))
+            return out
         detection.write_module(spec, out, num_classes=plan.classes, overrides=values, seed=seed,
                                min_size=max(64, plan.input[1]), max_size=max(64, plan.input[1], plan.input[2]),
                                onnx_path=out.with_suffix(".onnx"))  # fmt: skip

@@ -6,6 +6,11 @@ the best by held-out accuracy (`best.pt`), `metrics.jsonl`, a progress bar, `--r
 Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel (NCCL on GPUs, gloo on the
 CPU): the global batch is split evenly across ranks, gradients are averaged by DDP, so every rank
 holds the same weights after every step.
+
+`--task detection` (`train(..., task="detection")`) trains the network as the backbone of a
+torchvision RetinaNet (nasir.targets.detection) on COCO-format data on disk (`coco:PATH`), with SGD
+on the sum of RetinaNet's two losses; best.pt is the lowest held-out loss. Both tasks share the loop
+(`_fit`): schedule, optimizer step, checkpoints, resume, metrics, progress bar and DDP.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A short run on the embedded digits, for the README walk-through and tests.
     "digits": dict(set=(), epochs=8, batch_size=64, lr=0.05, lr_min=0.0, schedule="cosine", momentum=0.9,
                    weight_decay=3e-4, cutout=0, drop_path=0.0, auxiliary_weight=0.4, grad_clip=5.0, label_smoothing=0.0),
+    # --task detection, a short run from scratch: torchvision's RetinaNet recipe (SGD 0.01, momentum
+    # 0.9, wd 1e-4, horizontal flips) at a smaller scale: 320-pixel images, 64-wide FPN and heads.
+    # Full COCO scale: --min-size 800 --max-size 1333 --fpn-channels 256 --epochs 26 --batch-size 16.
+    "detection": dict(set=(), epochs=12, batch_size=8, lr=0.01, lr_min=0.0, schedule="cosine", momentum=0.9,
+                      weight_decay=1e-4, cutout=0, drop_path=0.0, auxiliary_weight=0.0, grad_clip=10.0,
+                      label_smoothing=0.0, min_size=320, max_size=512, fpn_channels=64, hflip=0.5),
 }  # fmt: skip
 
 
@@ -63,6 +74,12 @@ class TrainConfig:
     seed: int = 0
     limit_batches: int | None = None
     set: tuple[str, ...] = ()
+    # --task detection only (the RetinaNet; targets/detection.py): torchvision's defaults
+    min_size: int = 800  # images are resized so that the short side is min_size ...
+    max_size: int = 1333  # ... and the long side at most max_size
+    levels: tuple[int, ...] | None = None  # backbone levels by position; None: default_levels
+    fpn_channels: int = 256
+    hflip: float = 0.5  # probability of a horizontal flip of a training image
 
     @classmethod
     def from_preset(cls, preset: str | None, **changes: Any) -> TrainConfig:
@@ -169,16 +186,173 @@ def _eval_data(text: str, data: data_mod.Data, holdout: float, seed: int) -> tup
     return data, train_idx, data, test_idx
 
 
-def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str = "auto", resume: bool = False,
-          progress: bool = True, stop_after_steps: int | None = None,
-          callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train `spec`'s network on `data`; returns the final metrics. Writes last.pt, best.pt, metrics.jsonl in `out`."""
-    from nasir.macro import parse_overrides, plan
-    from nasir.search.runner import _set_rng_state, resolve_device
-    from nasir.targets.network import Network
+@attrs.define
+class _Task:
+    """What a kind of training supplies to the shared loop (`_fit`).
+
+    `step(net, batch, generator)` runs the forward pass and returns the loss and the sums it adds to
+    the epoch's running totals ("loss" and "seen" in every task); `batches(index_batches)` turns the
+    epoch's remaining index batches into what `step` reads (the indices themselves, or a DataLoader);
+    `evaluate()` measures the held-out set, and its `score` picks best.pt (`higher` is better or not).
+    """
+
+    name: str
+    model: torch.nn.Module
+    train_idx: torch.Tensor
+    step: Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, Any]]]
+    summary: Callable[[dict[str, float]], dict[str, float]]  # running totals -> train_* metrics
+    evaluate: Callable[[], dict[str, float]]
+    best_payload: Callable[[dict[str, Any]], dict[str, Any]]  # the epoch's record -> best.pt's content
+    score: str
+    higher: bool
+    batches: Callable[[list[torch.Tensor]], Iterable[Any]] = iter
+    extra: dict[str, Any] = attrs.Factory(dict)  # saved in last.pt beside the weights
+
+
+def _device(device: str) -> tuple[torch.device, Dist]:
+    """The device (under torchrun with CUDA: this process's GPU, LOCAL_RANK) and the process group."""
+    from nasir.search.runner import resolve_device
 
     dev = resolve_device(device)
-    d = init_distributed(dev)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    return dev, init_distributed(dev)
+
+
+def _set_drop_path(model: torch.nn.Module, p: float) -> None:
+    from nasir.targets.network import CellModule
+
+    for m in model.modules():
+        if isinstance(m, CellModule):
+            m.drop_prob = p
+
+
+def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *, resume: bool, progress: bool,
+         stop_after_steps: int | None, callback: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:  # fmt: skip
+    """The training loop both tasks share: per-epoch schedule and drop-path, seeded order and batches,
+    mixed precision on CUDA, clipped SGD, metrics.jsonl, best.pt, last.pt after every epoch, resume."""
+    from nasir.search.runner import _set_rng_state
+
+    model = task.model
+    if cfg.batch_size % d.world:
+        raise DiagnosticError([Diagnostic(f"the batch size {cfg.batch_size} does not split evenly over {d.world} processes")])
+    net: torch.nn.Module = model
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf if task.higher else math.inf}
+    sums: dict[str, float] = {}
+    if resume and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt")
+        if ck.get("task", "classification") != task.name:
+            raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' is from a {ck.get('task', 'classification')} run, not {task.name}",
+                                              hint="resume with the same --task, or train into another --out")])  # fmt: skip
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' was written with other settings: {str(e).strip().splitlines()[0]}",
+                                              hint="resume with the settings the run started with (--set, --preset, ...)")]) from None  # fmt: skip
+        state, sums = ck["state"], ck["sums"]
+        _set_rng_state(ck["rng"])
+    steps = math.ceil(len(task.train_idx) / cfg.batch_size)
+    if cfg.limit_batches is not None:
+        steps = min(steps, cfg.limit_batches)
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps, initial=state["epoch"] * steps + state["step"], desc=f"train {task.name}",
+                   unit="step", dynamic_ncols=True)  # fmt: skip
+    last: dict[str, Any] = {}
+    done = 0
+    try:
+        while state["epoch"] < cfg.epochs:
+            epoch = state["epoch"]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, epoch)
+            _set_drop_path(model, cfg.drop_path * epoch / cfg.epochs)  # DARTS: linear in the epoch
+            order = data_mod.epoch_order(task.train_idx, cfg.seed, epoch, 0)
+            t0 = time.perf_counter()
+            net.train()
+            todo = [shard(order[s * cfg.batch_size : (s + 1) * cfg.batch_size], d) for s in range(state["step"], steps)]
+            for batch in task.batches(todo):
+                g = data_mod.batch_generator(cfg.seed, epoch, state["step"], d.rank)
+                with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+                    loss, add = task.step(net, batch, g)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                for k, v in add.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                state["step"] += 1
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{sums['loss'] / max(1.0, sums['seen']):.3f}")
+                if stop_after_steps is not None and done >= stop_after_steps:
+                    _save(out, task, opt, state, sums, d)
+                    raise KeyboardInterrupt
+            valid = task.evaluate()
+            last = {"epoch": epoch + 1, **task.summary(sums), **valid, "lr": opt.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - t0}  # fmt: skip
+            score = valid[task.score]
+            improved = score >= state["best"] if task.higher else score <= state["best"]
+            state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"]}
+            sums = {}
+            if d.main:
+                if improved:
+                    best = task.best_payload(last)
+                    atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
+                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(last) + "\n")
+            _save(out, task, opt, state, sums, d)
+            if callback is not None:
+                callback(last)
+    finally:
+        if bar is not None:
+            bar.close()
+    last[f"best_{task.score}"] = state["best"]
+    global _LAST_MODEL_STATE
+    _LAST_MODEL_STATE = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return last
+
+
+def _save(out: Path, task: _Task, opt, state, sums, d: Dist) -> None:
+    from nasir.search.runner import _rng_state
+
+    if not d.main:
+        return
+    ck = {"task": task.name, **task.extra, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
+          "state": dict(state), "sums": dict(sums), "rng": _rng_state()}  # fmt: skip
+    atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
+
+
+def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",
+          resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
+          callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Train `spec`'s network on `data`; returns the final metrics. Writes last.pt, best.pt, metrics.jsonl in `out`.
+
+    `task="detection"` trains a RetinaNet on it (`train_detection`, which takes the `options`).
+    """
+    if task == "detection":
+        return train_detection(spec, data, out, cfg, device=device, resume=resume, progress=progress,
+                               stop_after_steps=stop_after_steps, callback=callback, **options)  # fmt: skip
+    if task != "classification":
+        raise ValueError(f"unknown task '{task}'")
+    if options:
+        raise TypeError(f"classification takes no options {sorted(options)}")
+    from nasir.macro import parse_overrides, plan
+    from nasir.targets.network import Network
+
+    if data.startswith("coco:"):
+        raise data_mod._spec_error(data, "coco:PATH holds detection data", 0, 4, "train a detector on it with --task detection")
+    dev, d = _device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides, _ = parse_overrides(list(cfg.set))
@@ -189,103 +363,139 @@ def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device
         model = model.to(memory_format=torch.channels_last)
     raw = data_mod.load_data(data, p.input, p.classes)
     train_data, train_idx, test_data, test_idx = _eval_data(data, raw, cfg.holdout, cfg.seed)
-    if cfg.batch_size % d.world:
-        raise DiagnosticError([Diagnostic(f"the batch size {cfg.batch_size} does not split evenly over {d.world} processes")])
-    net: torch.nn.Module = model
-    if d.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-    state = {"epoch": 0, "step": 0, "best": -1.0}
-    sums = {"loss": 0.0, "correct": 0, "seen": 0}
-    if resume and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state, sums = ck["state"], ck["sums"]
-        _set_rng_state(ck["rng"])
-    steps = math.ceil(len(train_idx) / cfg.batch_size)
-    if cfg.limit_batches is not None:
-        steps = min(steps, cfg.limit_batches)
-    total = cfg.epochs * steps
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=state["epoch"] * steps + state["step"], desc="train", unit="step", dynamic_ncols=True)
-    last: dict[str, Any] = {}
-    done = 0
-    try:
-        while state["epoch"] < cfg.epochs:
-            epoch = state["epoch"]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
-            model.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS: linear in the epoch
-            order = data_mod.epoch_order(train_idx, cfg.seed, epoch, 0)
-            t0 = time.perf_counter()
-            net.train()
-            while state["step"] < steps:
-                step = state["step"]
-                idx = shard(order[step * cfg.batch_size : (step + 1) * cfg.batch_size], d)
-                g = data_mod.batch_generator(cfg.seed, epoch, step, d.rank)
-                x, y = train_data.batch(idx, g)
-                if cfg.cutout:
-                    x = cutout(x, cfg.cutout, g)
-                x, y = x.to(dev), y.to(dev)
-                with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-                    out_ = net(x)
-                    logits, aux = out_ if isinstance(out_, tuple) else (out_, None)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                    if aux is not None:
-                        loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sums["loss"] += loss.item() * len(y)
-                sums["correct"] += int((logits.argmax(1) == y).sum())
-                sums["seen"] += len(y)
-                state["step"] += 1
-                done += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{sums['loss'] / sums['seen']:.3f}")
-                if stop_after_steps is not None and done >= stop_after_steps:
-                    _save(out, model, opt, state, sums, d)
-                    raise KeyboardInterrupt
-            val_loss, val_acc = evaluate(model, test_data, test_idx, dev)
-            last = {"epoch": epoch + 1, "train_loss": sums["loss"] / max(1, sums["seen"]),
-                    "train_acc": sums["correct"] / max(1, sums["seen"]), "valid_loss": val_loss, "valid_acc": val_acc,
-                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}  # fmt: skip
-            state = {"epoch": epoch + 1, "step": 0, "best": max(state["best"], val_acc)}
-            sums = {"loss": 0.0, "correct": 0, "seen": 0}
-            if d.main:
-                if val_acc >= state["best"]:
-                    best = {"model": model.state_dict(), "epoch": epoch + 1, "valid_acc": val_acc}
-                    atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(last) + "\n")
-            _save(out, model, opt, state, sums, d)
-            if callback is not None:
-                callback(last)
-    finally:
-        if bar is not None:
-            bar.close()
-    last["best_valid_acc"] = state["best"]
-    global _LAST_MODEL_STATE
-    _LAST_MODEL_STATE = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return last
+    def step(net: torch.nn.Module, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = train_data.batch(idx, g)
+        if cfg.cutout:
+            x = cutout(x, cfg.cutout, g)
+        x, y = x.to(dev), y.to(dev)
+        out_ = net(x)
+        logits, aux = out_ if isinstance(out_, tuple) else (out_, None)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if aux is not None:
+            loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+        return loss, {"loss": loss.detach() * len(y), "correct": (logits.argmax(1) == y).sum(), "seen": len(y)}
+
+    def evaluate_() -> dict[str, float]:
+        loss, acc = evaluate(model, test_data, test_idx, dev)
+        return {"valid_loss": loss, "valid_acc": acc}
+
+    def summary(s: dict[str, float]) -> dict[str, float]:
+        seen = max(1.0, s.get("seen", 0.0))
+        return {"train_loss": s.get("loss", 0.0) / seen, "train_acc": s.get("correct", 0.0) / seen}
+
+    t = _Task("classification", model, train_idx, step, summary, evaluate_,
+              lambda rec: {"model": model.state_dict(), "epoch": rec["epoch"], "valid_acc": rec["valid_acc"]},
+              score="valid_acc", higher=True)  # fmt: skip
+    return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback)
 
 
-def _save(out: Path, model, opt, state, sums, d: Dist) -> None:
-    from nasir.search.runner import _rng_state
+# ---- detection ------------------------------------------------------------------------------------
+def coco_path(data: str) -> Path:
+    """The PATH of `coco:PATH`, checked: PATH/annotations/instances_train.json and PATH/train/ exist.
+    Errors point into the --data value, as the classification data specs' do."""
+    layout = "expected PATH/annotations/instances_train.json and its images in PATH/train/ (nasir never downloads)"
+    kind, colon, rest = data.partition(":")
+    if kind != "coco" or not colon:
+        raise data_mod._spec_error(data, "--task detection reads COCO-format data: coco:PATH", 0, len(kind), layout)
+    if not rest:
+        raise data_mod._spec_error(data, "'coco' needs a path: coco:PATH", 0, None, layout)
+    path = Path(rest).expanduser()
+    if not path.exists():
+        raise data_mod._spec_error(data, f"data path '{rest}' does not exist", len(kind) + 1)
+    missing = [q for q in ("annotations/instances_train.json", "train") if not (path / q).exists()]
+    if missing:
+        raise data_mod._spec_error(data, f"no COCO training split under '{rest}': {' and '.join(missing)} not found", len(kind) + 1, None, layout)
+    return path
 
-    if not d.main:
-        return
-    ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": dict(state), "sums": dict(sums), "rng": _rng_state()}
-    atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
+
+def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str = "auto", resume: bool = False,
+                    progress: bool = True, stop_after_steps: int | None = None,
+                    callback: Callable[[dict[str, Any]], None] | None = None, workers: int = 0,
+                    backbone_weights: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """`nasir train --task detection`: `spec`'s network as a RetinaNet backbone on `coco:PATH`.
+
+    Data: PATH/annotations/instances_train.json with images in PATH/train/; PATH/val/ with
+    instances_val.json, when present, is the held-out set, else `cfg.holdout` of the training images.
+    Training flips images horizontally with probability `cfg.hflip`, drawn from the per-batch
+    generator, so a resumed run sees the same batches; `workers` DataLoader processes only read and
+    decode. The held-out loss is RetinaNet's losses in eval mode (BatchNorm running statistics).
+    best.pt has the weights and settings of `nasir.targets.detection.retinanet` (as compile writes
+    them: {"format", "spec", "config", "state_dict"}, plus "epoch" and "valid_loss"), so
+    `retinanet(spec, **ck["config"]).load_state_dict(ck["state_dict"])` rebuilds it.
+    `backbone_weights`: a classification checkpoint (nasir train's best.pt) to start the backbone from.
+    """
+    from nasir.macro import parse_overrides, plan
+    from nasir.targets import detection
+
+    path = coco_path(data)
+    dev, d = _device(device)
+    out = Path(out)
+    overrides, _ = parse_overrides(list(cfg.set))
+    p = plan(spec, overrides=overrides)
+    detection.require_rgb(spec, p)
+    train_set = detection.coco_dataset(path, "train")
+    detection.check_images(train_set)
+    has_val = (path / "annotations" / "instances_val.json").exists() and (path / "val").is_dir()
+    if has_val:
+        test_set = detection.coco_dataset(path, "val")
+        detection.check_images(test_set)
+        train_idx, test_idx = torch.arange(len(train_set)), torch.arange(len(test_set))
+    else:
+        if len(train_set) < 2:
+            raise DiagnosticError([Diagnostic(f"{path}: {len(train_set)} training image(s): too few to hold some out",
+                                              hint="add images, or a PATH/val split with annotations/instances_val.json")])  # fmt: skip
+        test_set = train_set
+        train_idx, test_idx = _split(len(train_set), cfg.holdout, cfg.seed)
+    levels = list(cfg.levels) if cfg.levels is not None else detection.default_levels(spec, p)
+    config = {"num_classes": max(train_set.num_classes, test_set.num_classes), "network": None, "overrides": overrides,
+              "min_size": cfg.min_size, "max_size": cfg.max_size, "levels": levels, "fpn_channels": cfg.fpn_channels}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = detection.retinanet(spec, **config)
+    if backbone_weights is not None and not (resume and (out / "last.pt").exists()):
+        from nasir.compile import load_checkpoint as load_state_dict
+
+        detection.load_backbone(model, load_state_dict(backbone_weights), backbone_weights)
+    model.to(dev)
+
+    def loader(ds: torch.utils.data.Dataset, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
+        # Reading only: the order is given, flips happen in `step`; its own generator leaves the global RNG alone.
+        return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], collate_fn=detection.collate,
+                                           num_workers=workers, generator=torch.Generator())  # fmt: skip
+
+    def to_dev(images: list[torch.Tensor], targets: list[dict[str, Any]]):
+        return ([im.to(dev) for im in images],
+                [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets])  # fmt: skip
+
+    def terms(losses: dict[str, torch.Tensor], n: int) -> dict[str, Any]:
+        total = losses["classification"] + losses["bbox_regression"]
+        return {"loss": total.detach() * n, **{k: v.detach() * n for k, v in losses.items()}, "seen": n}
+
+    def step(net: torch.nn.Module, batch, g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        images, targets = detection.random_hflip(*batch, cfg.hflip, g)
+        losses = net(*to_dev(images, targets))
+        return losses["classification"] + losses["bbox_regression"], terms(losses, len(images))
+
+    def averages(s: dict[str, float], prefix: str) -> dict[str, float]:
+        seen = max(1.0, s.get("seen", 0.0))
+        return {f"{prefix}_{k}": s.get(k, 0.0) / seen for k in ("loss", "classification", "bbox_regression")}
+
+    def evaluate_() -> dict[str, float]:
+        model.eval()
+        s: dict[str, float] = {}
+        chunks = [test_idx[i : i + cfg.batch_size] for i in range(0, len(test_idx), cfg.batch_size)]
+        with torch.no_grad():
+            for images, targets in loader(test_set, chunks):
+                for k, v in terms(detection.losses(model, *to_dev(images, targets)), len(images)).items():
+                    s[k] = s.get(k, 0.0) + float(v)
+        return averages(s, "valid")
+
+    meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config}
+    t = _Task("detection", model, train_idx, step, lambda s: averages(s, "train"), evaluate_,
+              lambda rec: {**meta, "state_dict": model.state_dict(), "epoch": rec["epoch"], "valid_loss": rec["valid_loss"]},
+              score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config})  # fmt: skip
+    return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

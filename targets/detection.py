@@ -62,9 +62,16 @@ __all__ = [
     "NasBackboneWithFPN",
     "CocoDetectionTargets",
     "CocoJson",
+    "check_images",
     "coco_dataset",
     "collate",
+    "default_levels",
     "feature_levels",
+    "load_backbone",
+    "load_detector",
+    "losses",
+    "random_hflip",
+    "require_rgb",
     "retinanet",
     "script_eval",
     "write_module",
@@ -371,9 +378,7 @@ class CocoJson(torch.utils.data.Dataset):
             for a in data.get("annotations", []):
                 anns.setdefault(int(a["image_id"]), []).append(a)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DiagnosticError(
-                [Diagnostic(f"{ann_file}: not a COCO instances file ({type(e).__name__}: {e})")]
-            ) from None
+            raise _bad_annotations(ann_file, e) from None
         self.root, self.transforms = root, transforms
         self.ids = sorted(images)
         self._images, self._anns = images, anns
@@ -405,9 +410,15 @@ class CocoDetectionTargets(torch.utils.data.Dataset):
     the `coco` API object that COCO evaluation (pycocotools' COCOeval) needs."""
 
     def __init__(self, root: Path, ann_file: Path, transforms: Callable | None = None):
+        from contextlib import redirect_stdout
+
         from torchvision.datasets import CocoDetection
 
-        self.base = CocoDetection(str(root), str(ann_file))
+        try:
+            with redirect_stdout(io.StringIO()):  # pycocotools prints "loading annotations..."
+                self.base = CocoDetection(str(root), str(ann_file))
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+            raise _bad_annotations(ann_file, e) from None
         self.coco, self.ids, self.transforms = self.base.coco, list(self.base.ids), transforms
         self.categories = {int(i): str(c.get("name", i)) for i, c in self.coco.cats.items()}
 
@@ -428,6 +439,32 @@ class CocoDetectionTargets(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def _bad_annotations(ann_file: Path, e: Exception) -> DiagnosticError:
+    """A bad annotation file as a diagnostic; a JSON syntax error at its line and column (the line
+    itself is not shown: COCO files are often one line of hundreds of megabytes)."""
+    from nasir.source import Span
+
+    if isinstance(e, json.JSONDecodeError):
+        span = Span(str(ann_file), e.lineno, e.colno, e.lineno, e.colno + 1)
+        return DiagnosticError([Diagnostic(f"not a COCO instances file: invalid JSON: {e.msg}", span)])
+    detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+    return DiagnosticError([Diagnostic(f"{ann_file}: not a COCO instances file ({detail})",
+                                       hint="expected {\"images\": [{\"id\", \"file_name\", ...}], \"annotations\": [...], \"categories\": [...]}")])  # fmt: skip
+
+
+def check_images(ds: CocoJson | CocoDetectionTargets) -> None:
+    """Every image the annotation file lists exists under the image folder (checked once, up front,
+    so a missing file is a diagnostic rather than a failure in the middle of an epoch)."""
+    if isinstance(ds, CocoJson):
+        root, names = ds.root, [ds._images[i]["file_name"] for i in ds.ids]
+    else:
+        root, names = Path(ds.base.root), [ds.coco.imgs[i]["file_name"] for i in ds.ids]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DiagnosticError([Diagnostic(f"{len(missing)} image(s) the annotations list are not in {root}: {shown}")])
 
 
 def coco_dataset(path: str | Path, split: str, transforms: Callable | None = None) -> torch.utils.data.Dataset:
@@ -452,6 +489,115 @@ def coco_dataset(path: str | Path, split: str, transforms: Callable | None = Non
     except ImportError:
         return CocoJson(root, ann, transforms)
     return CocoDetectionTargets(root, ann, transforms)
+
+
+def default_levels(spec: ir.Spec, plan: Plan) -> list[int]:
+    """The levels `nasir train --task detection` uses unless told: every level of stride 2 or more
+    (all when none is). A stride-1 level (a CIFAR macro before its first reduction) has 4x the
+    anchors of the next one, and its heads dominate the cost (module docstring)."""
+    all_levels = feature_levels(spec, plan)
+    strided = [k for k, lv in enumerate(all_levels) if lv.stride > 1]
+    return strided or list(range(len(all_levels)))
+
+
+def require_rgb(spec: ir.Spec, plan: Plan) -> None:
+    """RetinaNet reads RGB images: the network must take 3 input channels."""
+    if plan.input[0] != 3:
+        from nasir.diagnostics import error_at
+
+        net = spec.network(plan.network) if plan.network else spec.network()
+        raise error_at(net.span if net else None, f"a RetinaNet detector reads RGB images, but network '{plan.network}' takes {plan.input[0]} channel(s)",
+                       "declare 'input (3, H, W)' for a detection backbone")  # fmt: skip
+
+
+def losses(
+    model: RetinaNet, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """RetinaNet's training losses ({"classification", "bbox_regression"}) in whatever mode the
+    model is in. torchvision's forward returns losses only in training mode, where BatchNorm uses
+    (and updates) batch statistics; this runs the same steps (transform, backbone, head, anchors,
+    compute_loss) without that switch, so held-out losses in eval mode use the running statistics."""
+    image_list, targets = model.transform(images, targets)
+    features = list(model.backbone(image_list.tensors).values())
+    head_outputs = model.head(features)
+    anchors = model.anchor_generator(image_list, features)
+    return model.compute_loss(targets, head_outputs, anchors)
+
+
+def random_hflip(images: list[torch.Tensor], targets: list[dict[str, Any]], p: float,
+                 generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:  # fmt: skip
+    """Flip each image (and its xyxy boxes) left-right with probability `p`; one draw per image from
+    `generator`, whatever `p` is. Inputs are not changed."""
+    flips = torch.rand(len(images), generator=generator) < p
+    out_images, out_targets = [], []
+    for image, target, flip in zip(images, targets, flips.tolist()):
+        if flip:
+            w = image.shape[-1]
+            boxes = target["boxes"]
+            target = {
+                **target,
+                "boxes": torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1),
+            }
+            image = image.flip(-1)
+        out_images.append(image)
+        out_targets.append(target)
+    return out_images, out_targets
+
+
+def load_backbone(model: RetinaNet, state_dict: dict[str, torch.Tensor], name: str | Path = "checkpoint") -> None:
+    """Start the detector's backbone from a classification network's state_dict (what `nasir train`
+    writes under "model"): every backbone weight must be there with its shape; the classifier and
+    auxiliary head are ignored."""
+    body = model.backbone.body
+    want = body.state_dict()
+    missing = [k for k in want if k not in state_dict]
+    wrong = [k for k in want if k in state_dict and tuple(state_dict[k].shape) != tuple(want[k].shape)]
+    if missing or wrong:
+        what = (
+            f"{len(missing)} backbone weights missing" if missing else f"{len(wrong)} backbone weights of another shape"
+        )
+        raise DiagnosticError([Diagnostic(f"'{name}' does not fit the backbone: {what} (e.g. {(missing or wrong)[0]})",
+                                          hint="was it trained with other network parameters? pass the same --set values")])  # fmt: skip
+    body.load_state_dict({k: state_dict[k] for k in want})
+
+
+SETTINGS = ("num_classes", "network", "overrides", "min_size", "max_size", "levels", "fpn_channels")
+
+
+def load_detector(
+    spec: ir.Spec, path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[RetinaNet, dict[str, Any]]:
+    """A trained detector from a checkpoint that carries its settings (best.pt or last.pt of
+    `nasir train --task detection`, or the .state_dict.pt `write_module` writes): rebuilt with
+    `retinanet(spec, **config)`, weights loaded. Returns it and the settings `write_module` takes.
+    `overrides`, if given, must be the network parameters it was trained with."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DiagnosticError([Diagnostic(f"cannot read checkpoint '{path}': no such file")]) from None
+    except Exception as e:  # corrupt or foreign: a diagnostic, no traceback
+        raise DiagnosticError(
+            [Diagnostic(f"cannot load checkpoint '{path}': {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")]
+        ) from None
+    config = ck.get("config") if isinstance(ck, dict) else None
+    weights = ck.get("state_dict", ck.get("model")) if isinstance(ck, dict) else None
+    if not isinstance(config, dict) or "num_classes" not in config or not isinstance(weights, dict):
+        raise DiagnosticError([Diagnostic(f"'{path}' is not a RetinaNet checkpoint (it has no detector settings)",
+                                          hint="train a detector with `nasir train --task detection`; a classification "
+                                               "checkpoint can start one's backbone (--backbone-weights)")])  # fmt: skip
+    trained = dict(config.get("overrides") or {})
+    if overrides and dict(overrides) != trained:
+        shown = " ".join(f"--set {k}={v}" for k, v in trained.items()) or "no --set"
+        raise DiagnosticError([Diagnostic(f"'{path}' was trained with other network parameters ({shown})",
+                                          hint="pass the --set values it was trained with, or none")])  # fmt: skip
+    model = retinanet(spec, **config)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise DiagnosticError(
+            [Diagnostic(f"'{path}' does not fit the detector of this spec: {str(e).strip().splitlines()[0]}")]
+        ) from None
+    return model.eval(), {k: config.get(k) for k in SETTINGS}
 
 
 def collate(batch):

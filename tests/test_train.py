@@ -93,7 +93,7 @@ def test_presets_hold_the_darts_protocol():
     assert TrainConfig.from_preset("darts-cifar", epochs=5).epochs == 5
     with pytest.raises(DiagnosticError, match="unknown preset"):
         TrainConfig.from_preset("darts-cifr")
-    assert set(PRESETS) == {"darts-cifar", "darts-imagenet", "digits"}
+    assert set(PRESETS) == {"darts-cifar", "darts-imagenet", "digits", "detection"}
 
 
 def test_corrupt_checkpoint_is_a_diagnostic(tmp_path):
