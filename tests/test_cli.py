@@ -84,3 +84,16 @@ def test_check_does_not_import_torch():
     code = "import sys; from nasir.cli import main; main(['check', {!r}]); print('torch' in sys.modules)".format(str(EXAMPLES / "darts.cell"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_cli_makes_openmp_threads_sleep_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os; from nasir.cli import quiet_openmp_waits; quiet_openmp_waits(); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        e = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == want, out.stderr
