@@ -11,17 +11,42 @@ import shlex
 import sys
 from pathlib import Path
 
+import attrs
+
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.source import SourceFile
+
+
+def _command_line() -> tuple[list[str], SourceFile]:
+    argv = sys.argv[1:]
+    return argv, SourceFile("<command line>", "nasir " + shlex.join(argv))
+
+
+def _locate_flags(e: DiagnosticError) -> DiagnosticError:
+    """Point an error about a flag (a message that starts with `--name`) at that flag on the command line.
+
+    The checks that find such errors (search and train settings) run below the CLI and know no command
+    line; this edge does, so every flag error gets `<command line>:1:col` and a caret.
+    """
+    argv, src = _command_line()
+    out = []
+    for d in e.diagnostics:
+        flag = d.message.split()[0].rstrip(":,") if d.span is None and d.message.startswith("--") else None
+        if flag is not None and flag in argv:
+            k = argv.index(flag)
+            tok = argv[k + 1] if k + 1 < len(argv) and not argv[k + 1].startswith("--") else flag
+            col = src.text.find(shlex.quote(tok), src.text.find(shlex.quote(flag), 6))
+            d = attrs.evolve(d, span=src.span(col, col + len(shlex.quote(tok))))
+        out.append(d)
+    return DiagnosticError(out)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are diagnostics pointing into the command line."""
 
     def error(self, message: str):  # type: ignore[override]
-        argv = sys.argv[1:]
-        line = "nasir " + shlex.join(argv)
-        src = SourceFile("<command line>", line)
+        argv, src = _command_line()
+        line = src.text
         col = 0
         for tok in argv:
             if tok and (f"'{tok}'" in message or f" {tok}" in message.split(":")[-1] or tok in message.split()):
@@ -350,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(sys.argv[1:])
         return COMMANDS[args.command](args)
     except DiagnosticError as e:
-        print(e.render(), file=sys.stderr)
+        print(_locate_flags(e).render(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nasir: interrupted", file=sys.stderr)

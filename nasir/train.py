@@ -91,7 +91,27 @@ class TrainConfig:
                 raise DiagnosticError([Diagnostic(f"unknown preset '{preset}'", hint=did_you_mean(preset, PRESETS) or "presets: " + ", ".join(PRESETS))])
             base = dict(PRESETS[preset])
         base.update({k: v for k, v in changes.items() if v is not None})
-        return cls(**base)
+        cfg = cls(**base)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Every out-of-range setting, as flag errors (the CLI points them at the flag)."""
+        errors = []
+        for name in ("epochs", "batch_size", "limit_batches", "min_size", "max_size", "fpn_channels"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                errors.append(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v}")
+        for name in ("cutout", "seed", "lr", "weight_decay", "auxiliary_weight", "grad_clip"):
+            v = getattr(self, name)
+            if v < 0:
+                errors.append(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+        for name in ("drop_path", "label_smoothing", "hflip"):
+            v = getattr(self, name)
+            if v > 1 or v < 0:
+                errors.append(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
+        if errors:
+            raise DiagnosticError([Diagnostic(m) for m in dict.fromkeys(errors)])
 
 
 _LAST_MODEL_STATE: dict[str, torch.Tensor] = {}  # the weights the last train() in this process ended with

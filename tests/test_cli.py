@@ -97,3 +97,22 @@ def test_cli_makes_openmp_threads_sleep_unless_the_user_chose():
         e = env if given is None else {**env, "OMP_WAIT_POLICY": given}
         out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == want, out.stderr
+
+
+def test_flag_errors_found_below_the_parser_point_at_the_flag(capsys, tmp_path):
+    spec = str(EXAMPLES / "digits.cell")
+    cases = [
+        (["search", spec, "--early-stop", "0", "--out", str(tmp_path / "s")], "--early-stop must be a whole number >= 1, got 0", "0"),
+        (["search", spec, "--method", "milenas", "--order", "2", "--out", str(tmp_path / "s")], "--order 2 does not apply", "2"),
+        (["train", spec, "--epochs", "0", "--batch-size", "-2", "--out", str(tmp_path / "t")], "--epochs must be a whole number >= 1", "0"),
+    ]
+    for argv, message, value in cases:
+        code, _, err = run(capsys, *argv)
+        line = "nasir " + " ".join(argv)
+        first = err.splitlines()
+        assert code == 2 and "Traceback" not in err and message in first[0], err
+        col = int(first[0].split(":")[2])
+        assert first[0].startswith("<command line>:1:") and line[col - 1 :].startswith(value), err
+        assert first[2].index("^") - first[1].index("|") - 2 == col - 1  # the caret sits under the value
+    assert "--batch-size must be a whole number >= 1, got -2" in err  # every bad setting in one report
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()

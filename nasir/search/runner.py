@@ -191,37 +191,48 @@ def spec_settings(spec: ir.Spec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if spec.search is None:
         return out
+    errors: list[Diagnostic] = []  # every bad setting of the file in one report
     for st in spec.search.settings:
-        v = st.value
-        name = v.name if isinstance(v, ir.Call | ir.Var) else None
-        if st.name == "method":
-            if name not in METHODS:
-                raise error_at(st.span, f"search method '{name}' is not supported by the search runtime", "use darts(order = 1 | 2), milenas or pcdarts(k = 4)")
-            out["method"] = name
-            if name == "pcdarts":
-                out["partial_channels"] = 4
-            out.update(_args(st, _METHOD_ARGS[name]))
-        elif st.name == "select":
-            if name not in SELECTIONS:
-                raise error_at(st.span, f"selection '{name}' is not supported by the search runtime", "use " + ", ".join(SELECTIONS))
-            out["select"] = name
-            out.update(_args(st, _SELECT_ARGS if name in ("strength", "strength_star") else {}))
-        elif st.name == "smooth":
-            if name not in SMOOTHINGS:
-                raise error_at(st.span, f"smoothing '{name}' is not supported by the search runtime", "use none, rs or adv")
-            out["smooth"] = name
-            out.update(_args(st, {k: a for k, a in _SMOOTH_ARGS.items() if name == "adv" or k != "steps"} if name != "none" else {}))
-        elif st.name in ("epochs", "batch_size", "early_stop"):
-            out[st.name] = _num(st, st.name, 1)
-        elif st.name == "seed":
-            out["seed"] = _num(st, "seed", 0)
-        elif st.name == "hessian":
-            if not isinstance(v, ir.Bool):
-                raise error_at(st.span, "'hessian' must be true or false", "for example 'hessian true'")
-            out["hessian"] = bool(v.value)
-        else:
-            raise error_at(st.span, f"search setting '{st.name}' is not supported by the search runtime yet")
+        try:
+            _setting(st, out)
+        except DiagnosticError as e:
+            errors.extend(e.diagnostics)
+    if errors:
+        raise DiagnosticError(errors)
     return out
+
+
+def _setting(st: ir.Setting, out: dict[str, Any]) -> None:
+    """One setting of the `search` block into `out`; raises DiagnosticError when it is bad."""
+    v = st.value
+    name = v.name if isinstance(v, ir.Call | ir.Var) else None
+    if st.name == "method":
+        if name not in METHODS:
+            raise error_at(st.span, f"search method '{name}' is not supported by the search runtime", "use darts(order = 1 | 2), milenas or pcdarts(k = 4)")
+        out["method"] = name
+        if name == "pcdarts":
+            out["partial_channels"] = 4
+        out.update(_args(st, _METHOD_ARGS[name]))
+    elif st.name == "select":
+        if name not in SELECTIONS:
+            raise error_at(st.span, f"selection '{name}' is not supported by the search runtime", "use " + ", ".join(SELECTIONS))
+        out["select"] = name
+        out.update(_args(st, _SELECT_ARGS if name in ("strength", "strength_star") else {}))
+    elif st.name == "smooth":
+        if name not in SMOOTHINGS:
+            raise error_at(st.span, f"smoothing '{name}' is not supported by the search runtime", "use none, rs or adv")
+        out["smooth"] = name
+        out.update(_args(st, {k: a for k, a in _SMOOTH_ARGS.items() if name == "adv" or k != "steps"} if name != "none" else {}))
+    elif st.name in ("epochs", "batch_size", "early_stop"):
+        out[st.name] = _num(st, st.name, 1)
+    elif st.name == "seed":
+        out["seed"] = _num(st, "seed", 0)
+    elif st.name == "hessian":
+        if not isinstance(v, ir.Bool):
+            raise error_at(st.span, "'hessian' must be true or false", "for example 'hessian true'")
+        out["hessian"] = bool(v.value)
+    else:
+        raise error_at(st.span, f"search setting '{st.name}' is not supported by the search runtime yet")
 
 
 def _flag_error(message: str, hint: str | None = None) -> DiagnosticError:
@@ -268,11 +279,11 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
     if s.get("smooth", "none") not in SMOOTHINGS:
         raise _flag_error(f"--smooth must be one of {', '.join(SMOOTHINGS)}, got '{s['smooth']}'")
     if method == "milenas" and s.get("order", 1) != 1:
-        raise _flag_error("MiLeNAS is a first-order method: --order 2 does not apply to --method milenas")
+        raise _flag_error("--order 2 does not apply to --method milenas: MiLeNAS is a first-order method")
     if method != "pcdarts" and s.get("partial_channels", 1) != 1:
         raise _flag_error("--pc-k (partial channels) applies to --method pcdarts only")
     if method == "pcdarts" and any(c.topology is not None for c in spec.cells):
-        raise _flag_error("PC-DARTS' edge normalisation and topology variables both decide edges; use one of them",
+        raise _flag_error("--method pcdarts: PC-DARTS' edge normalisation and topology variables both decide edges; use one of them",
                           "drop the cell's 'topology' line or choose --method darts or milenas")  # fmt: skip
     if limit_batches is not None and limit_batches < 1:
         raise _flag_error(f"--limit-batches must be at least 1, got {limit_batches}")

@@ -92,6 +92,11 @@ def test_bad_method_settings_point_at_the_spec_and_flags():
             make_options(spec, **kw)
         d = info.value.diagnostics[0]
         assert message in d.message and (d.span.line, d.span.col) == (TINY_SPACE.count("\n") + 1, col), (setting, d)
+    spec = spec_of(TINY_SPACE + "search {\n  method pcdarts(k = 0)\n  smooth rs(steps = 3)\n  hessian 3\n}")
+    with pytest.raises(DiagnosticError) as info:  # every bad setting of the file in one report
+        make_options(spec, **kw)
+    first = TINY_SPACE.count("\n") + 1
+    assert [d.span.line for d in info.value.diagnostics] == [first, first + 1, first + 2]
     for flags, message in [
         (dict(method="milenas", order=2), "MiLeNAS is a first-order method"),
         (dict(partial_channels=2), "--pc-k (partial channels) applies to --method pcdarts only"),
