@@ -213,7 +213,10 @@ def draw(spec: ir.Spec, out_path: str | Path, alphas: Alphas | str | Path | None
         with rc_context({"svg.fonttype": "none", "svg.hashsalt": "nasir"}):
             fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=_metadata(fmt))
 
-    atomic_write_with(out, save)
+    try:
+        atomic_write_with(out, save)
+    except OSError as e:  # an unwritable place, a path under a file, a full disk: bad input, not a bug
+        raise DiagnosticError([Diagnostic(f"cannot write '{out}': {e.strerror or e}")]) from None
     return out
 
 
