@@ -152,10 +152,21 @@ def _supernet_weights(spec: ir.Spec, plan: Any) -> tuple[int | None, str | None]
     except ImportError as e:
         return None, f"no supernet builder ({e.name or e})"
     try:
-        net = build_supernet(spec, plan, seed=0)
+        with _shapes_only():
+            net = build_supernet(spec, plan, seed=0)
     except DiagnosticError as e:
         return None, e.diagnostics[0].message if e.diagnostics else "the supernet cannot be built"
     return sum(p.numel() for p in net.weight_parameters()), None
+
+
+def _shapes_only():
+    """Build on PyTorch's meta device: parameters and activations have shapes but no storage, so
+    counting parameters and MACs (a forward pass with hooks that read only shapes) costs no memory
+    and no arithmetic, whatever the input size or width (`input (3, 20000, 20000)`, `--set C=100000`
+    used to allocate 100+ GB; issue 14.12). The counts are those of the real network (tested)."""
+    import torch
+
+    return torch.device("meta")
 
 
 def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
@@ -201,7 +212,8 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
     from nasir.compile import build_from_plan
     from nasir.targets.blocks import count_macs, count_params
 
-    model = build_from_plan(spec, plan)
+    with _shapes_only():
+        model = build_from_plan(spec, plan)
     total = count_params(model)
     aux = count_params(model.auxiliary_head) if model.auxiliary_head is not None else 0
     out.update(params=total, params_no_aux=total - aux, macs=count_macs(model, plan.input), space=None)

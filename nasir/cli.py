@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 
+from nasir import limits
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.source import SourceFile
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("-o", "--output", type=Path, help="the file to write (required unless --dump-after stops at a search space)")
     co.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (mixed_ops, zero_ops, topology, dead_nodes)")
     co.add_argument("--weights", type=Path, metavar="CKPT", help="trained weights (a state_dict checkpoint)")
-    co.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (default 0)")
+    co.add_argument("--seed", type=limits.seed, default=0, help="seed of the initialisation without --weights (default 0)")
     _add_set(co)
 
     d = sub.add_parser("draw", help="draw the cells as DAGs (.png or .svg)")
@@ -171,7 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--seed", type=int, default=0, help="the seed it was compiled with, without --weights (default 0)")
     ve.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
+    _add_include_flag(sub)
     return p
+
+
+# Commands that read no .cell spec (import reads a genotype; its output is a spec text it writes).
+_NO_SPEC = {"import"}
+
+
+def _add_include_flag(sub) -> None:
+    """--allow-include-outside on every command that reads specs (added here, after all the commands
+    exist, so that each of them gets it, also the ones defined in other modules)."""
+    for name, parser in sub.choices.items():
+        if name in _NO_SPEC:
+            continue
+        parser.add_argument("--allow-include-outside", action="store_true",
+                            help="let 'include' read files outside the spec's directory tree")  # fmt: skip
 
 
 def cmd_check(args) -> int:
@@ -373,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in sys.argv[1:]
     try:
         args = build_parser().parse_args(sys.argv[1:])
-        return COMMANDS[args.command](args)
+        token = limits.ALLOW_INCLUDE_OUTSIDE.set(bool(getattr(args, "allow_include_outside", False)))
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            limits.ALLOW_INCLUDE_OUTSIDE.reset(token)
     except DiagnosticError as e:
         print(_locate_flags(e).render(), file=sys.stderr)
         return 2
