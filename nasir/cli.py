@@ -89,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+", type=Path)
     _add_set(c)
 
-    f = sub.add_parser("fmt", help="print the canonical .cell text")
+    f = sub.add_parser("fmt", help="lay out .cell text (lossless: comments, like, patterns, includes stay)")
     f.add_argument("file", type=Path)
-    f.add_argument("-i", "--in-place", action="store_true", help="rewrite the file")
+    f.add_argument("-i", "--in-place", action="store_true", help="rewrite the file (only if the layout changes)")
+    f.add_argument("--canonical", action="store_true", help="print the canonical text of the elaborated IR instead "
+                   "(includes' contents left out, like and patterns expanded, comments dropped; never written in place)")  # fmt: skip
 
     i = sub.add_parser("info", help="parameters, MACs, cell depth/width; for a search space its size")
     i.add_argument("file", type=Path)
@@ -209,13 +211,28 @@ def cmd_check(args) -> int:
 
 
 def cmd_fmt(args) -> int:
-    from nasir.api import load
     from nasir.io import atomic_write
-    from nasir.printer import print_spec
 
-    text = print_spec(load(args.file))
+    if args.canonical:
+        if args.in_place:
+            raise DiagnosticError([Diagnostic("--canonical cannot be written in place: it drops comments and expands "
+                                              "'like' and edge patterns", hint="use 'nasir fmt -i' for a lossless layout")])  # fmt: skip
+        from nasir.api import load
+        from nasir.printer import print_spec
+
+        sys.stdout.write(print_spec(load(args.file)))
+        return 0
+    from nasir.fmt import format_text
+    from nasir.frontend import read_source
+
+    source = read_source(args.file)
+    text = format_text(source.text, source.name)
     if args.in_place:
-        atomic_write(args.file, text)
+        if text != source.text:
+            try:
+                atomic_write(args.file, text)
+            except OSError as e:
+                raise DiagnosticError([Diagnostic(f"cannot write '{args.file}': {e.strerror or e}")]) from None
     else:
         sys.stdout.write(text)
     return 0

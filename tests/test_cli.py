@@ -53,16 +53,22 @@ def test_bad_set_value_is_a_diagnostic(capsys):
     assert code == 2 and "<command line>:1:9: error: 'abc' is not a number or true/false" in err
 
 
-def test_fmt_prints_canonical_text_and_in_place_rewrites(capsys, tmp_path):
+def test_fmt_lays_out_and_in_place_rewrites_and_canonical_prints_the_ir(capsys, tmp_path):
     src = tmp_path / "x.cell"
     src.write_text("cell c { inputs a  nodes n0,n1,n2 edges * -> * : choice({skip_connect,sep_conv_3x3}) output concat(n0..n2) }")
     code, out, _ = run(capsys, "fmt", str(src))
     assert code == 0
-    assert out == ("cell c {\n  inputs a\n  nodes n0..n2\n  edges * -> * : choice({skip_connect, sep_conv_3x3})\n"
+    assert out == ("cell c {\n  inputs a\n  nodes n0, n1, n2\n  edges * -> * : choice({skip_connect, sep_conv_3x3})\n"
                    "  output concat(n0..n2)\n}\n")  # fmt: skip
+    code, canonical, _ = run(capsys, "fmt", "--canonical", str(src))
+    assert code == 0
+    assert canonical == ("cell c {\n  inputs a\n  nodes n0..n2\n  edges * -> * : choice({skip_connect, sep_conv_3x3})\n"
+                         "  output concat(n0..n2)\n}\n")  # fmt: skip
     assert run(capsys, "fmt", "-i", str(src))[0] == 0
     assert src.read_text() == out
     assert [p.name for p in tmp_path.iterdir()] == ["x.cell"]  # no temporary file left behind
+    code, _, err = run(capsys, "fmt", "-i", "--canonical", str(src))
+    assert code == 2 and "--canonical cannot be written in place" in err and src.read_text() == out
 
 
 def test_fmt_of_a_broken_file_leaves_it_untouched(capsys, tmp_path):
