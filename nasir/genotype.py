@@ -385,9 +385,16 @@ def _is_nb201_string(v: _Py) -> bool:
 def _select(source: SourceFile, stmts: list[_Stmt], name: str | None) -> _Py:
     what = "a Genotype(...) or a NAS-Bench-201 string"
     if name is None:
-        for s in stmts:
-            if _is_genotype_call(s.value) or _is_nb201_string(s.value):
-                return s.value
+        found = [s for s in stmts if _is_genotype_call(s.value) or _is_nb201_string(s.value)]
+        if len(found) > 1:  # several genotypes: taking the first silently imported the wrong one (issue 14.5)
+            names = [s.target for s in found if s.target is not None]
+            listed = ", ".join(names) if names else "none of them is named"
+            unnamed = len(found) - len(names)
+            listed += f" (and {unnamed} unnamed)" if names and unnamed else ""
+            raise error_at(found[1].value.span, f"{source.name} defines {len(found)} genotypes; choose one with --name",
+                           f"names: {listed}")  # fmt: skip
+        if found:
+            return found[0].value
         if not stmts:
             raise error_at(None, f"{source.name} is empty; expected {what}")
         first = stmts[0].value
@@ -597,8 +604,8 @@ def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<s
 
     `text` is a DARTS-style `Genotype(...)` (flat or node-pair form, optionally assigned to a name, possibly
     one of several assignments in a `genotypes.py`), or a NAS-Bench-201 string (optionally quoted).
-    `name` selects an assignment (aliases like `DARTS = DARTS_V2` are followed); otherwise the first
-    genotype in the text is taken. Raises `DiagnosticError` with every problem, at line:col of `text`.
+    `name` selects an assignment (aliases like `DARTS = DARTS_V2` are followed); without it the text
+    must define exactly one genotype (several: an error that lists their names). Raises `DiagnosticError` with every problem, at line:col of `text`.
     """
     source = SourceFile(source_name, text)
     start = _skip_trivia(text)
