@@ -69,15 +69,6 @@ def _fmt_width(w: Fraction) -> str:
 # ---- search-space size --------------------------------------------------------------------------------
 
 
-def _real_ops(e: ir.Edge) -> int:
-    return sum(not ops.REGISTRY[o].is_zero for o in e.candidates if o in ops.REGISTRY)
-
-
-def _elementary(ms: Sequence[int], k: int) -> int:
-    """Sum over k-subsets of the product of their entries: ways to keep k edges, each with one of its ops."""
-    return sum(math.prod(c) for c in combinations(ms, k))
-
-
 def mixed_edges(cell: ir.Cell) -> int:
     return sum(e.is_choice for e in cell.edges)
 
@@ -98,32 +89,95 @@ def topology_variables(cell: ir.Cell) -> int:
     return sum(len(r.codes) for r in _beta_rows(cell))
 
 
-def candidates(cell: ir.Cell) -> int:
-    """How many derived cells the space of `cell` holds under its derivation rule.
+def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int:
+    """How many derived cells derivation (passes/derive.py) can produce from the space of `cell`.
 
-    - no rule: every edge stays and carries one of its ops ('none' included): product of #ops.
-    - `keep k inputs per node`: each node keeps k of its input edges, each with one op other than
-      'none': per node, C(#inputs, k) * (#ops excluding none)^k when the edges share one op set.
-    - `topology ...` (stretchable cells): each deciding node picks one of its codes (which edges
-      exist); every existing edge carries one op other than 'none'; a topology that leaves an
-      intermediate node without inputs is invalid and not counted.
-    Fixed edges contribute one choice. A derived cell has exactly one architecture.
+    Derivation gives every kept mixed edge one op other than `none` (`none` is never chosen), keeps
+    every fixed edge, and
+    - without a rule keeps every mixed edge: per edge, #ops excluding none;
+    - with `keep k inputs per node` keeps, per node, k of its *mixed* in-edges (all of them if it has
+      fewer); the node's fixed edges stay besides them and do not count against k;
+    - with `topology ...` (stretchable cells) keeps the edges of one code per deciding node; a
+      topology that leaves an intermediate node without inputs is invalid and not counted;
+    - `limit OP <= n per cell` (the search block's limits, passed as `limits`): at most n kept mixed
+      edges of the cell carry OP (derivation moves the others to their next best op).
+    Any assignment within these rules is produced by some scores, so this is the count of what
+    derivation can produce (tested against brute-force enumeration). A derived cell has exactly one.
     """
     if not cell.is_search_space:
         return 1
-    t = cell.topology
-    if t is None and cell.keep is None:
-        return math.prod(len(e.candidates) for e in cell.edges)
-    if t is None:
-        return math.prod(_elementary([_real_ops(e) for e in cell.in_edges(n)], cell.keep) for n in cell.node_names)  # type: ignore[arg-type]
-    return _topology_candidates(cell)
+    if cell.topology is not None:
+        return _topology_candidates(cell, limits)
+    return _keep_candidates(cell, limits)
 
 
-def _topology_candidates(cell: ir.Cell) -> int:
+def _op_choices(e: ir.Edge) -> list[str]:
+    return [o for o in e.candidates if o in ops.REGISTRY and not ops.REGISTRY[o].is_zero]
+
+
+class _Usage:
+    """Counts of assignments by how often each limited op is used, over-limit states dropped: a
+    polynomial in one variable per limited op, truncated at the limits."""
+
+    def __init__(self, limits: Sequence[ir.Limit]):
+        caps: dict[str, int] = {}
+        for lim in limits:
+            caps[lim.op] = min(caps.get(lim.op, lim.max), lim.max)
+        self.names = sorted(caps)
+        self.caps = tuple(caps[n] for n in self.names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def one(self) -> dict[tuple[int, ...], int]:
+        return {(0,) * len(self.names): 1}
+
+    def edge(self, choices: list[str]) -> dict[tuple[int, ...], int]:
+        out: dict[tuple[int, ...], int] = {}
+        for op in choices:
+            key = [0] * len(self.names)
+            if op in self.index:
+                key[self.index[op]] = 1
+            if all(k <= c for k, c in zip(key, self.caps)):
+                out[tuple(key)] = out.get(tuple(key), 0) + 1
+        return out
+
+    def mul(self, a: dict, b: dict) -> dict[tuple[int, ...], int]:
+        out: dict[tuple[int, ...], int] = {}
+        for ka, va in a.items():
+            for kb, vb in b.items():
+                key = tuple(x + y for x, y in zip(ka, kb))
+                if all(k <= c for k, c in zip(key, self.caps)):
+                    out[key] = out.get(key, 0) + va * vb
+        return out
+
+    def add(self, a: dict, b: dict) -> dict[tuple[int, ...], int]:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = out.get(k, 0) + v
+        return out
+
+
+def _keep_candidates(cell: ir.Cell, limits: Sequence[ir.Limit]) -> int:
+    u = _Usage(limits)
+    total = u.one()
+    for n in cell.node_names:
+        mixed = [_op_choices(e) for e in cell.in_edges(n) if e.is_choice]
+        k = len(mixed) if cell.keep is None else min(cell.keep, len(mixed))
+        node: dict = {}
+        for subset in combinations(mixed, k):
+            ways = u.one()
+            for choices in subset:
+                ways = u.mul(ways, u.edge(choices))
+            node = u.add(node, ways)
+        total = u.mul(total, node)
+    return sum(total.values())
+
+
+def _topology_candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int:
     t = cell.topology
     assert t is not None
     rows = _beta_rows(cell)
-    choice = {(e.src, e.dst): _real_ops(e) for e in cell.edges if e.is_choice}
+    u = _Usage(limits)
+    choice = {(e.src, e.dst): u.edge(_op_choices(e)) for e in cell.edges if e.is_choice}
     fixed_into = {e.dst for e in cell.edges if not e.is_choice}
     total = 0
     for picks in product(*(r.codes for r in rows)):
@@ -131,7 +185,11 @@ def _topology_candidates(cell: ir.Cell) -> int:
         for row, code in zip(rows, picks):
             edges |= {(s, row.node) for s in code} if t.kind == "inputs" else {(row.node, d) for d in code}
         if all(n in fixed_into or any(d == n for _, d in edges) for n in cell.node_names):
-            total += math.prod(choice[e] for e in edges)
+            ways = u.one()
+            for e in sorted(edges):
+                if e in choice:
+                    ways = u.mul(ways, choice[e])
+            total += sum(ways.values())
     return total
 
 
@@ -191,7 +249,7 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
             "nodes": len(c.nodes), "edges": len(c.edges),
         }  # fmt: skip
         entry.update(mixed_edges=mixed_edges(c), op_variables=op_variables(c), topology_variables=topology_variables(c),
-                     candidates=candidates(c))  # fmt: skip
+                     candidates=candidates(c, spec.search.limits if spec.search else ()))  # fmt: skip
         if c.is_search_space:
             entry.update(depth=None, width=None, width_text=None)
         else:

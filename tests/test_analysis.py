@@ -142,15 +142,18 @@ def test_keep_k_candidates_match_brute_force_enumeration(k):
     assert analysis.candidates(cell) == math.prod(math.comb(p, k) * 2**k for p in (2, 3, 4))
 
 
-def test_without_keep_every_edge_stays_with_one_of_all_its_ops():
+def test_without_keep_every_edge_stays_with_one_of_its_ops_but_none():
+    # Derivation (passes/derive.py) never chooses 'none': each of the 9 edges carries one of the 2 other ops.
     cell = spec_of(small_space()).cell("c")
-    count = sum(1 for _ in itertools.product(OPS3, repeat=len(cell.edges)))
-    assert analysis.candidates(cell) == count == 3**9
+    count = sum(1 for _ in itertools.product([o for o in OPS3 if o != "none"], repeat=len(cell.edges)))
+    assert analysis.candidates(cell) == count == 2**9
 
 
-def test_nb201_space_has_15625_candidates_30_variables_6_mixed_edges():
+def test_nb201_space_derives_4096_cells_30_variables_6_mixed_edges():
+    # NAS-Bench-201 lists 5**6 = 15,625 cells; 'none' on an edge is one of them. nasir's derivation never
+    # picks 'none', so it can produce the 4**6 cells without it.
     d = analysis.info(EXAMPLES / "nb201.cell")
-    assert d["space"]["candidates"] == 15_625 == len(list(itertools.product(range(5), repeat=6)))
+    assert d["space"]["candidates"] == 4_096 == len(list(itertools.product(range(4), repeat=6)))
     assert d["space"]["mixed_edges"] == 6 and d["space"]["architecture_variables"] == 30
     assert d["params"] is None and d["cells"][0]["depth"] is None
 
@@ -192,4 +195,85 @@ def test_info_is_json_and_renders_the_figures():
     text = analysis.render(d)
     assert "3,349,342" in text and "528,359,040" in text and "depth 3, width 3.5c" in text
     space = analysis.render(analysis.info(EXAMPLES / "nb201.cell"))
-    assert "candidate architectures  15,625" in space and "mixed edges              6" in space
+    assert "candidate architectures  4,096" in space and "mixed edges              6" in space
+
+
+# ---- what derivation can produce: brute force over selections, checked against passes/derive.py ------------------
+MIXED_FIXED = """
+    opset three = {none, skip_connect, sep_conv_3x3, max_pool_3x3}
+    cell c {
+      inputs a, b
+      nodes n0, n1, n2
+      edges * -> n* : choice(three)
+      edges a -> n1 : avg_pool_3x3
+      edges b -> n2 : skip_connect
+      output concat(n0, n1, n2)
+      RULE
+    }
+    search {
+      LIMITS
+    }
+"""
+
+
+def derivable(cell, limits) -> set:
+    """Every derived cell the selection rule of passes/derive.py admits, enumerated: per node the fixed
+    edges plus min(k, #mixed) mixed edges (all without keep), each with one op other than none; at
+    most n uses of a limited op among the kept mixed edges."""
+    caps = {lim.op: lim.max for lim in limits}
+    per_node = []
+    for n in cell.node_names:
+        mixed = [e for e in cell.in_edges(n) if e.is_choice]
+        fixed = frozenset((e.src, e.dst, e.op, "fixed") for e in cell.in_edges(n) if not e.is_choice)
+        k = len(mixed) if cell.keep is None else min(cell.keep, len(mixed))
+        options = []
+        for subset in itertools.combinations(mixed, k):
+            for ops_ in itertools.product(*[[o for o in e.candidates if o != "none"] for e in subset]):
+                options.append(fixed | frozenset((e.src, e.dst, o, "mixed") for e, o in zip(subset, ops_)))
+        per_node.append(options)
+    out = set()
+    for combo in itertools.product(*per_node):
+        cell_edges = frozenset().union(*combo)
+        used = [o for _, _, o, kind in cell_edges if kind == "mixed"]
+        if all(used.count(op) <= cap for op, cap in caps.items()):
+            out.add(cell_edges)
+    return out
+
+
+@pytest.mark.parametrize("rule, limits", [
+    ("", ""), ("keep 1 inputs per node", ""), ("keep 2 inputs per node", ""),
+    ("keep 2 inputs per node", "limit skip_connect <= 1 per cell"),
+    ("keep 1 inputs per node", "limit skip_connect <= 0 per cell\n      limit max_pool_3x3 <= 1 per cell"),
+    ("", "limit sep_conv_3x3 <= 2 per cell"),
+])  # fmt: skip
+def test_candidates_of_cells_mixing_fixed_and_searchable_edges_match_brute_force(rule, limits):
+    import random
+
+    from nasir.passes.derive import Pick, apply_limits, select
+    from nasir.passes.mixed_ops import MixedOps
+
+    spec = spec_of(MIXED_FIXED.replace("RULE", rule).replace("LIMITS", limits or "epochs 1"))
+    cell = spec.cell("c")
+    lims = spec.search.limits
+    expected = derivable(cell, lims)
+    assert analysis.candidates(cell, lims) == len(expected) > 0
+    # The enumeration is what derivation does: random scores through passes/derive.py land inside it.
+    lowered = MixedOps().run(spec).spec.cell("c")
+    rng = random.Random(0)
+    for _ in range(200):
+        scores = [[rng.random() for _ in row] for row in lowered.alpha_rows]
+        sel = select(lowered, scores)
+        picks = iter(apply_limits([x for x in sel if isinstance(x, Pick)], lims))
+        chosen = [x if not isinstance(x, Pick) else next(picks) for x in sel]
+        derived = frozenset((x.edge.src, x.edge.dst, x.op, "mixed") if isinstance(x, Pick) else (x.src, x.dst, x.op, "fixed")
+                            for x in chosen)  # fmt: skip
+        assert derived in expected
+
+
+def test_info_counts_respect_limits():
+    text = MIXED_FIXED.replace("RULE", "keep 2 inputs per node")
+    free = analysis.candidates(spec_of(text.replace("LIMITS", "epochs 1")).cell("c"))
+    spec = spec_of(text.replace("LIMITS", "limit skip_connect <= 0 per cell"))
+    assert analysis.candidates(spec.cell("c"), spec.search.limits) < free
+    # no skip_connect on a kept mixed edge: 2 real ops per edge; n0 keeps 2 of 2, n1 2 of 3, n2 2 of 4
+    assert analysis.candidates(spec.cell("c"), spec.search.limits) == 2**2 * 3 * 2**2 * 6 * 2**2
