@@ -7,7 +7,7 @@ from typing import Any
 
 from nasir import ir
 from nasir.diagnostics import DiagnosticBag
-from nasir.frontend import read_source, resolve_spec
+from nasir.frontend import gc_paused, read_source, resolve_spec
 from nasir.macro import parse_overrides
 from nasir.source import SourceFile
 from nasir.verify import verify
@@ -30,6 +30,11 @@ def load(path_or_text: str | Path, *, overrides: dict[str, Any] | list[str] | No
     spans = None
     if isinstance(overrides, list):
         overrides, spans = parse_overrides(overrides)
+    with gc_paused():  # see nasir/frontend.py: parsing and verifying stay linear in the size of the spec
+        return _load(source, overrides, spans, allow_include_outside)
+
+
+def _load(source: SourceFile, overrides, spans, allow_include_outside: bool | None) -> ir.Spec:
     bag = DiagnosticBag()
     spec, broken = resolve_spec(source, bag, Path(source.name), allow_include_outside=allow_include_outside)
     bag.items = [d for d in bag.items if d.severity == "error"]  # warnings are re-added below, once

@@ -77,6 +77,8 @@ class DiagnosticBag:
 
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
+        self._seen = 0  # items counted into _count so far
+        self._count = 0
 
     def error(self, span: Span | None, message: str, hint: str | None = None) -> None:
         self.items.append(Diagnostic(message, span, hint))
@@ -87,6 +89,19 @@ class DiagnosticBag:
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.items if d.severity == "error"]
+
+    @property
+    def error_count(self) -> int:
+        """len(errors) without building the list: callers take it before and after each element, and a
+        list per call made a file with N errors cost O(N^2) (issue 14.13). `items` is a public list
+        that callers extend or replace; only what was appended since the last call is counted."""
+        n = len(self.items)
+        if n < self._seen:  # replaced by a shorter list: count again
+            self._seen = self._count = 0
+        if n > self._seen:
+            self._count += sum(d.severity == "error" for d in self.items[self._seen :])
+            self._seen = n
+        return self._count
 
     def check(self) -> None:
         if self.errors:

@@ -26,7 +26,7 @@ import attrs
 from lark import Lark, Token, Tree
 
 from nasir.diagnostics import Diagnostic, DiagnosticError
-from nasir.frontend import _check_nesting, parse_tree
+from nasir.frontend import _check_nesting, gc_paused, parse_tree
 from nasir.source import SourceFile
 
 _BLOCKS = {"cell", "network", "search"}
@@ -153,6 +153,11 @@ def _space(p: _Tok, t: _Tok) -> bool:
 
 def format_text(text: str, name: str = "<string>") -> str:
     """The formatted text (see the module docstring). Raises DiagnosticError if `text` does not parse."""
+    with gc_paused():
+        return _format(text, name)
+
+
+def _format(text: str, name: str) -> str:
     source = SourceFile(name, text, quote=name.endswith(".cell") or name.startswith("<"))
     _check_nesting(source, parse_tree(source))  # every syntax error as `nasir check` reports it; no deep recursion
     tree = _parser().parse(text)

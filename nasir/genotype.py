@@ -25,7 +25,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from nasir import ir, ops, printer
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
-from nasir.frontend import describe_expected, read_source
+from nasir.frontend import describe_expected, gc_paused, read_source
 from nasir.macros import MACRO_CELLS, macro_text
 from nasir.source import SourceFile, Span, span_field
 
@@ -580,7 +580,7 @@ def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: 
         bag.error(span, f"a NAS-Bench-201 string has 3 nodes, found {len(nodes)}",
                   "nodes are separated by '+': |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")  # fmt: skip
     for j, (edges, node_span) in enumerate(nodes, start=1):
-        before = len(bag.errors)
+        before = bag.error_count
         sources: set[int] = set()
         for p in edges:
             if p.op not in ops.REGISTRY:
@@ -590,7 +590,7 @@ def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: 
             elif p.index in sources:
                 bag.error(p.index_span, f"node {j} reads node {p.index} twice")
             sources.add(p.index)
-        if len(nodes) == 3 and len(edges) != j and len(bag.errors) == before:
+        if len(nodes) == 3 and len(edges) != j and bag.error_count == before:
             bag.error(
                 node_span,
                 f"node {j} has {_count(len(edges), 'edge')}; in NAS-Bench-201 it reads each of nodes 0..{j - 1} once",
@@ -607,6 +607,11 @@ def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<s
     `name` selects an assignment (aliases like `DARTS = DARTS_V2` are followed); without it the text
     must define exactly one genotype (several: an error that lists their names). Raises `DiagnosticError` with every problem, at line:col of `text`.
     """
+    with gc_paused():  # as for .cell text (nasir/frontend.py): linear time in the size of the genotype
+        return _parse_genotype(text, name, source_name)
+
+
+def _parse_genotype(text: str, name: str | None, source_name: str) -> Genotype | NB201Arch:
     source = SourceFile(source_name, text)
     start = _skip_trivia(text)
     if start < len(text) and text[start] == "|":
@@ -702,6 +707,14 @@ def _derived(bag: DiagnosticBag, cell: ir.Cell, n_inputs: int) -> bool:
     return True
 
 
+def _in_edges(cell: ir.Cell) -> dict[str, list[ir.Edge]]:
+    """Edges by destination in one pass (`Cell.in_edges` per node scans every edge: O(nodes x edges))."""
+    out: dict[str, list[ir.Edge]] = {}
+    for e in cell.edges:
+        out.setdefault(e.dst, []).append(e)
+    return out
+
+
 def _darts_pairs(bag: DiagnosticBag, cell: ir.Cell, reduction: bool) -> tuple[list[Pair], list[int]]:
     pairs: list[Pair] = []
     concat: list[int] = []
@@ -715,8 +728,9 @@ def _darts_pairs(bag: DiagnosticBag, cell: ir.Cell, reduction: bool) -> tuple[li
         )
         bag.error(cell.span, f"cell '{cell.name}' {msg}")
     index = {s: i for i, s in enumerate(cell.states)}
+    into = _in_edges(cell)
     for k, node in enumerate(cell.node_names):
-        edges = cell.in_edges(node)
+        edges = into.get(node, ())
         if len(edges) != 2:
             bag.error(cell.node_span(node), f"node '{node}' of cell '{cell.name}' has {_count(len(edges), 'input')}; a DARTS genotype takes exactly two",
                       "derive with 'keep 2 inputs per node'")  # fmt: skip
@@ -783,9 +797,10 @@ def nb201_from_spec(spec: ir.Spec) -> NB201Arch:
     bag.check()
     index = {s: i for i, s in enumerate(cell.states)}
     nodes = []
+    into = _in_edges(cell)
     for j, node in enumerate(cell.node_names, start=1):
         by_src: dict[int, str] = {}
-        for e in cell.in_edges(node):
+        for e in into.get(node, ()):
             i = index[e.src]
             if i >= j:
                 bag.error(e.span or cell.span, f"node '{node}' reads the later node '{e.src}'")
