@@ -740,7 +740,7 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
                 continue
             try:
                 sub = read_regular(target, name=str(path.parent / d.path))
-            except _ReadError as e:
+            except ReadError as e:
                 bag.error(d.span, f"cannot include '{d.path}': {e}")
                 continue
             try:
@@ -752,8 +752,8 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
     return out
 
 
-class _ReadError(Exception):
-    pass
+class ReadError(Exception):
+    """Why a file was not read (its message completes "cannot read 'PATH': ...")."""
 
 
 def read_regular(path: Path, name: str | None = None) -> SourceFile:
@@ -766,14 +766,14 @@ def read_regular(path: Path, name: str | None = None) -> SourceFile:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise _ReadError(e.strerror or str(e)) from None
+        raise ReadError(e.strerror or str(e)) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-            raise _ReadError(f"{kind}; only regular files are read" if kind != "not a regular file" else kind)
+            raise ReadError(f"{kind}; only regular files are read" if kind != "not a regular file" else kind)
         if st.st_size > limits.MAX_SOURCE_BYTES:
-            raise _ReadError(f"{st.st_size:,} bytes; a spec is at most {limits.MAX_SOURCE_BYTES:,}")
+            raise ReadError(f"{st.st_size:,} bytes; a spec is at most {limits.MAX_SOURCE_BYTES:,}")
         chunks, total = [], 0
         while True:  # read to the end, but never more than the limit (the file may grow meanwhile)
             chunk = os.read(fd, 1 << 20)
@@ -781,16 +781,16 @@ def read_regular(path: Path, name: str | None = None) -> SourceFile:
                 break
             total += len(chunk)
             if total > limits.MAX_SOURCE_BYTES:
-                raise _ReadError(f"more than {limits.MAX_SOURCE_BYTES:,} bytes; a spec is at most that")
+                raise ReadError(f"more than {limits.MAX_SOURCE_BYTES:,} bytes; a spec is at most that")
             chunks.append(chunk)
     except OSError as e:
-        raise _ReadError(e.strerror or str(e)) from None
+        raise ReadError(e.strerror or str(e)) from None
     finally:
         os.close(fd)
     try:
         text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
-        raise _ReadError("not UTF-8 text") from None
+        raise ReadError("not UTF-8 text") from None
     name = str(path) if name is None else name
     return SourceFile(name, text, quote=name.endswith(".cell"))
 
@@ -867,7 +867,7 @@ def read_source(path: str | Path) -> SourceFile:
     p = Path(path)
     try:
         return read_regular(p)
-    except _ReadError as e:
+    except ReadError as e:
         raise DiagnosticError([Diagnostic(f"cannot read '{p}': {e}")]) from None
 
 

@@ -230,3 +230,27 @@ def limits_window() -> int:
 
 def test_readme_example_spec_still_parses():
     assert load(ROOT / "examples" / "digits.cell").network().name == "digits"
+
+
+# ---- 12: nasir info computes sizes without a forward pass on real tensors -----------------------------------
+def test_info_counts_equal_a_real_build_and_scale_to_huge_inputs_without_allocating():
+    from torch import nn
+
+    from nasir.analysis import info
+    from nasir.compile import build_from_plan, resolve
+    from nasir.targets.blocks import count_macs, count_params
+
+    text = (EXAMPLES / "darts_v2.cell").read_text()
+    tiny = {"C": 4, "layers": 5}
+    spec, plan = resolve(load(text, name="v2.cell"), tiny)
+    model = build_from_plan(spec, plan)  # real tensors on the CPU: the independent count
+    d = info(spec, tiny)
+    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, plan.input)
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    # 640 times the side: every feature map is 640 x 640 times larger (32 -> 20480 halves evenly), the
+    # classifier after global pooling is not. A real forward pass would need 5 GB for the input alone.
+    d_big = info(load(text.replace("input (3, 32, 32)", "input (3, 20480, 20480)"), name="v2.cell"), tiny)
+    assert d_big["params"] == d["params"]
+    assert d_big["macs"] - linear == 640**2 * (d["macs"] - linear)
+    wide = info(load(text, name="v2.cell"), {"C": 100_000, "layers": 2})
+    assert wide["params"] > 10**10  # 40+ GB as float32 weights: counted, never allocated

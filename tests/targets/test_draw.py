@@ -97,3 +97,15 @@ def test_draw_into_an_unwritable_place_is_a_diagnostic_exit_2(tmp_path, capsys):
     assert code == 2
     assert f"error: cannot write '{blocker / 'cells.svg'}'" in err and "Traceback" not in err
     assert blocker.read_text() == "not a directory"
+
+
+def test_alphas_from_a_device_or_fifo_are_refused_without_reading(tmp_path):
+    import os
+
+    spec = load(EXAMPLES / "darts.cell")
+    os.mkfifo(tmp_path / "alphas.json")
+    for path in ("/dev/zero", tmp_path / "alphas.json"):
+        with pytest.raises(DiagnosticError) as e:
+            draw(spec, tmp_path / "x.svg", alphas=path)
+        assert e.value.diagnostics[0].message.startswith(f"cannot read alphas '{path}': ")
+    assert not (tmp_path / "x.svg").exists()
