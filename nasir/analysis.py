@@ -282,6 +282,16 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
+def _count(n: int) -> str:
+    """A count exactly up to 10**12, then as a power of ten from its digits (float() overflows past 1e308)."""
+    if n < 10**6:
+        return _n(n)
+    from decimal import Decimal
+
+    approx = f"about {Decimal(n):.2e}"  # exact decimal rounding of any int
+    return f"{_n(n)} ({approx})" if n < 10**12 else approx
+
+
 def _short(x: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if x >= size:
@@ -308,8 +318,7 @@ def render(d: dict[str, Any]) -> str:
         sn = s["supernet_weight_params"]
         lines.append("  supernet weights         " + (f"{_n(sn)} ({_short(sn)})" if sn is not None else f"n/a ({s['supernet_note']})"))
         n = s["candidates"]
-        approx = f" (about {n:.2e})" if n >= 10**6 else ""
-        lines.append(f"  candidate architectures  {_n(n)}{approx}")
+        lines.append(f"  candidate architectures  {_count(n)}")
     lines.append("  cells")
     for c in d["cells"]:
         kind = "reduction" if c["reduction"] else "normal"
@@ -317,6 +326,6 @@ def render(d: dict[str, Any]) -> str:
         if c["depth"] is not None:
             head += f"; depth {c['depth']}, width {c['width_text']}"
         else:
-            head += f"; {_n(c['candidates'])} candidates"
+            head += f"; {_count(c['candidates'])} candidates"
         lines.append(head)
     return "\n".join(lines)

@@ -244,8 +244,22 @@ def cmd_info(args) -> int:
     from nasir.analysis import info, render
 
     d = info(args.file, overrides=args.overrides)
-    print(json.dumps(d, indent=2) if args.json else render(d))
+    print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
+
+
+def _json_safe(x):
+    """Counts past 300 digits (a candidate count of a wide space) as text: Python refuses to print an int
+    of more than 4,300 digits, and no JSON reader takes one of 300 as a number."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, int) and not isinstance(x, bool) and x.bit_length() > 996:  # 2**996 ~ 10**300
+        from decimal import Decimal
+
+        return f"{Decimal(x):.6e}"
+    return x
 
 
 def cmd_compile(args) -> int:

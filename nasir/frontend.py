@@ -652,7 +652,7 @@ class Resolver:
                 fixed = None
         if srcs is None or dsts is None or (choice is None and fixed is None):
             return []
-        if len(srcs) * len(dsts) > limits.MAX_EDGES_PER_CELL:
+        if len(srcs) * len(dsts) > 4 * limits.MAX_EDGES_PER_CELL:  # too many even before ordering: do not build them
             self.bag.error(s.span, f"this edge pattern makes up to {len(srcs) * len(dsts):,} edges; a cell has at most {limits.MAX_EDGES_PER_CELL:,}")
             return []
         patterned = skind != "name" or dkind != "name"
@@ -665,6 +665,9 @@ class Resolver:
         ]
         if not out:
             self.bag.error(s.span, "this edge pattern matches no edge", "sources must come before destinations")
+        if len(out) > limits.MAX_EDGES_PER_CELL:
+            self.bag.error(s.span, f"this edge pattern makes {len(out):,} edges; a cell has at most {limits.MAX_EDGES_PER_CELL:,}")
+            return []
         return out
 
 
@@ -715,13 +718,17 @@ def gc_paused():
 
 
 def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[Path, ...] = (), *,
-               root: Path | None = None, allow_outside: bool = False) -> list:  # fmt: skip
+               root: Path | None = None, allow_outside: bool = False, loaded: set[Path] | None = None) -> list:  # fmt: skip
     """Parse a file and, depth first, the files it includes; included declarations come first.
 
     An include resolves relative to the including file and must stay inside `root` (the directory
     of the file nasir was given) unless `allow_outside`; only regular files are read (issue 14.11).
+    A file is read once per spec (`loaded`): a second include of it, directly or through another
+    file, adds nothing, so a diamond or a file included twice costs one read, not 2**depth;
+    at most limits.MAX_INCLUDES files are included in all.
     """
     root = root if root is not None else path.resolve().parent
+    loaded = loaded if loaded is not None else set()
     decls = parse_decls(source)
     out: list = []
     for d in decls:
@@ -738,14 +745,22 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
             if Path(d.path).suffix != ".cell":
                 bag.error(d.span, f"cannot include '{d.path}': only .cell files are included")
                 continue
+            if target in loaded:
+                out.append(d)
+                continue
+            if len(loaded) >= limits.MAX_INCLUDES:
+                bag.error(d.span, f"cannot include '{d.path}': a spec includes at most {limits.MAX_INCLUDES} files")
+                continue
+            loaded.add(target)
             try:
                 sub = read_regular(target, name=str(path.parent / d.path))
             except ReadError as e:
                 bag.error(d.span, f"cannot include '{d.path}': {e}")
                 continue
             try:
-                loaded = load_decls(target, sub, bag, stack + (path.resolve(),), root=root, allow_outside=allow_outside)
-                out.extend(x for x in loaded if not isinstance(x, ir.Include))
+                sub_decls = load_decls(target, sub, bag, stack + (path.resolve(),), root=root, allow_outside=allow_outside,
+                                       loaded=loaded)  # fmt: skip
+                out.extend(x for x in sub_decls if not isinstance(x, ir.Include))
             except DiagnosticError as e:
                 bag.items.extend(e.diagnostics)
         out.append(d)

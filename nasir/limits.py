@@ -12,6 +12,7 @@ from contextvars import ContextVar
 
 # ---- reading --------------------------------------------------------------------------------------
 MAX_SOURCE_BYTES = 16 * 1024 * 1024  # a .cell or genotype file (examples are < 4 kB)
+MAX_INCLUDES = 256  # files one spec includes, directly or not (each is read once)
 
 # May an `include` leave the directory tree of the spec nasir was given? The library's functions
 # take `allow_include_outside=`; when they are not told, this ambient setting decides. The CLI sets it
@@ -19,13 +20,13 @@ MAX_SOURCE_BYTES = 16 * 1024 * 1024  # a .cell or genotype file (examples are < 
 ALLOW_INCLUDE_OUTSIDE: ContextVar[bool] = ContextVar("nasir_allow_include_outside", default=False)
 
 # ---- sizes of a spec --------------------------------------------------------------------------------
-MAX_RANGE = 1_000  # nodes a range `n0..nK` may expand to
-MAX_NODES_PER_CELL = 1_000  # intermediate nodes of one cell
-MAX_EDGES_PER_CELL = 100_000  # edges of one cell after pattern expansion (a full DAG of 447 nodes)
+MAX_RANGE = 256  # nodes a range `n0..nK` may expand to
+MAX_NODES_PER_CELL = 256  # intermediate nodes of one cell
+MAX_EDGES_PER_CELL = 10_000  # edges of one cell after pattern expansion (a full DAG of ~140 nodes)
 MAX_EXPR_DEPTH = 100  # nesting of an expression: parentheses, unary minus, chained operators
 
 # ---- sizes of a network (nasir info computes them analytically, but a network must also be buildable)
-MAX_CELLS = 10_000  # cells of a stack
+MAX_CELLS = 1_000  # cells of a stack (DARTS: 20)
 MAX_CHANNELS = 1 << 20
 MAX_INPUT_SIDE = 1 << 16  # height or width of the input image
 

@@ -277,3 +277,17 @@ def test_info_counts_respect_limits():
     assert analysis.candidates(spec.cell("c"), spec.search.limits) < free
     # no skip_connect on a kept mixed edge: 2 real ops per edge; n0 keeps 2 of 2, n1 2 of 3, n2 2 of 4
     assert analysis.candidates(spec.cell("c"), spec.search.limits) == 2**2 * 3 * 2**2 * 6 * 2**2
+
+
+def test_huge_candidate_counts_render_and_print_as_json():
+    import json
+
+    from nasir.cli import _json_safe
+
+    n = 7**10_000  # 8,451 digits: more than Python prints as an int, far past float
+    x = 10_000 * math.log10(7)  # 8450.98...: n = 10**0.98... * 10**8450
+    mantissa = 10 ** (x - math.floor(x))
+    assert analysis._count(n) == f"about {mantissa:.2f}e+{math.floor(x)}" == "about 9.56e+8450"
+    assert analysis._count(15_625) == "15,625" and analysis._count(123_456_789) == "123,456,789 (about 1.23e+8)"
+    text = json.dumps(_json_safe({"space": {"candidates": n, "mixed_edges": 3}, "flag": True}))
+    assert json.loads(text) == {"space": {"candidates": "9.558729e+8450", "mixed_edges": 3}, "flag": True}

@@ -138,7 +138,15 @@ def test_many_small_ranges_hit_the_nodes_per_cell_limit():
     ranges = ", ".join(f"m{k}_0..m{k}_{limits.MAX_RANGE - 1}" for k in range(limits.MAX_NODES_PER_CELL // limits.MAX_RANGE + 1))
     with pytest.raises(DiagnosticError) as e:
         load(f"cell c {{ inputs x nodes {ranges} edges * -> * : skip_connect output m0_0 }}")
-    assert any(m.startswith("cell 'c' has 2,000 nodes; a cell has at most 1,000") for m in messages(e.value))
+    n = limits.MAX_RANGE * (limits.MAX_NODES_PER_CELL // limits.MAX_RANGE + 1)
+    assert f"cell 'c' has {n:,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}" in messages(e.value)
+
+
+def test_an_edge_pattern_beyond_the_edge_limit_is_refused():
+    n = 150  # a full pattern over 2 inputs and 150 nodes: node k reads 2 + k states, 2 * 150 + 149 * 150 / 2 = 11,475
+    with pytest.raises(DiagnosticError) as e:
+        load(f"cell c {{ inputs a, b nodes n0..n{n - 1} edges * -> * : skip_connect output n{n - 1} }}")
+    assert messages(e.value) == [f"this edge pattern makes 11,475 edges; a cell has at most {limits.MAX_EDGES_PER_CELL:,}"]
 
 
 @pytest.mark.parametrize("expr", [" + ".join(["1"] * 600), "-" * 600 + "1", " * ".join(["C"] * 600)])
@@ -254,3 +262,25 @@ def test_info_counts_equal_a_real_build_and_scale_to_huge_inputs_without_allocat
     assert d_big["macs"] - linear == 640**2 * (d["macs"] - linear)
     wide = info(load(text, name="v2.cell"), {"C": 100_000, "layers": 2})
     assert wide["params"] > 10**10  # 40+ GB as float32 weights: counted, never allocated
+
+
+def test_a_file_included_twice_or_through_a_diamond_is_read_once(tmp_path):
+    # f0 includes f1 twice, f1 includes f2 twice, ...: 2**30 reads before; now each file once.
+    depth = 30
+    for k in range(depth):
+        (tmp_path / f"f{k}.cell").write_text(f'include "f{k + 1}.cell"\ninclude "f{k + 1}.cell"\n')
+    (tmp_path / f"f{depth}.cell").write_text("opset s = {skip_connect}\n")
+    (tmp_path / "main.cell").write_text('include "f0.cell"\n' + CELL.replace("skip_connect", "choice(s)"))
+    spec = load(tmp_path / "main.cell")
+    assert [o.name for o in spec.opsets] == ["s"]  # once, not "defined twice"
+
+
+def test_the_number_of_included_files_is_limited(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_INCLUDES", 3)
+    for k in range(5):
+        (tmp_path / f"f{k}.cell").write_text(f"opset s{k} = {{skip_connect}}\n")
+    (tmp_path / "main.cell").write_text("".join(f'include "f{k}.cell"\n' for k in range(5)) + CELL)
+    with pytest.raises(DiagnosticError) as e:
+        load(tmp_path / "main.cell")
+    assert messages(e.value) == ["cannot include 'f3.cell': a spec includes at most 3 files",
+                                 "cannot include 'f4.cell': a spec includes at most 3 files"]  # fmt: skip
