@@ -23,7 +23,7 @@ import attrs
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nasir import ir, ops, printer
+from nasir import ir, limits, ops, printer
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
 from nasir.frontend import describe_expected, gc_paused, read_source
 from nasir.macros import MACRO_CELLS, macro_text
@@ -507,6 +507,9 @@ def _check_cell(bag: DiagnosticBag, field: str, nodes: list[list[_Pair]], concat
     """The rules of a DARTS cell that the `.cell` text would otherwise reject without a genotype position."""
     if not nodes:
         bag.error(anchor, f"'{field}' has no nodes")
+        return
+    if len(nodes) > limits.MAX_NODES_PER_CELL:  # the .cell text would be refused by `nasir check`
+        bag.error(anchor, f"'{field}' has {len(nodes):,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}")
         return
     read: set[int] = set()
     for k, node in enumerate(nodes):

@@ -566,3 +566,13 @@ def test_import_of_a_file_with_several_genotypes_asks_for_a_name(tmp_path, capsy
     assert "defines" in err and "genotypes; choose one with --name" in err and "hint: names: NASNet, AmoebaNet" in err
     assert main(["import", str(f), "--name", "DARTS"]) == 0
     assert "# Genotype(normal=[('sep_conv_3x3', 0)" in capsys.readouterr().out
+
+
+def test_a_genotype_cell_past_the_node_limit_is_refused():
+    from nasir import limits
+
+    n = limits.MAX_NODES_PER_CELL + 1
+    pairs = ", ".join(f"('skip_connect', {k}), ('skip_connect', {k + 1})" for k in range(n))
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(f"Genotype(normal=[{pairs}], normal_concat=[{n + 1}], reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])")
+    assert [d.message for d in e.value.diagnostics] == [f"'normal' has {n:,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}"]
