@@ -6,6 +6,7 @@ at three sizes, and the ratios 4x/1x and 16x/4x; linear scaling shows ratios nea
 
 - parse: N cell declarations (8,192 at 16x) through `nasir.frontend.parse_text` (parse + resolution);
 - check: the same text through `nasir.api.load` (also the verifier);
+- fmt: the same text through `nasir fmt` (lossless layout, checked token for token);
 - import: a genotypes.py of N (op, index) entries (20,000 at 16x: 1,250 genotypes) through `nasir import
   --name` (its last genotype) to `.cell` text;
 - diagnostics: N cells each with an unknown op, every error rendered with its caret;
@@ -56,6 +57,7 @@ def stages(tmp: Path) -> dict[str, tuple[int, Callable[[int], Callable[[], objec
     from nasir.api import load
     from nasir.compile import import_genotype
     from nasir.diagnostics import Diagnostic, DiagnosticError
+    from nasir.fmt import format_text
     from nasir.frontend import parse_text
     from nasir.source import SourceFile
 
@@ -66,6 +68,10 @@ def stages(tmp: Path) -> dict[str, tuple[int, Callable[[int], Callable[[], objec
     def check(n: int):
         text = cells_text(n)
         return lambda: load(text, name="bench.cell")
+
+    def fmt(n: int):
+        text = cells_text(n)
+        return lambda: format_text(text, "bench.cell")
 
     def imp(n: int):
         path = tmp / f"g{n}.txt"
@@ -91,6 +97,7 @@ def stages(tmp: Path) -> dict[str, tuple[int, Callable[[int], Callable[[], objec
     return {
         "parse (cells)": (512, parse),
         "check (cells)": (512, check),
+        "fmt (cells)": (512, fmt),
         "import (entries)": (1250, imp),
         "diagnostics (errors)": (512, diagnostics),
         "long line (chars)": (1 << 20, long_line),
