@@ -89,7 +89,7 @@ def topology_variables(cell: ir.Cell) -> int:
     return sum(len(r.codes) for r in _beta_rows(cell))
 
 
-def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int:
+def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int | None:
     """How many derived cells derivation (passes/derive.py) can produce from the space of `cell`.
 
     Derivation gives every kept mixed edge one op other than `none` (`none` is never chosen), keeps
@@ -103,6 +103,7 @@ def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int:
       edges of the cell carry OP (derivation moves the others to their next best op).
     Any assignment within these rules is produced by some scores, so this is the count of what
     derivation can produce (tested against brute-force enumeration). A derived cell has exactly one.
+    None: an `outputs` topology with more code combinations than MAX_ENUMERATED_TOPOLOGIES.
     """
     if not cell.is_search_space:
         return 1
@@ -172,13 +173,34 @@ def _keep_candidates(cell: ir.Cell, limits: Sequence[ir.Limit]) -> int:
     return sum(total.values())
 
 
-def _topology_candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int:
+# `outputs` topologies couple the rows (every node needs an input from some row's code): they are
+# counted by enumerating every combination of codes, up to this many; past it info says "not counted".
+MAX_ENUMERATED_TOPOLOGIES = 200_000
+
+
+def _topology_candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int | None:
     t = cell.topology
     assert t is not None
     rows = _beta_rows(cell)
     u = _Usage(limits)
     choice = {(e.src, e.dst): u.edge(_op_choices(e)) for e in cell.edges if e.is_choice}
     fixed_into = {e.dst for e in cell.edges if not e.is_choice}
+    if t.kind == "inputs":  # one row per destination node: the rows are independent, the count factorizes
+        deciding = {r.node for r in rows}
+        if not all(n in fixed_into or n in deciding for n in cell.node_names):
+            return 0
+        total_ways = u.one()
+        for row in rows:
+            node: dict = {}
+            for code in row.codes:
+                ways = u.one()
+                for s in code:
+                    ways = u.mul(ways, choice[(s, row.node)])
+                node = u.add(node, ways)
+            total_ways = u.mul(total_ways, node)
+        return sum(total_ways.values())
+    if math.prod(len(r.codes) for r in rows) > MAX_ENUMERATED_TOPOLOGIES:
+        return None
     total = 0
     for picks in product(*(r.codes for r in rows)):
         edges = set()
@@ -264,7 +286,7 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
             "architecture_variables": sum(e["op_variables"] + e["topology_variables"] for e in out["cells"]),
             "supernet_weight_params": sn,
             "supernet_note": why,
-            "candidates": math.prod(e["candidates"] for e in out["cells"]),
+            "candidates": None if any(e["candidates"] is None for e in out["cells"]) else math.prod(e["candidates"] for e in out["cells"]),
         }
         return out
     from nasir.compile import build_from_plan
@@ -282,8 +304,10 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
-def _count(n: int) -> str:
+def _count(n: int | None) -> str:
     """A count exactly up to 10**12, then as a power of ten from its digits (float() overflows past 1e308)."""
+    if n is None:
+        return f"not counted (more than {MAX_ENUMERATED_TOPOLOGIES:,} topologies to enumerate)"
     if n < 10**6:
         return _n(n)
     from decimal import Decimal
@@ -326,6 +350,6 @@ def render(d: dict[str, Any]) -> str:
         if c["depth"] is not None:
             head += f"; depth {c['depth']}, width {c['width_text']}"
         else:
-            head += f"; {_count(c['candidates'])} candidates"
+            head += f"; {_count(c['candidates'])} candidates" if c["candidates"] is not None else "; candidates not counted"
         lines.append(head)
     return "\n".join(lines)

@@ -605,6 +605,11 @@ class Resolver:
         if stride is not None and stride.args[0] not in (1, 2):
             self.bag.error(stride.args[1], f"stride {stride.args[0]} is not supported", "cells reduce by 'stride 2 from inputs'")
         topo = singles.get("topology")
+        if topo is not None:
+            codes = topology_codes(topo.args[0], edges)
+            if codes > limits.MAX_TOPOLOGY_CODES:
+                self.bag.error(topo.span, f"this topology has {codes:,} codes (topology variables); a cell has at most {limits.MAX_TOPOLOGY_CODES:,}",
+                               "'outputs any' has 2**n codes for a node with n successors; pick k with 'outputs k' or 'inputs k'")  # fmt: skip
         return ir.Cell(
             raw.name, inputs, tuple(nodes), tuple(edges), output,
             reduction=stride is not None and stride.args[0] == 2,
@@ -669,6 +674,22 @@ class Resolver:
             self.bag.error(s.span, f"this edge pattern makes {len(out):,} edges; a cell has at most {limits.MAX_EDGES_PER_CELL:,}")
             return []
         return out
+
+
+def topology_codes(t: ir.Topology, edges: list[ir.Edge]) -> int:
+    """How many topology variables (beta) passes/topology.py will create, counted without listing them:
+    per deciding node, C(n, k) codes for `inputs k` / `outputs k`, 2**n for `outputs any`, where n is
+    the number of distinct predecessors (successors) over searchable edges."""
+    from math import comb
+
+    around: dict[str, set[str]] = {}
+    for e in edges:
+        if e.is_choice:
+            key, other = (e.dst, e.src) if t.kind == "inputs" else (e.src, e.dst)
+            around.setdefault(key, set()).add(other)
+    if t.kind == "any":
+        return sum(2 ** len(v) for v in around.values())
+    return sum(comb(len(v), min(t.k or 0, len(v))) for v in around.values())
 
 
 def _network(bag: DiagnosticBag, name: str, params, stmts, span, name_span) -> ir.Network:

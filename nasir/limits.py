@@ -23,6 +23,7 @@ ALLOW_INCLUDE_OUTSIDE: ContextVar[bool] = ContextVar("nasir_allow_include_outsid
 MAX_RANGE = 256  # nodes a range `n0..nK` may expand to
 MAX_NODES_PER_CELL = 256  # intermediate nodes of one cell
 MAX_EDGES_PER_CELL = 10_000  # edges of one cell after pattern expansion (a full DAG of ~140 nodes)
+MAX_TOPOLOGY_CODES = 4_096  # topology variables of one cell (stretchable DARTS: 20)
 MAX_EXPR_DEPTH = 100  # nesting of an expression: parentheses, unary minus, chained operators
 
 # ---- sizes of a network (nasir info computes them analytically, but a network must also be buildable)

@@ -291,3 +291,62 @@ def test_huge_candidate_counts_render_and_print_as_json():
     assert analysis._count(15_625) == "15,625" and analysis._count(123_456_789) == "123,456,789 (about 1.23e+8)"
     text = json.dumps(_json_safe({"space": {"candidates": n, "mixed_edges": 3}, "flag": True}))
     assert json.loads(text) == {"space": {"candidates": "9.558729e+8450", "mixed_edges": 3}, "flag": True}
+
+
+@pytest.mark.parametrize("topology", ["inputs 1", "inputs 2", "outputs 1", "outputs any"])
+def test_topology_candidates_respect_limits_by_brute_force(topology):
+    spec = spec_of(small_space(f"topology {topology}").replace("none, ", "") + "\nsearch {\n  limit skip_connect <= 1 per cell\n}\n")
+    cell = spec.cell("c")
+    kind, k = topology.split()
+    edges = [(e.src, e.dst) for e in cell.edges]
+    count = 0
+    for assign in itertools.product([None, "skip_connect", "sep_conv_3x3"], repeat=len(edges)):
+        present = [edges[i] for i, a in enumerate(assign) if a is not None]
+        if assign.count("skip_connect") > 1 or not all(any(d == n for _, d in present) for n in cell.node_names):
+            continue
+        if kind == "inputs":
+            ok = all(sum(d == n for _, d in present) == min(int(k), sum(e.dst == n for e in cell.edges)) for n in cell.node_names)
+        else:
+            ok = all(k == "any" or sum(s == x for s, _ in present) == min(int(k), sum(e.src == x for e in cell.edges))
+                     for x in cell.states if any(e.src == x for e in cell.edges))  # fmt: skip
+        count += ok
+    assert analysis.candidates(cell, spec.search.limits) == count > 0
+    assert analysis.candidates(cell, spec.search.limits) < analysis.candidates(cell)
+
+
+@pytest.mark.parametrize("topology", ["inputs 1", "inputs 2", "outputs 2", "outputs any"])
+def test_topology_codes_are_counted_without_listing_them(topology):
+    from nasir.frontend import topology_codes
+    from nasir.passes.topology import beta_rows
+
+    cell = spec_of(small_space(f"topology {topology}").replace("none, ", "")).cell("c")
+    assert topology_codes(cell.topology, list(cell.edges)) == sum(len(r.codes) for r in beta_rows(cell))
+
+
+def test_a_topology_with_too_many_codes_is_refused_at_check():
+    from helpers import errors_of
+
+    from nasir import limits
+
+    n = 13  # c_k2 reaches all 13 nodes: 2**13 codes for it alone
+    text = f"""
+        cell c {{
+          inputs a, b
+          nodes n0..n{n - 1}
+          edges * -> n* : choice({{skip_connect, sep_conv_3x3}})
+          output concat(n0..n{n - 1})
+          topology outputs any
+        }}
+    """
+    # a deciding node per state with successors: a and b reach all n nodes, node k the n - 1 - k after it
+    expected = 2 * 2**n + sum(2 ** (n - 1 - k) for k in range(n - 1))
+    assert expected > limits.MAX_TOPOLOGY_CODES
+    assert errors_of(text) == [(6, 3, f"this topology has {expected:,} codes (topology variables); a cell has at most {limits.MAX_TOPOLOGY_CODES:,}")]
+
+
+def test_outputs_topologies_past_the_enumeration_bound_are_reported_as_not_counted(monkeypatch):
+    monkeypatch.setattr(analysis, "MAX_ENUMERATED_TOPOLOGIES", 10)
+    cell = spec_of(small_space("topology outputs 1").replace("none, ", "")).cell("c")
+    # rows: a and b pick 1 of 3 nodes, n0 1 of 2, n1 1 of 1: 3 * 3 * 2 * 1 = 18 combinations > 10
+    assert analysis.candidates(cell) is None
+    assert analysis._count(None) == "not counted (more than 10 topologies to enumerate)"
