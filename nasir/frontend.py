@@ -409,7 +409,8 @@ def parse_number(text: str) -> int | float:
     return int(value) if scale != 1.0 and value.is_integer() else value
 
 
-_NESTING_RULES = frozenset({"add", "sub", "mul", "div", "neg", "set_diff", "set_union"})
+# `atom` is a parenthesised expression in the trees of nasir fmt (keep_all_tokens keeps it a node).
+_NESTING_RULES = frozenset({"add", "sub", "mul", "div", "neg", "set_diff", "set_union", "atom"})
 
 
 def _check_nesting(source: SourceFile, tree: Tree) -> None:
@@ -754,6 +755,9 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
     out: list = []
     for d in decls:
         if isinstance(d, ir.Include):
+            if "\x00" in d.path:
+                bag.error(d.span, "an include path cannot contain a NUL character")
+                continue
             target = (path.parent / d.path).resolve()
             if target in stack or target == path.resolve():
                 bag.error(d.span, f"'{d.path}' includes itself")

@@ -167,3 +167,10 @@ def test_fmt_is_idempotent_lossless_and_keeps_the_meaning(text):
     assert [c.text for c in comments(once)] == [c.text for c in comments(text)]
     assert parse_text(once, "gen.cell") == parse_text(text, "gen.cell")
     assert all(line == line.rstrip() for line in once.splitlines())
+
+
+def test_deeply_parenthesised_expressions_are_refused_not_a_recursion_error(capsys, tmp_path):
+    src = tmp_path / "x.cell"
+    src.write_text("network n(C = " + "(" * 5000 + "1" + ")" * 5000 + ") { stack 1 cells(C): c }\n")
+    assert main(["fmt", str(src)]) == 2
+    assert "expression nested 5000 levels deep" in capsys.readouterr().err

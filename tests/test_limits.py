@@ -284,3 +284,11 @@ def test_the_number_of_included_files_is_limited(tmp_path, monkeypatch):
         load(tmp_path / "main.cell")
     assert messages(e.value) == ["cannot include 'f3.cell': a spec includes at most 3 files",
                                  "cannot include 'f4.cell': a spec includes at most 3 files"]  # fmt: skip
+
+
+def test_an_include_path_with_a_nul_character_is_a_diagnostic(tmp_path):
+    spec = tmp_path / "x.cell"
+    spec.write_text('include "a\x00b.cell"\n' + CELL)
+    with pytest.raises(DiagnosticError) as e:
+        load(spec)
+    assert messages(e.value) == ["an include path cannot contain a NUL character"]
