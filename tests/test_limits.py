@@ -292,3 +292,12 @@ def test_an_include_path_with_a_nul_character_is_a_diagnostic(tmp_path):
     with pytest.raises(DiagnosticError) as e:
         load(spec)
     assert messages(e.value) == ["an include path cannot contain a NUL character"]
+
+
+def test_the_library_checks_seeds_too(tmp_path):
+    from nasir.compile import compile as compile_spec
+
+    with pytest.raises(DiagnosticError) as e:
+        compile_spec(EXAMPLES / "darts_v2.cell", "torch", tmp_path / "m.py", seed=10**20, overrides=["C=4", "layers=2"])
+    assert messages(e.value) == [f"seed must be a whole number in 0..{limits.MAX_SEED}, got {10**20}"]
+    assert not (tmp_path / "m.py").exists()
