@@ -92,9 +92,10 @@ def topology_variables(cell: ir.Cell) -> int:
 def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int | None:
     """How many derived cells derivation (passes/derive.py) can produce from the space of `cell`.
 
-    Derivation gives every kept mixed edge one op other than `none` (`none` is never chosen), keeps
-    every fixed edge, and
-    - without a rule keeps every mixed edge: per edge, #ops excluding none;
+    Derivation keeps every fixed edge, and
+    - without a rule keeps every mixed edge with the argmax over all its ops, `none` included (the
+      NAS-Bench-201 derivation, docs/methods.md "Derivation"): per edge, #ops;
+    - with a rule gives every kept mixed edge one op other than `none`;
     - with `keep k inputs per node` keeps, per node, k of its *mixed* in-edges (all of them if it has
       fewer); the node's fixed edges stay besides them and do not count against k;
     - with `topology ...` (stretchable cells) keeps the edges of one code per deciding node; a
@@ -112,8 +113,8 @@ def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int | None:
     return _keep_candidates(cell, limits)
 
 
-def _op_choices(e: ir.Edge) -> list[str]:
-    return [o for o in e.candidates if o in ops.REGISTRY and not ops.REGISTRY[o].is_zero]
+def _op_choices(e: ir.Edge, with_none: bool = False) -> list[str]:
+    return [o for o in e.candidates if o in ops.REGISTRY and (with_none or not ops.REGISTRY[o].is_zero)]
 
 
 class _Usage:
@@ -161,7 +162,7 @@ def _keep_candidates(cell: ir.Cell, limits: Sequence[ir.Limit]) -> int:
     u = _Usage(limits)
     total = u.one()
     for n in cell.node_names:
-        mixed = [_op_choices(e) for e in cell.in_edges(n) if e.is_choice]
+        mixed = [_op_choices(e, with_none=cell.keep is None) for e in cell.in_edges(n) if e.is_choice]
         k = len(mixed) if cell.keep is None else min(cell.keep, len(mixed))
         node: dict = {}
         for subset in combinations(mixed, k):
@@ -199,6 +200,7 @@ def _topology_candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int 
                 node = u.add(node, ways)
             total_ways = u.mul(total_ways, node)
         return sum(total_ways.values())
+    rows = [r for r in rows if r.codes]  # a state with fewer than k successors has no code: no output edge
     if math.prod(len(r.codes) for r in rows) > MAX_ENUMERATED_TOPOLOGIES:
         return None
     total = 0

@@ -679,8 +679,9 @@ class Resolver:
 
 def topology_codes(t: ir.Topology, edges: list[ir.Edge]) -> int:
     """How many topology variables (beta) passes/topology.py will create, counted without listing them:
-    per deciding node, C(n, k) codes for `inputs k` / `outputs k`, 2**n for `outputs any`, where n is
-    the number of distinct predecessors (successors) over searchable edges."""
+    per deciding node, C(n, min(k, n)) codes for `inputs k`, C(n, k) for `outputs k` (none when
+    n < k), 2**n for `outputs any`, where n is the number of distinct predecessors (successors) over
+    searchable edges."""
     from math import comb
 
     around: dict[str, set[str]] = {}
@@ -690,6 +691,8 @@ def topology_codes(t: ir.Topology, edges: list[ir.Edge]) -> int:
             around.setdefault(key, set()).add(other)
     if t.kind == "any":
         return sum(2 ** len(v) for v in around.values())
+    if t.kind == "outputs":  # a state with fewer than k successors has no code: C(n, k) = 0
+        return sum(comb(len(v), t.k or 0) for v in around.values())
     return sum(comb(len(v), min(t.k or 0, len(v))) for v in around.values())
 
 

@@ -142,18 +142,19 @@ def test_keep_k_candidates_match_brute_force_enumeration(k):
     assert analysis.candidates(cell) == math.prod(math.comb(p, k) * 2**k for p in (2, 3, 4))
 
 
-def test_without_keep_every_edge_stays_with_one_of_its_ops_but_none():
-    # Derivation (passes/derive.py) never chooses 'none': each of the 9 edges carries one of the 2 other ops.
+def test_without_keep_every_edge_takes_the_argmax_of_all_its_ops_none_included():
+    # Without a keep rule derivation (passes/derive.py) takes the argmax over all ops of each of the 9
+    # edges, 'none' included (the NAS-Bench-201 derivation): 3 choices per edge.
     cell = spec_of(small_space()).cell("c")
-    count = sum(1 for _ in itertools.product([o for o in OPS3 if o != "none"], repeat=len(cell.edges)))
-    assert analysis.candidates(cell) == count == 2**9
+    count = sum(1 for _ in itertools.product(OPS3, repeat=len(cell.edges)))
+    assert analysis.candidates(cell) == count == 3**9
 
 
-def test_nb201_space_derives_4096_cells_30_variables_6_mixed_edges():
-    # NAS-Bench-201 lists 5**6 = 15,625 cells; 'none' on an edge is one of them. nasir's derivation never
-    # picks 'none', so it can produce the 4**6 cells without it.
+def test_nb201_space_derives_15625_cells_30_variables_6_mixed_edges():
+    # NAS-Bench-201 lists 5**6 = 15,625 cells; 'none' on an edge is one of them, and the NB201 derivation
+    # (argmax over all ops, no keep rule) can pick it.
     d = analysis.info(EXAMPLES / "nb201.cell")
-    assert d["space"]["candidates"] == 4_096 == len(list(itertools.product(range(4), repeat=6)))
+    assert d["space"]["candidates"] == 15_625 == len(list(itertools.product(range(5), repeat=6)))
     assert d["space"]["mixed_edges"] == 6 and d["space"]["architecture_variables"] == 30
     assert d["params"] is None and d["cells"][0]["depth"] is None
 
@@ -182,7 +183,8 @@ def test_topology_candidates_match_brute_force_enumeration(topology):
         for s in states:
             succ = sum(e.src == s for e in cell.edges)
             chosen = sum(src == s for src, _ in present)
-            if k != "any" and succ and chosen != min(int(k), succ):
+            # outputs k: exactly k output edges; a state with fewer than k successors has none (C(n, k) = 0)
+            if k != "any" and succ and chosen != (int(k) if succ >= int(k) else 0):
                 return False
         return True
 
@@ -195,7 +197,7 @@ def test_info_is_json_and_renders_the_figures():
     text = analysis.render(d)
     assert "3,349,342" in text and "528,359,040" in text and "depth 3, width 3.5c" in text
     space = analysis.render(analysis.info(EXAMPLES / "nb201.cell"))
-    assert "candidate architectures  4,096" in space and "mixed edges              6" in space
+    assert "candidate architectures  15,625" in space and "mixed edges              6" in space
 
 
 # ---- what derivation can produce: brute force over selections, checked against passes/derive.py ------------------
@@ -218,8 +220,9 @@ MIXED_FIXED = """
 
 def derivable(cell, limits) -> set:
     """Every derived cell the selection rule of passes/derive.py admits, enumerated: per node the fixed
-    edges plus min(k, #mixed) mixed edges (all without keep), each with one op other than none; at
-    most n uses of a limited op among the kept mixed edges."""
+    edges plus min(k, #mixed) mixed edges, each with one op other than none; without keep every mixed
+    edge with any op, none included (the NB201 argmax); at most n uses of a limited op among the kept
+    mixed edges."""
     caps = {lim.op: lim.max for lim in limits}
     per_node = []
     for n in cell.node_names:
@@ -228,7 +231,7 @@ def derivable(cell, limits) -> set:
         k = len(mixed) if cell.keep is None else min(cell.keep, len(mixed))
         options = []
         for subset in itertools.combinations(mixed, k):
-            for ops_ in itertools.product(*[[o for o in e.candidates if o != "none"] for e in subset]):
+            for ops_ in itertools.product(*[[o for o in e.candidates if o != "none" or cell.keep is None] for e in subset]):
                 options.append(fixed | frozenset((e.src, e.dst, o, "mixed") for e, o in zip(subset, ops_)))
         per_node.append(options)
     out = set()
