@@ -96,6 +96,26 @@ def move_to(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`: on CUDA through pinned memory, so the copy runs asynchronously (the
+    host goes on queueing work; the copy is ordered before the kernels that read it on the stream)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def loader_workers(device: torch.device, world: int = 1) -> int:
+    """DataLoader processes for image decoding: none on the CPU (they would take the cores the model
+    computes on), on CUDA up to 4 per GPU process, leaving one core of its share to the main process."""
+    if device.type != "cuda":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores // max(1, world) - 1))
+
+
 # ---- random number generators -----------------------------------------------------------------------
 def _world() -> tuple[int, int]:
     import torch.distributed as dist

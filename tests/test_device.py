@@ -261,3 +261,21 @@ def test_peak_memory_is_none_on_the_cpu_and_mib_on_cuda(monkeypatch):
     assert dv.peak_memory_mb(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**20 + 2**19)
     assert dv.peak_memory_mb(torch.device("cuda", 0)) == 3.5
+
+
+def test_loader_workers_none_on_the_cpu_and_up_to_four_per_gpu_process(monkeypatch):
+    assert dv.loader_workers(torch.device("cpu")) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert dv.loader_workers(torch.device("cuda", 0), world=1) == 4
+    assert dv.loader_workers(torch.device("cuda", 0), world=8) == 1  # 2 cores each: one for the main process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert dv.loader_workers(torch.device("cuda", 0)) == 0
+
+
+def test_to_device_pins_host_batches_for_cuda(monkeypatch):
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    x = torch.ones(2, 3)
+    assert dv.to_device(x, torch.device("cpu")) is x and pinned == []
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, device, non_blocking=False: (device, non_blocking))
+    assert dv.to_device(x, torch.device("cuda", 0)) == (torch.device("cuda", 0), True) and pinned == [(2, 3)]
