@@ -280,6 +280,9 @@ def cmd_verify_export(args) -> int:
     from nasir.compile import verify_export
 
     diffs = verify_export(args.model, args.spec, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
+    if provider:
+        print(f"ran on {provider}")
     for batch, diff in diffs.items():
         print(f"batch {batch}: max abs diff {diff:.3g}")
     worst = max(diffs.values())
