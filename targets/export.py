@@ -138,10 +138,20 @@ class Parity(dict):
     provider: str = ""
 
 
+def onnxruntime():
+    """The onnxruntime module (from the CPU or the GPU wheel: the `cpu` / `gpu` extras), or a diagnostic."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DiagnosticError([Diagnostic("ONNX Runtime is not installed",
+                                          hint="pip install 'nasir[cpu]', or 'nasir[gpu]' for its CUDA provider (one of them, not both)")]) from None  # fmt: skip
+    return ort
+
+
 def onnx_providers(provider: str = "auto") -> list[str]:
     """ONNX Runtime providers to ask for: auto takes CUDA when this onnxruntime has it (the
     onnxruntime-gpu wheel, `pip install nasir[gpu]`), with the CPU as fallback; cpu or cuda force one."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     if provider == "cpu":
         return ["CPUExecutionProvider"]
@@ -182,8 +192,7 @@ def load_runner(path: str | Path, provider: str = "auto") -> tuple[str, Runner, 
     kind = _kind(path)
     try:
         if kind == "onnx":
-            import onnxruntime as ort
-
+            ort = onnxruntime()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()  # follow torch's setting; ORT's default takes every core
             sess = ort.InferenceSession(str(path), opts, providers=onnx_providers(provider))

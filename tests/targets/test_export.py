@@ -196,3 +196,21 @@ def test_verify_export_prints_the_provider_it_ran_on(tmp_path, capsys):
     assert main(["verify-export", str(tmp_path / "m.onnx"), "--spec", str(EXAMPLES / "darts_v2.cell"), *flags]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "ran on CPUExecutionProvider" and "batch 8: max abs diff" in out
+
+
+def test_packaging_installs_exactly_one_onnxruntime_wheel_per_extra():
+    """onnxruntime and onnxruntime-gpu provide the same module: no install may pull both. The base has
+    neither; `cpu` and `dev` (the README's CPU install) have the CPU wheel, `gpu` the GPU wheel alone."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    def name(requirement: str) -> str:
+        return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower()
+
+    project = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())["project"]
+    names = {k: {name(r) for r in v} for k, v in project["optional-dependencies"].items()}
+    ort = {"onnxruntime", "onnxruntime-gpu"}
+    assert not {name(r) for r in project["dependencies"]} & ort
+    assert names["cpu"] & ort == {"onnxruntime"} and names["dev"] & ort == {"onnxruntime"}
+    assert names["gpu"] & ort == {"onnxruntime-gpu"} and not names["tools"] & ort  # GPU development: '.[gpu,tools]'
