@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--backbone-weights", type=Path, metavar="CKPT", help="start the backbone from a classification checkpoint")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--deterministic", action="store_true",
+                    help="deterministic algorithms (cuDNN, cuBLAS workspace): on a GPU, the same weights on every run and resume; slower")  # fmt: skip
     _add_set(tr)
 
     ev = sub.add_parser("eval", help="accuracy of a trained network")
@@ -321,7 +323,7 @@ def cmd_train(args) -> int:
         raise DiagnosticError([Diagnostic("--backbone-weights is for --task detection")])
     options = {"task": "detection", "workers": args.workers, "backbone_weights": args.backbone_weights} if detection else {}
     try:
-        last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume, **options)
+        last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume, deterministic=args.deterministic, **options)
     except TrainInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130

@@ -288,6 +288,20 @@ def deterministic(on: bool = True) -> dict[str, Any]:
     return {"deterministic": on, "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG") if on else None}
 
 
+@contextlib.contextmanager
+def deterministic_mode(on: bool = True) -> Iterator[dict[str, Any]]:
+    """`deterministic(on)` for the block (a no-op when off), then the previous settings."""
+    if not on:
+        yield {"deterministic": False}
+        return
+    old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    try:
+        yield deterministic(True)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[:2]
+        torch.use_deterministic_algorithms(old[2])
+
+
 def fixed_shapes(device: torch.device) -> bool:
     """cuDNN autotuning for a loop whose input shapes never change (search and training steps): the
     first step of each shape tries the algorithms, the rest use the fastest. Off in the deterministic

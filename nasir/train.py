@@ -359,6 +359,8 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                         "seconds": time.perf_counter() - t0}  # fmt: skip
                 if amp:
                     last["amp_scale"] = float(scaler.get_scale())
+                if torch.are_deterministic_algorithms_enabled():
+                    last["deterministic"] = True
                 peak = dv.peak_memory_mb(dev)
                 if peak is not None:
                     last["gpu_peak_mb"] = peak
@@ -399,18 +401,28 @@ def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
 def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",
           resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
           callback: Callable[[dict[str, Any]], None] | None = None, amp: bool | None = None,
-          **options: Any) -> dict[str, Any]:  # fmt: skip
+          deterministic: bool = False, **options: Any) -> dict[str, Any]:  # fmt: skip
     """Train `spec`'s network on `data`; returns the final metrics. Writes last.pt, best.pt, metrics.jsonl in `out`.
 
     `task="detection"` trains a RetinaNet on it (`train_detection`, which takes the `options`).
     `amp`: autocast with a GradScaler (None: on CUDA, fp16; on the CPU autocast means bfloat16).
     Stopped by a signal or `stop_after_steps`, it saves last.pt and raises TrainInterrupted.
+    `deterministic`: nasir.device's deterministic mode for the run (docs/gpu.md): on CUDA a run
+    and its resumed twin give the same weights, at some cost in speed.
     """
-    if task == "detection":
-        return train_detection(spec, data, out, cfg, device=device, resume=resume, progress=progress,
-                               stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
-    if task != "classification":
+    if task not in ("classification", "detection"):
         raise ValueError(f"unknown task '{task}'")
+    with dv.deterministic_mode(deterministic):
+        if task == "detection":
+            return train_detection(spec, data, out, cfg, device=device, resume=resume, progress=progress,
+                                   stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
+        return _train_classifier(spec, data, out, cfg, device=device, resume=resume, progress=progress,
+                                 stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
+
+
+def _train_classifier(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str, resume: bool,
+                      progress: bool, stop_after_steps: int | None, callback: Callable[[dict[str, Any]], None] | None,
+                      amp: bool | None, **options: Any) -> dict[str, Any]:  # fmt: skip
     if options:
         raise TypeError(f"classification takes no options {sorted(options)}")
     from nasir.macro import parse_overrides, plan
@@ -424,7 +436,10 @@ def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: 
     overrides, _ = parse_overrides(list(cfg.set))
     p = plan(spec, overrides=overrides)
     torch.manual_seed(cfg.seed)
-    model = Network(spec, p).to(dev)
+    model = Network(spec, p)
+    if torch.are_deterministic_algorithms_enabled():
+        dv.deterministic_pooling(model)  # torch has no deterministic CUDA backward for adaptive pooling
+    model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     raw = data_mod.load_data(data, p.input, p.classes)
@@ -522,6 +537,8 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = detection.retinanet(spec, **config)
+    if torch.are_deterministic_algorithms_enabled():
+        dv.deterministic_pooling(model)
     if backbone_weights is not None and not (resume and (out / "last.pt").exists()):
         from nasir.compile import load_checkpoint as load_state_dict
 

@@ -120,6 +120,21 @@ def test_a_sigint_mid_epoch_saves_last_pt_at_the_step_boundary_and_resume_equals
         assert torch.equal(a[k], b[k]), k
 
 
+def test_deterministic_mode_is_recorded_undone_after_the_run_and_changes_no_result_on_the_cpu(tmp_path):
+    import json
+
+    spec = spec_of(TINY)
+    a = train(spec, "synthetic:128", tmp_path / "a", cfg(epochs=1, limit_batches=2), progress=False)
+    b = train(spec, "synthetic:128", tmp_path / "b", cfg(epochs=1, limit_batches=2), progress=False, deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text())["deterministic"] is True
+    assert "deterministic" not in json.loads((tmp_path / "a" / "metrics.jsonl").read_text())
+    # The head's mean over H, W (nasir.device.GlobalAvgPool) stands in for adaptive pooling: same numbers.
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    wa, wb = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+
+
 def test_cutout_zeroes_one_square_of_the_given_size():
     x = torch.ones(64, 1, 32, 32)
     g = torch.Generator().manual_seed(0)
