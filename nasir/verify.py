@@ -29,6 +29,13 @@ SEARCH_SETTINGS: dict[str, tuple[str, ...] | None] = {
     "early_stop": None,
     "hessian": None,
     "seed": None,
+    "warmup": None,
+    "lr": None,
+    "lr_min": None,
+    "momentum": None,
+    "weight_decay": None,
+    "arch_lr": None,
+    "arch_weight_decay": None,
 }
 BUDGET_KINDS = ("params", "macs")
 

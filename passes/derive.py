@@ -1,8 +1,13 @@
 """derive: a searched space plus scores per candidate op -> a derived cell pair, under the spec's constraints.
 
 Selection (DARTS, darts-slides "Deriving architectures"; methods.md): per mixed edge the candidate
-with the largest score, `none` excluded; per node the `keep k` edges whose chosen op scores highest
-(all edges when the cell has no `keep`). The score is whatever the selection rule supplies:
+with the largest score; per node the `keep k` edges whose chosen op scores highest (all edges when
+the cell has no `keep`). `none` takes part in the argmax only where the cell has no `keep`: DARTS
+(`keep 2 inputs per node`) ranks the edges by their best op other than `none`, while the standard
+NAS-Bench-201 derivation (SDARTS' and OStr-DARTS' NB201 tables) takes the argmax over all ops, so an
+NB201 edge may derive to `none` (docs/methods.md, "Derivation"). `drop_none=True` / `False` forces one
+rule for every cell (True is nasir's earlier behaviour). `remove_nodes` (stretchable cells' empty
+code) drops nodes, their edges and their output slots before dead-node elimination. The score is whatever the selection rule supplies:
 softmax(alpha) for magnitude, operation strength for OStr-DARTS (Eq. 8-11), OStr* (Eq. 18).
 Kept edges are listed in descending score per node, as DARTS' genotype parser lists them, so the
 exported genotype string equals the reference's.
@@ -37,14 +42,18 @@ class Pick:
     score: float
 
 
-def _ranking(e: ir.Edge, row: Sequence[float]) -> tuple[tuple[str, float], ...]:
-    pairs = [(op, float(s)) for op, s in zip(e.candidates, row) if not ops.REGISTRY[op].is_zero]
+def _ranking(e: ir.Edge, row: Sequence[float], drop_none: bool = True) -> tuple[tuple[str, float], ...]:
+    pairs = [(op, float(s)) for op, s in zip(e.candidates, row) if not (drop_none and ops.REGISTRY[op].is_zero)]
     # Stable on ties: the earlier candidate wins, as argmax does.
     return tuple(sorted(pairs, key=lambda p: -p[1]))
 
 
-def select(c: ir.Cell, scores: Sequence[Sequence[float]], keep_edges: set[tuple[str, str]] | None = None) -> list[Pick | ir.Edge]:
-    """Per node: fixed edges, then the kept mixed edges in descending score."""
+def select(c: ir.Cell, scores: Sequence[Sequence[float]], keep_edges: set[tuple[str, str]] | None = None,
+           drop_none: bool | None = None) -> list[Pick | ir.Edge]:  # fmt: skip
+    """Per node: fixed edges, then the kept mixed edges in descending score. `drop_none=None`: drop
+    `none` from the argmax when the cell has `keep k` (DARTS), keep it otherwise (NAS-Bench-201)."""
+    if drop_none is None:
+        drop_none = c.keep is not None
     out: list[Pick | ir.Edge] = []
     for n in c.node_names:
         picks = []
@@ -52,7 +61,7 @@ def select(c: ir.Cell, scores: Sequence[Sequence[float]], keep_edges: set[tuple[
             if e.alpha is None:
                 out.append(e)
                 continue
-            rank = _ranking(e, scores[e.alpha])
+            rank = _ranking(e, scores[e.alpha], drop_none)
             if not rank:
                 raise error_at(e.span, f"edge {e.src} -> {e.dst} has no candidate but 'none'")
             picks.append(Pick(e, rank, rank[0][0], rank[0][1]))
@@ -82,11 +91,17 @@ def apply_limits(picks: list[Pick], limits: Sequence[ir.Limit]) -> list[Pick]:
     return picks
 
 
-def _fixed(c: ir.Cell, chosen: list[Pick | ir.Edge]) -> ir.Cell:
+def _fixed(c: ir.Cell, chosen: list[Pick | ir.Edge], removed: set[str] = frozenset()) -> ir.Cell:  # type: ignore[assignment]
     edges = tuple(
         x if isinstance(x, ir.Edge) else ir.Edge(x.edge.src, x.edge.dst, op=x.op, span=x.edge.span) for x in chosen
     )
-    return attrs.evolve(c, edges=edges, alpha_rows=None, beta_rows=None, keep=None, keep_span=None, topology=None)
+    edges = tuple(e for e in edges if e.src not in removed and e.dst not in removed)
+    nodes = tuple(n for n in c.nodes if n.name not in removed)
+    output = c.output
+    if removed and output is not None:
+        output = attrs.evolve(output, nodes=tuple(n for n in output.nodes if n not in removed))
+    return attrs.evolve(c, nodes=nodes, edges=edges, output=output, alpha_rows=None, beta_rows=None, keep=None,
+                        keep_span=None, topology=None)  # fmt: skip
 
 
 class Derive(Pass):
@@ -94,9 +109,12 @@ class Derive(Pass):
     requires = frozenset({"mixed_ops"})
 
     def __init__(self, scores: Scores, *, keep_edges: Mapping[str, set[tuple[str, str]]] | None = None,
+                 remove_nodes: Mapping[str, set[str]] | None = None, drop_none: bool | None = None,
                  cost: CostFn | None = None):  # fmt: skip
         self.scores = scores
         self.keep_edges = keep_edges or {}
+        self.remove_nodes = remove_nodes or {}
+        self.drop_none = drop_none
         self.cost = cost
 
     def run(self, spec: ir.Spec) -> PassResult:
@@ -108,13 +126,14 @@ class Derive(Pass):
                 continue
             if c.name not in self.scores:
                 raise error_at(c.span, f"no scores for cell '{c.name}'")
-            sel = select(c, self.scores[c.name], self.keep_edges.get(c.name))
+            sel = select(c, self.scores[c.name], self.keep_edges.get(c.name), self.drop_none)
             picks = apply_limits([x for x in sel if isinstance(x, Pick)], limits)
             it = iter(picks)
             chosen[c.name] = [x if isinstance(x, ir.Edge) else next(it) for x in sel]
 
         def build() -> ir.Spec:
-            cells = tuple(eliminate(_fixed(c, chosen[c.name])) if c.name in chosen else c for c in spec.cells)
+            cells = tuple(eliminate(_fixed(c, chosen[c.name], set(self.remove_nodes.get(c.name, ())))) if c.name in chosen else c
+                          for c in spec.cells)  # fmt: skip
             return attrs.evolve(spec, cells=cells, search=None, properties=frozenset())
 
         derived = build()

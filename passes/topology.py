@@ -11,12 +11,16 @@ one merged factor per edge, Eq. 6 / 10 / 13).
 - `topology outputs k` (Eq. 7-10): the deciding node is each state i with successors -- the cell
   inputs included (the paper's beta~ = {beta~_i}, i = 1..N, and its example "node x_2 has 4 posterior
   nodes" is an input); its codes are the k-subsets of its successors. The last node has no successor
-  and no row. Reading taken where the paper is silent: a node with fewer than k successors (the
-  second-to-last node under `outputs 2`, for which Eq. 10's C(1,2)/C(0,1) is 0/0) gets one code, all
-  of its successors; its edges then always exist, and the merged factor is 1.
+  and no row. A node with fewer than k successors (the second-to-last node under `outputs 2`) has
+  no code at all: the paper sizes the row |beta~_i| = |tau~_i| = C(N-i, 2), which is C(1, 2) = 0 for
+  it, so no output edge of it exists (merged factor 0; it still enters the cell's concatenation).
+  That is the reading under which the DARTS-sized cell "keeps the same edge number 8 as DARTS"
+  (stretchable-cells, "Search without stretchable cells"): 4 deciding states x 2 edges; the earlier
+  reading (one forced code for that node) gave 9. docs/methods.md, "Stretchable cells".
 - `topology outputs any` (Eq. 11-13): as `outputs k`, but the codes are all 2^n subsets of the n
   successors, the empty code included ("including none for removing the node"), listed by size
-  then in cell order.
+  then in cell order. The derivation removes an intermediate node whose most likely code is the
+  empty one, concatenation slot included (nasir/search/topology.py `removed_nodes`).
 
 Successors of i are the intermediate nodes j that a searchable edge i -> j reaches, in cell order;
 predecessors of j likewise. The paper's "posterior nodes x_{i+1}..x_N" counts x_2 as a posterior of
@@ -69,8 +73,8 @@ def beta_rows(c: ir.Cell) -> tuple[ir.BetaRow, ...]:
             continue
         if t.kind == "any":
             codes = tuple(code for r in range(len(succ) + 1) for code in combinations(succ, r))
-        else:
-            codes = tuple(combinations(succ, min(t.k or 0, len(succ))))
+        else:  # no code when k > |successors| (C(n, k) = 0, see the module docstring)
+            codes = tuple(combinations(succ, t.k or 0))
         rows.append(ir.BetaRow(i, codes))
     return tuple(rows)
 

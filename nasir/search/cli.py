@@ -35,6 +35,16 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--early-stop", type=int, metavar="C", help="stop once the derived architecture is unchanged for C epochs")
     p.add_argument("--hessian", action="store_true", default=None,
                    help="record the dominant Hessian eigenvalue of L_val w.r.t. alpha each epoch (costs ~20 passes)")  # fmt: skip
+    p.add_argument("--warmup", type=int, metavar="E",
+                   help="epochs of weight steps before the first architecture step (default: the spec's, else 15 "
+                        "under pcdarts as its authors run it, else 0)")  # fmt: skip
+    p.add_argument("--lr", type=float, metavar="LR", help="weight learning rate, cosine-annealed (default: the spec's, else 0.025)")
+    p.add_argument("--lr-min", type=float, metavar="LR", help="the cosine schedule's floor (default: the spec's, else 0.001)")
+    p.add_argument("--momentum", type=float, metavar="M", help="weight SGD momentum (default: the spec's, else 0.9)")
+    p.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay of the weights (default: the spec's, else 3e-4)")
+    p.add_argument("--arch-lr", type=float, metavar="LR", help="architecture Adam learning rate (default: the spec's, else 3e-4)")
+    p.add_argument("--arch-weight-decay", type=float, metavar="WD",
+                   help="architecture Adam weight decay (default: the spec's, else 1e-3)")  # fmt: skip
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's, else 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto picks CUDA when available")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -62,6 +72,8 @@ def run_search(args: argparse.Namespace) -> int:
                         order=args.order, seed=args.seed, select=select, method=args.method,
                         partial_channels=args.pc_k, smooth=args.smooth, adv_steps=args.adv_steps,
                         early_stop=args.early_stop, hessian=args.hessian, strength_window=args.strength_window,
+                        warmup=args.warmup, w_lr=args.lr, w_lr_min=args.lr_min, momentum=args.momentum,
+                        w_weight_decay=args.weight_decay, a_lr=args.arch_lr, a_weight_decay=args.arch_weight_decay,
                         device=args.device, resume=args.resume,
                         overrides=args.overrides, low_memory=args.low_memory, channels_last=layout,
                         limit_batches=args.limit_batches, progress=not args.no_progress)  # fmt: skip
@@ -80,6 +92,9 @@ def run_search(args: argparse.Namespace) -> int:
               f"(supernet, eval mode, on the architecture half)")  # fmt: skip
     for note in result.notes:
         print(f"note: {note}")
+    if last.get("hessian_eig") is not None:
+        flag = "" if last.get("hessian_converged", True) else " (power iteration did not converge)"
+        print(f"largest Hessian eigenvalue of L_val w.r.t. alpha: {last['hessian_eig']:.4g}{flag}")
     print(f"search took {time.perf_counter() - t0:.0f} s; files in {result.out}/:")
     for name in result.files:
         print(f"  {name}")

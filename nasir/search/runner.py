@@ -7,9 +7,10 @@ channels and stretchable cells' topology variables (in the supernet), SDARTS' pe
 step's `soft`), the selection rule and early stop (at each epoch's derivation), the Hessian diagnostic. The training set is split in
 two halves (DARTS train_portion 0.5). Defaults are the reference's: weights SGD lr 0.025 cosine-annealed
 to 0.001 over the epochs, momentum 0.9, weight decay 3e-4, gradient norm clipped at 5; alpha Adam lr 3e-4,
-betas (0.5, 0.999), weight decay 1e-3; seed 2, first order. The spec's `search { ... }` settings
-(method darts(order = 2), epochs, batch_size, seed, select) override those defaults, and the caller's
-arguments (the CLI's flags) override the spec.
+betas (0.5, 0.999), weight decay 1e-3; seed 2, first order; no warm-up (PC-DARTS: architecture steps
+from epoch 16, docs/methods.md). The spec's `search { ... }` settings (method darts(order = 2), epochs,
+batch_size, seed, select, lr, lr_min, momentum, weight_decay, arch_lr, arch_weight_decay, warmup, ...)
+override those defaults, and the caller's arguments (the CLI's flags) override the spec.
 
 The output directory gets
     derived.cell          the derived architecture (standalone: cells and network, no search block)
@@ -58,15 +59,25 @@ from nasir.search import smoothing
 from nasir.search.architect import Architect, all_reduce_mean, buffers_kept, weight_step
 from nasir.search.milenas import three_way_split
 from nasir.search.pcdarts import normalized_scores
-from nasir.search.strength import EarlyStop, StrengthMeter, ostr_star, removal_importance
+from nasir.search.strength import EarlyStop, StrengthMeter, architecture_key, ostr_star, removal_importance
 from nasir.search.supernet import build_supernet, prepare
-from nasir.search.topology import most_likely_edges, passive_aggressive
+from nasir.search.topology import most_likely_edges, passive_aggressive, removed_nodes
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the options gained warmup and drop_none; early stop keeps an order-free key
 METHODS = ("darts", "milenas", "pcdarts")
 SELECTIONS = ("magnitude", "strength", "strength_star", "naive")
 SMOOTHINGS = ("none", "rs", "adv")
+PCDARTS_WARMUP = 15  # PC-DARTS' train_search.py: architecture steps from epoch 15 (0-based) on (docs/methods.md)
+# Optimiser settings of the search block: spec name -> (Options field, test, what it must be).
+_NUMBERS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "lr": ("w_lr", lambda v: v > 0, "a positive number (the weight learning rate)"),
+    "lr_min": ("w_lr_min", lambda v: v >= 0, "a number >= 0 (the cosine schedule's floor)"),
+    "momentum": ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": ("w_weight_decay", lambda v: v >= 0, "a number >= 0"),
+    "arch_lr": ("a_lr", lambda v: v > 0, "a positive number (the architecture learning rate)"),
+    "arch_weight_decay": ("a_weight_decay", lambda v: v >= 0, "a number >= 0"),
+}
 
 
 @attrs.frozen
@@ -79,8 +90,14 @@ class Options:
                   averaged over the last `strength_window` architecture steps (None: one epoch's)
     smooth        none | rs | adv (SDARTS); radius `eps_start` -> `eps_end` over the epochs, PGD `adv_steps`
     early_stop    C of OStr-DARTS' Algorithm 1 (None: run every epoch)
-    hessian       record the dominant eigenvalue of the Hessian of L_val w.r.t. alpha every epoch
+    hessian       record the largest eigenvalue of the Hessian of L_val w.r.t. alpha every epoch
     pa_lambda     weight of the passive-aggressive regulariser on the topology variables (Eq. 15)
+    warmup        epochs of weight steps only before the first architecture step (None: 15 under
+                  pcdarts, the PC-DARTS authors' recipe, else 0; docs/methods.md)
+    drop_none     derivation: None drops `none` from the argmax where a cell says `keep k` (DARTS) and
+                  takes the full argmax elsewhere (NAS-Bench-201); True / False force one rule
+    w_lr, w_lr_min, momentum, w_weight_decay   the weight optimiser (spec: lr, lr_min, momentum, weight_decay)
+    a_lr, a_weight_decay                       the architecture optimiser (spec: arch_lr, arch_weight_decay)
     """
 
     method: str = "darts"
@@ -96,6 +113,8 @@ class Options:
     early_stop: int | None = None
     hessian: bool = False
     pa_lambda: float = 10.0
+    warmup: int | None = None
+    drop_none: bool | None = None
     epochs: int = 50
     batch_size: int = 64
     seed: int = 2
@@ -114,6 +133,12 @@ class Options:
     # ---- not part of the result
     low_memory: bool = attrs.field(default=False, eq=False)
     device: str = attrs.field(default="cpu", eq=False)
+
+    @property
+    def warmup_epochs(self) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        return PCDARTS_WARMUP if self.method == "pcdarts" else 0
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -225,14 +250,23 @@ def _setting(st: ir.Setting, out: dict[str, Any]) -> None:
         out.update(_args(st, {k: a for k, a in _SMOOTH_ARGS.items() if name == "adv" or k != "steps"} if name != "none" else {}))
     elif st.name in ("epochs", "batch_size", "early_stop"):
         out[st.name] = _num(st, st.name, 1)
-    elif st.name == "seed":
-        out["seed"] = _num(st, "seed", 0)
+    elif st.name in ("seed", "warmup"):
+        out[st.name] = _num(st, st.name, 0)
+    elif st.name in _NUMBERS:
+        option, test, what = _NUMBERS[st.name]
+        if not isinstance(v, ir.Num) or isinstance(v.value, bool) or not test(v.value):
+            raise error_at(st.span, f"'{st.name}' must be {what}", f"for example '{st.name} {_EXAMPLES[st.name]}'")
+        out[option] = float(v.value)
     elif st.name == "hessian":
         if not isinstance(v, ir.Bool):
             raise error_at(st.span, "'hessian' must be true or false", "for example 'hessian true'")
         out["hessian"] = bool(v.value)
     else:
         raise error_at(st.span, f"search setting '{st.name}' is not supported by the search runtime yet")
+
+
+_EXAMPLES = {"lr": "0.025", "lr_min": "0.001", "momentum": "0.9", "weight_decay": "3e-4", "arch_lr": "3e-4",
+             "arch_weight_decay": "1e-3"}  # fmt: skip
 
 
 def _flag_error(message: str, hint: str | None = None) -> DiagnosticError:
@@ -250,7 +284,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 FLAGS = ("method", "order", "partial_channels", "select", "strength_window", "smooth", "adv_steps", "early_stop",
-         "hessian", "epochs", "batch_size", "seed")  # fmt: skip
+         "hessian", "epochs", "batch_size", "seed", "warmup", "w_lr", "w_lr_min", "momentum", "w_weight_decay",
+         "a_lr", "a_weight_decay")  # fmt: skip
+_FLAG_NAMES = {"w_lr": "lr", "w_lr_min": "lr_min", "w_weight_decay": "weight_decay", "a_lr": "arch_lr",
+               "a_weight_decay": "arch_weight_decay"}  # fmt: skip
 
 
 def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limit_batches: int | None,
@@ -271,9 +308,14 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
     if s.get("order", 1) not in (1, 2):
         raise _flag_error(f"--order must be 1 or 2, got {s['order']}")
     for k, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("partial_channels", 1), ("strength_window", 1),
-                   ("adv_steps", 1), ("early_stop", 1)):  # fmt: skip
+                   ("adv_steps", 1), ("early_stop", 1), ("warmup", 0)):  # fmt: skip
         if k in s and s[k] is not None and (not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < low):
             raise _flag_error(f"--{k.replace('_', '-')} must be a whole number >= {low}, got {s[k]}")
+    for name, (option, test, what) in _NUMBERS.items():
+        if option in s and (isinstance(s[option], bool) or not isinstance(s[option], int | float) or not test(s[option])):
+            raise _flag_error(f"--{name.replace('_', '-')} must be {what}, got {s[option]}")
+        if option in s:
+            s[option] = float(s[option])
     if s.get("select", "magnitude") not in SELECTIONS:
         raise _flag_error(f"--select must be one of {', '.join(x.replace('_', '-') for x in SELECTIONS)}, got '{s['select']}'")
     if s.get("smooth", "none") not in SMOOTHINGS:
@@ -411,6 +453,9 @@ class Search:
             steps = min(steps, options.limit_batches)
         self.steps = steps
         self.stop = _StopFlag()
+        if options.warmup_epochs >= options.epochs:
+            self.notes.append(f"no architecture step: the warm-up ({options.warmup_epochs} epochs) covers all {options.epochs} "
+                              "epochs, so the derived cell comes from the initial architecture variables (set warmup lower)")  # fmt: skip
 
         self.model = build_supernet(self.spec, plan, seed=options.seed, channels_last=options.channels_last,
                                     low_memory=options.low_memory, partial_channels=options.partial_channels,
@@ -440,7 +485,7 @@ class Search:
     # ---- state ---------------------------------------------------------------------------------
     @staticmethod
     def _zero_sums() -> dict[str, float]:
-        return {"train_loss": 0.0, "train_correct": 0.0, "arch_loss": 0.0, "seen": 0.0, "seconds": 0.0}
+        return {"train_loss": 0.0, "train_correct": 0.0, "arch_loss": 0.0, "arch_seen": 0.0, "seen": 0.0, "seconds": 0.0}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -549,24 +594,29 @@ class Search:
             train = self._batch(orders[0], self.step, 0)
             valid = self._batch(orders[1], self.step, 1)
             valid_beta = self._batch(orders[2], self.step, 2) if self.three_way else None
-            # 1. architecture step on the architecture data, 2. weight step (methods.md, DARTS).
-            a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
-            kinds = list(model.alphas)
-            self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
+            # 1. architecture step on the architecture data (after the warm-up), 2. weight step (methods.md, DARTS).
+            a_loss = None
+            if self.epoch >= opt.warmup_epochs:
+                a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
+                kinds = list(model.alphas)
+                self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
             soft = self._smoothed(train, eps) if eps is not None else None
             loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
             n = train[1].numel()
             sums["train_loss"] += float(loss) * n
             sums["train_correct"] += float((logits.argmax(1) == train[1]).sum())
-            sums["arch_loss"] += float(a_loss) * n
+            if a_loss is not None:
+                sums["arch_loss"] += float(a_loss) * n
+                sums["arch_seen"] += n
             sums["seen"] += n
             sums["seconds"] += time.perf_counter() - t0
             self.step += 1
             done = self.epoch * self.steps + self.step
-            info = {"epoch": self.epoch + 1, "step": self.step, "global_step": done, "loss": float(loss), "arch_loss": float(a_loss)}
+            info = {"epoch": self.epoch + 1, "step": self.step, "global_step": done, "loss": float(loss),
+                    "arch_loss": None if a_loss is None else float(a_loss)}  # fmt: skip
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", arch=f"{float(a_loss):.3f}",
+                bar.set_postfix(loss=f"{float(loss):.3f}", arch="warm-up" if a_loss is None else f"{float(a_loss):.3f}",
                                 acc=f"{sums['train_correct'] / sums['seen']:.3f}")  # fmt: skip
             if self.callback is not None:
                 self.callback(info)
@@ -583,19 +633,25 @@ class Search:
         record = {
             "epoch": self.epoch + 1, "steps": self.steps, "lr": lr,
             "train_loss": sums["train_loss"] / seen, "train_acc": sums["train_correct"] / seen,
-            "arch_loss": sums["arch_loss"] / seen, "valid_loss": valid_loss, "valid_acc": valid_acc,
+            "arch_loss": sums["arch_loss"] / sums["arch_seen"] if sums.get("arch_seen") else None,
+            "valid_loss": valid_loss, "valid_acc": valid_acc,
             "time_s": round(sums["seconds"] + eval_s, 3), "train_s": round(sums["seconds"], 3),
         }  # fmt: skip
         if eps is not None:
             record["eps"] = eps
+        if self.epoch < opt.warmup_epochs:
+            record["warmup"] = True
         if opt.hessian:
             t0 = time.perf_counter()
-            record["hessian_eig"] = self.hessian_eigenvalue()
+            eig = self.hessian_eigenvalue()
+            record["hessian_eig"] = eig.value
+            record["hessian_converged"] = eig.converged
+            record["hessian_method"] = eig.method
             record["hessian_s"] = round(time.perf_counter() - t0, 3)
         derived = self.derive()
         record["genotype"] = _genotype(derived)
         if self.early is not None:
-            self.stopped_early = self.early.update(_canonical(derived))
+            self.stopped_early = self.early.update(architecture_key(derived))
             record["unchanged_epochs"] = self.early.count
             if self.stopped_early:
                 record["early_stop"] = True
@@ -625,17 +681,22 @@ class Search:
         def loss(weights):
             return F.cross_entropy(model(x, soft=weights), y)
 
-        with buffers_kept(model):  # the attack's forward passes must not move the BN statistics
-            return smoothing.adversarial(soft, loss, eps, steps=self.opt.adv_steps, generator=g, reduce=self.reduce)  # type: ignore[return-value]
+        # The authors attack in eval mode (docs/methods.md, "SDARTS"); the weight step runs in train mode.
+        model.eval()
+        try:
+            with buffers_kept(model):
+                return smoothing.adversarial(soft, loss, eps, steps=self.opt.adv_steps, generator=g, reduce=self.reduce)  # type: ignore[return-value]
+        finally:
+            model.train()
 
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `batch_size` samples of the architecture data, unaugmented: the diagnostics' batch."""
         x, y = self.data.batch(self.a_idx[: self.opt.batch_size], train=False)
         return x.to(self.device), y.to(self.device)
 
-    def hessian_eigenvalue(self) -> float:
-        """The dominant eigenvalue of the Hessian of L_val w.r.t. alpha (SDARTS' diagnostic), train mode
-        as in the search, on the fixed batch; BN statistics untouched."""
+    def hessian_eigenvalue(self) -> smoothing.Eigenvalue:
+        """The largest eigenvalue of the Hessian of L_val w.r.t. alpha (SDARTS' diagnostic), train mode
+        as in the search, on the fixed batch; BN statistics untouched; with a convergence flag."""
         x, y = self._fixed_batch()
         model = self.model
         g = torch.Generator().manual_seed(self.opt.seed)
@@ -706,7 +767,9 @@ class Search:
         budgets = self.spec.search.budgets if self.spec.search else ()
         m = self.model
         keep = {k: most_likely_edges(m.cells[k], list(rows)) for k, rows in m.betas.items()}
-        derived = Derive(self.scores(), keep_edges=keep, cost=_cost_fn(self.plan) if budgets else None).run(self.spec).spec
+        remove = {k: removed_nodes(m.cells[k], list(rows)) for k, rows in m.betas.items()}
+        derived = Derive(self.scores(), keep_edges=keep, remove_nodes=remove, drop_none=self.opt.drop_none,
+                         cost=_cost_fn(self.plan) if budgets else None).run(self.spec).spec  # fmt: skip
         self._derived = (at, derived)
         return derived
 
@@ -851,7 +914,9 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
            seed: int | None = None, select: str | None = None, method: str | None = None,
            partial_channels: int | None = None, smooth: str | None = None, adv_steps: int | None = None,
            early_stop: int | None = None, hessian: bool | None = None, strength_window: int | None = None,
-           device: str = "auto", resume: bool = False,
+           warmup: int | None = None, w_lr: float | None = None, w_lr_min: float | None = None,
+           momentum: float | None = None, w_weight_decay: float | None = None, a_lr: float | None = None,
+           a_weight_decay: float | None = None, device: str = "auto", resume: bool = False,
            overrides: Sequence[str] | Mapping[str, Any] | None = None, low_memory: bool = False,
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
@@ -861,7 +926,8 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
     from the spec's `search` block, then from the DARTS defaults; `Options` says what each one does
     (method darts|milenas|pcdarts, select magnitude|strength|strength_star|naive, smooth none|rs|adv,
-    early_stop C, hessian). `limit_batches` caps the steps per
+    early_stop C, hessian, warmup, the optimisers' w_lr, w_lr_min, momentum, w_weight_decay, a_lr,
+    a_weight_decay). `limit_batches` caps the steps per
     epoch (and the evaluation batches) for quick runs. `callback(info)` runs after every step;
     `stop_after_steps` stops (with a checkpoint) once that many steps are done in all, as a signal would.
     `artifacts=False` skips derived.onnx and the PNGs.
@@ -877,7 +943,9 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
                            low_memory=low_memory, device=dev, order=order, epochs=epochs, batch_size=batch_size,
                            seed=seed, select=select, method=method, partial_channels=partial_channels, smooth=smooth,
                            adv_steps=adv_steps, early_stop=early_stop, hessian=hessian,
-                           strength_window=strength_window)  # fmt: skip
+                           strength_window=strength_window, warmup=warmup, w_lr=w_lr, w_lr_min=w_lr_min,
+                           momentum=momentum, w_weight_decay=w_weight_decay, a_lr=a_lr,
+                           a_weight_decay=a_weight_decay)  # fmt: skip
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
     runner = Search(spec, plan, options, out_dir, progress=progress, callback=callback,
                     stop_after_steps=stop_after_steps, source=spec.file, artifacts=artifacts)  # fmt: skip

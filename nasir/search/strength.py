@@ -7,10 +7,13 @@ plug into `Derive({kind: scores.tolist()})` like softmax(alpha) does for magnitu
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 
 import torch
+
+from nasir import ir
 
 
 class StrengthMeter:
@@ -110,6 +113,18 @@ def removal_importance(
 
 
 _NOTHING = object()
+
+
+def architecture_key(spec: ir.Spec) -> str:
+    """The derived architecture as an order-free set of (cell, source, target, op), as a canonical string.
+
+    What Algorithm 1 (ostr-darts) compares between epochs: "the architecture" is which edges exist and
+    which op each carries; the order in which a derivation lists the kept edges (by score) is not part
+    of it, so two derivations that rank the same edges differently are the same architecture. Sorted
+    and JSON-encoded so that it is hashable and checkpointable (torch.load weights_only).
+    """
+    edges = sorted({(c.name, e.src, e.dst, str(e.op)) for c in spec.cells for e in c.edges})
+    return json.dumps(edges)
 
 
 class EarlyStop:

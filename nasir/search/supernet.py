@@ -23,8 +23,9 @@ mixed ops already take, so no op and no cell changes for them:
 - stretchable cells (passes/topology.py ran): topology variables `betas[kind]`, one tensor per beta
   row; edge k's weights are multiplied by its merged factor s(i, j) (search/topology.py, Eq. 6/10/13);
 - PC-DARTS (`partial_channels=K > 1`): every mixed op is a PartialMixedOp over C/K channels, and the
-  edge-normalisation variables `gammas[kind]` (one per alpha row) multiply each edge's weights
-  (search/pcdarts.py);
+  edge-normalisation variables `gammas[kind]` (one per alpha row) give each edge a weight that
+  multiplies the edge's whole output, bypassed channels included: the op gets the pair
+  (candidate weights, edge weight) instead of a folded product (search/pcdarts.py);
 - SDARTS: `forward(x, soft=...)` replaces softmax(alpha) by given (perturbed) weights;
 - the naive pruning criterion: `op_mask` multiplies the weights without renormalising.
 The variables are created after the weights and alphas, so adding them changes no other initial value.
@@ -302,23 +303,19 @@ class Supernet(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def edge_factors(self, kind: str) -> torch.Tensor | None:
-        """The factor each edge of the cell (IR order) multiplies its mixed op by: the merged topology
-        factor s(i, j) times the PC-DARTS edge weight; None when the cell has neither."""
-        c = self.cells[kind]
-        f = None
+        """The factor each edge of the cell (IR order) folds into its candidate weights: the merged
+        topology factor s(i, j); None when the cell has none (PC-DARTS' edge weights are not folded)."""
         if kind in self.betas:
-            f = merged_factors(c, list(self.betas[kind]))  # type: ignore[arg-type]
-        if kind in self.gammas:
-            g = edge_normalization(c, self.gammas[kind])
-            f = g if f is None else f * g
-        return f
+            return merged_factors(self.cells[kind], list(self.betas[kind]))  # type: ignore[arg-type]
+        return None
 
     def edge_weights(self, alphas: dict[str, torch.Tensor] | None = None,
                      soft: dict[str, torch.Tensor] | None = None) -> dict[str, list[torch.Tensor | None]]:  # fmt: skip
         """Per cell kind, per edge of the cell (IR order), the weight of each candidate; None for fixed edges.
 
         The weights are softmax(alpha) of the edge's row (or the row of `soft`, SDARTS' perturbed
-        weights), times `op_mask` when set, times the edge's factor (`edge_factors`).
+        weights), times `op_mask` when set, times the edge's factor (`edge_factors`). Under PC-DARTS an
+        edge's entry is the pair (those weights, its edge-normalisation weight) for PartialMixedOp.
         """
         alphas = alphas if alphas is not None else dict(self.alphas)
         out = {}
@@ -328,7 +325,11 @@ class Supernet(nn.Module):
                 a = a * self.op_mask[kind].to(a)
             f = self.edge_factors(kind)
             w = a.unbind(0)
-            out[kind] = [None if r is None else (w[r] if f is None else w[r] * f[k]) for k, r in enumerate(rows)]
+            weights = [None if r is None else (w[r] if f is None else w[r] * f[k]) for k, r in enumerate(rows)]
+            if kind in self.gammas:
+                g = edge_normalization(self.cells[kind], self.gammas[kind]).unbind(0)
+                weights = [None if x is None else (x, g[k]) for k, x in enumerate(weights)]
+            out[kind] = weights
         return out
 
     def softmax_weights(self) -> dict[str, torch.Tensor]:

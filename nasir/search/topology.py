@@ -8,8 +8,11 @@ Fixed edges and any searchable edge that no row decides get s = 1: they always e
 How the runtime plugs these in:
 - forward: `s = merged_factors(cell, betas)`; edge k of `cell.edges` outputs `s[k] * mixed_op_k(x)`;
 - beta loss: `L_task + 10 * passive_aggressive(cell, betas)` (Eq. 15, lambda = 10);
-- derivation: `Derive(scores, keep_edges={cell.name: most_likely_edges(cell, betas)})`; nodes left
-  without inputs are then removed by dead-node elimination inside Derive.
+- derivation: `Derive(scores, keep_edges={cell.name: most_likely_edges(cell, betas)},
+  remove_nodes={cell.name: removed_nodes(cell, betas)})`; nodes left without inputs are then removed
+  by dead-node elimination inside Derive.
+A row may have no code (`topology outputs k`, a node with fewer than k successors; passes/topology.py):
+its beta is empty and its edges' merged factor is 0.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def _row_scale(cell: ir.Cell, row: ir.BetaRow) -> float:
     if kind == "inputs":
         return 1.0  # Eq. 6 has none: every node sums k inputs whatever the code
     n = len({s for code in row.codes for s in code})
+    if kind == "any" and n == 0:
+        return 0.0
     if kind == "any":
         # Eq. 13, (2^(N-i) - 1) / 2^(N-i-1), with N - i read as n = |successors of i| (passes/topology.py).
         # Kept as printed although the rows include the empty code: the constant makes s = 1 under
@@ -52,7 +57,9 @@ def _row_scale(cell: ir.Cell, row: ir.BetaRow) -> float:
         # empty code, uniform beta gives s = 1 - 2^-n.
         return (2**n - 1) / 2 ** (n - 1)
     # Eq. 10, C(N-i, 2) / C(N-i-1, 1), generalised to k-subsets: C(n, k) / C(n-1, k-1) = n / k, which
-    # makes s = 1 under uniform beta. A node with n < k successors has one code (all of them), k = n.
+    # makes s = 1 under uniform beta. A node with n < k successors has no code: its factors are 0.
+    if not row.codes:
+        return 0.0
     k = len(row.codes[0])
     return math.comb(n, k) / math.comb(n - 1, k - 1)
 
@@ -142,8 +149,22 @@ def most_likely_codes(cell: ir.Cell, betas: Sequence[torch.Tensor]) -> dict[str,
     out = {}
     for r, b in zip(cell.beta_rows or (), betas):
         values = b.detach().tolist()
-        out[r.node] = r.codes[max(range(len(values)), key=values.__getitem__)]
+        out[r.node] = r.codes[max(range(len(values)), key=values.__getitem__)] if values else ()
     return out
+
+
+def removed_nodes(cell: ir.Cell, betas: Sequence[torch.Tensor]) -> set[str]:
+    """Intermediate nodes whose most likely code is the empty one under `topology outputs any`.
+
+    The paper's empty code is "for removing the node" (stretchable-cells, before Eq. 11): the derived
+    cell drops such a node, its input edges and its slot in the output concatenation (Derive's
+    `remove_nodes`). Under `outputs k` and `inputs k` there is no empty code (a node without codes
+    under `outputs k` keeps its inputs and its concatenation slot): the set is empty.
+    """
+    if cell.topology is None or cell.topology.kind != "any":
+        return set()
+    codes = most_likely_codes(cell, betas)
+    return {n for n in cell.node_names if n in codes and codes[n] == ()}
 
 
 def most_likely_edges(cell: ir.Cell, betas: Sequence[torch.Tensor]) -> set[tuple[str, str]]:

@@ -55,11 +55,40 @@ def test_outputs_any_gives_every_state_with_successors_all_subsets_empty_code_in
     assert [len(r.codes) for r in got.beta_rows] == [2**3, 2**3, 2**2, 2**1]
 
 
-def test_outputs_pairs_rows_are_successor_pairs_and_a_single_successor_is_one_forced_code():
-    # Eq. 7: C(n, 2) pairs per node; n1 has one successor, so its only code is (n2,) (C(1, 2) = 0 pairs).
+def test_outputs_pairs_rows_are_successor_pairs_and_a_single_successor_has_no_code():
+    # Eq. 7-8: |beta~_i| = C(n, 2) pairs per node; n1 has one successor, C(1, 2) = 0: a row without codes.
     pairs = [("n0", "n1"), ("n0", "n2"), ("n1", "n2")]
-    want = expected("outputs 2", {"a": pairs, "b": pairs, "n0": [("n1", "n2")], "n1": [("n2",)]})
+    want = expected("outputs 2", {"a": pairs, "b": pairs, "n0": [("n1", "n2")], "n1": []})
     assert after(cell_text("outputs 2")).cell("c") == want
+
+
+def test_outputs_2_in_the_darts_sized_cell_derives_the_papers_8_edges_for_every_code_choice():
+    # "keeps the same edge number 8 as DARTS" (stretchable-cells, Sec. 4): enumerate every combination of
+    # most likely codes (one per row) and count the edges the derivation keeps.
+    import itertools
+
+    import torch
+
+    from nasir.search.topology import most_likely_edges
+
+    text = OPS + """
+cell c {
+  inputs a, b
+  nodes n0..n3
+  edges * -> n* : choice(darts)
+  topology outputs 2
+  output concat(n0..n3)
+}
+"""
+    c = after(text).cell("c")
+    sizes = [len(r.codes) for r in c.beta_rows]
+    assert sizes == [6, 6, 3, 1, 0]  # C(4,2), C(4,2), C(3,2), C(2,2), C(1,2)
+    counts = set()
+    for choice in itertools.product(*[range(n) if n else [None] for n in sizes]):
+        betas = [torch.zeros(n) if k is None else torch.nn.functional.one_hot(torch.tensor(k), n).float()
+                 for n, k in zip(sizes, choice)]  # fmt: skip
+        counts.add(len(most_likely_edges(c, betas)))
+    assert counts == {8}
 
 
 def test_inputs_pairs_rows_decide_per_intermediate_node_and_inputs_carry_no_variables():

@@ -40,6 +40,8 @@ cell c {{
 
 
 def softmax(xs: list[float]) -> list[float]:
+    if not xs:
+        return []
     m = max(xs)
     ex = [math.exp(x - m) for x in xs]
     return [v / sum(ex) for v in ex]
@@ -55,9 +57,10 @@ def brute_force_factors(c, betas: list[list[float]]) -> list[float]:
     rows = c.beta_rows
     probs = [softmax(b) for b in betas]
     usage = [0.0] * len(c.edges)
-    for combo in itertools.product(*(range(len(r.codes)) for r in rows)):
-        p = math.prod(probs[r][k] for r, k in enumerate(combo))
-        chosen = {rows[r].node: set(rows[r].codes[k]) for r, k in enumerate(combo)}
+    # A row without codes (outputs 2, one successor: C(1, 2) = 0) is no random choice: no output edge.
+    for combo in itertools.product(*(range(len(r.codes)) if r.codes else [None] for r in rows)):
+        p = math.prod(probs[r][k] for r, k in enumerate(combo) if k is not None)
+        chosen = {rows[r].node: set(rows[r].codes[k]) if k is not None else set() for r, k in enumerate(combo)}
         for k, e in enumerate(c.edges):
             exists = e.src in chosen[e.dst] if kind == "inputs" else e.dst in chosen[e.src]
             usage[k] += p * exists
@@ -67,7 +70,7 @@ def brute_force_factors(c, betas: list[list[float]]) -> list[float]:
         if kind == "inputs":
             scale = 1.0  # Eq. 6
         elif kind == "outputs":
-            scale = math.comb(n, 2) / math.comb(n - 1, 1) if n >= 2 else 1.0  # Eq. 10; one successor: forced
+            scale = math.comb(n, 2) / math.comb(n - 1, 1) if n >= 2 else 0.0  # Eq. 10; one successor: no code
         else:
             scale = (2**n - 1) / 2 ** (n - 1)  # Eq. 13
         out.append(scale * usage[k])
@@ -119,9 +122,11 @@ def test_input_pairs_node_equals_eq4_sum_over_pairs(data):
 def test_uniform_beta_gives_the_hand_values_of_each_normalisation():
     zeros = lambda c: [torch.zeros(n, dtype=torch.float64) for n in beta_sizes(c)]  # noqa: E731
     by_src = lambda c, s: {e.src: v for e, v in zip(c.edges, s.tolist())}  # noqa: E731
-    # Output pairs, Eq. 10: C(n,2)/C(n-1,1) * (n-1)/C(n,2) = 1 on every edge.
+    # Output pairs, Eq. 10: C(n,2)/C(n-1,1) * (n-1)/C(n,2) = 1 on every edge; the one edge of the node with a
+    # single successor (n1 -> n2, C(1, 2) = 0 codes) never exists: 0.
     c = cell("outputs 2").cell("c")
-    assert merged_factors(c, zeros(c)).tolist() == pytest.approx([1.0] * 9)
+    want = [0.0 if e.src == "n1" else 1.0 for e in c.edges]
+    assert want.count(0.0) == 1 and merged_factors(c, zeros(c)).tolist() == pytest.approx(want)
     # Any outputs, Eq. 13 as printed, with the empty code among the 2^n codes: 1 - 2^-n.
     c = cell("outputs any").cell("c")
     s = by_src(c, merged_factors(c, zeros(c)))
@@ -196,7 +201,8 @@ def one_hot_betas(c, choice: dict[str, tuple[str, ...]]) -> list[torch.Tensor]:
     out = []
     for r in c.beta_rows:
         b = torch.zeros(len(r.codes))
-        b[r.codes.index(choice[r.node])] = 5.0
+        if r.codes:
+            b[r.codes.index(choice[r.node])] = 5.0
         out.append(b)
     return out
 
@@ -216,7 +222,8 @@ def test_most_likely_edges_inputs_pairs_keep_each_nodes_best_pair():
 
 def test_most_likely_edges_output_pairs_follow_the_sources():
     c = cell("outputs 2").cell("c")
-    betas = one_hot_betas(c, {"a": ("n0", "n2"), "b": ("n0", "n1"), "n0": ("n1", "n2"), "n1": ("n2",)})
+    betas = one_hot_betas(c, {"a": ("n0", "n2"), "b": ("n0", "n1"), "n0": ("n1", "n2")})
+    # n1 has one successor and no code (C(1, 2) = 0): n1 -> n2 never exists; 3 deciding states x 2 edges.
     assert most_likely_edges(c, betas) == {
         ("a", "n0"),
         ("a", "n2"),
@@ -224,7 +231,6 @@ def test_most_likely_edges_output_pairs_follow_the_sources():
         ("b", "n1"),
         ("n0", "n1"),
         ("n0", "n2"),
-        ("n1", "n2"),
     }
 
 
