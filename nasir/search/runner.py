@@ -29,7 +29,10 @@ The output directory gets
 Resuming (`resume=True`) restores model, optimisers, scheduler, RNG states, the position in the epoch
 and the partial epoch's sums; the data order is a function of (seed, epoch), so a resumed search ends
 with the same alphas and derived.cell as one that never stopped. SIGINT/SIGTERM stop at the next step
-boundary and save a checkpoint first; a second signal stops at once.
+boundary and save a checkpoint first (under torchrun every rank stops after the same step; a second
+signal stops at once only in a single process: nasir.device.StopFlag). On CUDA (docs/gpu.md) the
+architecture gradients run without TF32, and `deterministic` makes a resumed search end with the
+alphas of an uninterrupted one.
 """
 
 from __future__ import annotations
