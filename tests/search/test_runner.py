@@ -355,3 +355,29 @@ def test_the_search_steps_never_wait_for_the_device(tmp_path, kw):
     assert run.step == run.steps == STEPS
     assert {k: v.device.type for k, v in run.partial.items() if isinstance(v, torch.Tensor)} == {
         "train_loss": "meta", "train_correct": "meta", "arch_loss": "meta"}  # fmt: skip
+
+
+def test_cli_passes_the_gpu_flags_and_points_a_bad_device_at_the_flag(monkeypatch, capsys):
+    import nasir.search.runner as runner
+    from nasir.cli import main
+
+    seen = {}
+
+    class StopError(Exception):
+        pass
+
+    def capture(*a, **k):
+        seen.update(k)
+        raise StopError
+
+    monkeypatch.setattr(runner, "search", capture)
+    with pytest.raises(StopError):
+        main(["--debug", "search", str(SPEC), "--device", "cuda:1", "--deterministic", "--no-fp32-arch-grads", "--no-progress"])
+    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"]) == ("cuda:1", True, False)
+    with pytest.raises(StopError):
+        main(["--debug", "search", str(SPEC), "--no-progress"])
+    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"]) == ("auto", False, True)
+    monkeypatch.undo()
+    assert main(["search", str(SPEC), "--device", "gpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "<command line>:1:" in err and "--device must be auto, cpu, cuda or cuda:N, got 'gpu'" in err
