@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "reduction, ..., the last the final cell (default: the levels of stride >= 2)")  # fmt: skip
     det.add_argument("--fpn-channels", type=int, help="FPN and head width (detection preset 64; torchvision 256)")
     det.add_argument("--hflip", type=float, help="probability of a horizontal flip of a training image (0.5)")
-    det.add_argument("--workers", type=int, default=0, help="DataLoader processes that read the images (default 0)")
+    det.add_argument("--workers", type=int, help="DataLoader processes that read the images (default: 0 on the CPU, up to 4 per GPU)")
     det.add_argument("--backbone-weights", type=Path, metavar="CKPT", help="start the backbone from a classification checkpoint")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--deterministic", action="store_true",
+                    help="deterministic algorithms (cuDNN, cuBLAS workspace): on a GPU, the same weights on every run and resume; slower")  # fmt: skip
     _add_set(tr)
 
     ev = sub.add_parser("eval", help="accuracy of a trained network")
@@ -327,6 +329,9 @@ def cmd_verify_export(args) -> int:
     from nasir.compile import verify_export
 
     diffs = verify_export(args.model, args.spec, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
+    if provider:
+        print(f"ran on {provider}")
     for batch, diff in diffs.items():
         print(f"batch {batch}: max abs diff {diff:.3g}")
     worst = max(diffs.values())
@@ -339,7 +344,7 @@ def cmd_verify_export(args) -> int:
 
 def cmd_train(args) -> int:
     from nasir.api import load
-    from nasir.train import TrainConfig, train
+    from nasir.train import TrainConfig, TrainInterrupted, train
 
     detection = args.task == "detection"
     data = args.data or "digits"
@@ -361,15 +366,18 @@ def cmd_train(args) -> int:
         import attrs
 
         cfg = attrs.evolve(cfg, set=cfg.set + tuple(args.overrides))
+    if not detection and args.backbone_weights is not None:
+        raise DiagnosticError([Diagnostic("--backbone-weights is for --task detection")])
+    options = {"task": "detection", "workers": args.workers, "backbone_weights": args.backbone_weights} if detection else {}
+    try:
+        last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume, deterministic=args.deterministic, **options)
+    except TrainInterrupted as e:
+        print(f"nasir: {e}", file=sys.stderr)
+        return 130
     if detection:
-        last = train(spec, data, args.out, cfg, task="detection", device=args.device, resume=args.resume,
-                     workers=args.workers, backbone_weights=args.backbone_weights)  # fmt: skip
         print(f"valid loss {last.get('valid_loss', float('nan')):.4f} (best {last.get('best_valid_loss', float('nan')):.4f}); "
               f"weights in {args.out / 'best.pt'} and {args.out / 'last.pt'}", file=sys.stderr)  # fmt: skip
         return 0
-    if args.backbone_weights is not None:
-        raise DiagnosticError([Diagnostic("--backbone-weights is for --task detection")])
-    last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume)
     print(f"valid accuracy {last.get('valid_acc', float('nan')):.4f} (best {last.get('best_valid_acc', float('nan')):.4f}); "
           f"weights in {args.out / 'best.pt'} and {args.out / 'last.pt'}", file=sys.stderr)  # fmt: skip
     return 0
