@@ -65,7 +65,7 @@ def authors_cell(cell_ir, module, s0, s1, soft, gamma, k, fold=False):
         total = 0
         for (kk, e), g in zip(into, w2):
             inner = module._ops[kk].op  # nasir's MixedOp: the ops it computes and their candidate indices
-            ops_ = [lambda x, i=i: inner._ops[inner.index.index(i)](x) if i in inner.index else 0 for i in range(len(e.candidates))]
+            ops_ = [lambda x, i=i, m=inner: m._ops[m.index.index(i)](x) if i in m.index else 0 for i in range(len(e.candidates))]
             row = soft[e.alpha]
             if fold:
                 total = total + authors_mixed_op(ops_, states[e.src], row * g, k)
