@@ -299,7 +299,7 @@ def test_passive_aggressive_regulariser_enters_the_beta_gradient():
 def test_pcdarts_derives_from_edge_normalised_scores(tmp_path):
     from nasir.search.supernet import prepare
 
-    result = search(SPEC, out=tmp_path, epochs=1, method="pcdarts", partial_channels=2, **TINY)
+    result = search(SPEC, out=tmp_path, epochs=1, method="pcdarts", partial_channels=2, warmup=0, **TINY)
     a, g = _read(tmp_path, "alphas.json"), _read(tmp_path, "gammas.json")
     spec, _ = resolve(SPEC, ["C=4", "layers=3"])
     scores = {}
