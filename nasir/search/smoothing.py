@@ -112,8 +112,9 @@ def adversarial(weights: Weights, loss_fn: Callable[[Weights], torch.Tensor], ep
         if reduce is not None:  # a distributed search ascends the loss of the global batch
             grads = reduce(grads)
         a = {k: proj(base[k] + (d[k].detach() + lr * g.sign() - base[k]).clamp(-eps, eps)) for k, g in zip(d, grads)}
-    if before is not None and bool(before > value(a)):
-        a = {k: w.clone() for k, w in base.items()}
+    if before is not None:  # chosen on the device: no host synchronisation per attack
+        worse = before > value(a)
+        a = {k: torch.where(worse, base[k], w) for k, w in a.items()}
     return pack(a)
 
 
