@@ -69,15 +69,6 @@ def _fmt_width(w: Fraction) -> str:
 # ---- search-space size --------------------------------------------------------------------------------
 
 
-def _real_ops(e: ir.Edge) -> int:
-    return sum(not ops.REGISTRY[o].is_zero for o in e.candidates if o in ops.REGISTRY)
-
-
-def _elementary(ms: Sequence[int], k: int) -> int:
-    """Sum over k-subsets of the product of their entries: ways to keep k edges, each with one of its ops."""
-    return sum(math.prod(c) for c in combinations(ms, k))
-
-
 def mixed_edges(cell: ir.Cell) -> int:
     return sum(e.is_choice for e in cell.edges)
 
@@ -98,40 +89,131 @@ def topology_variables(cell: ir.Cell) -> int:
     return sum(len(r.codes) for r in _beta_rows(cell))
 
 
-def candidates(cell: ir.Cell) -> int:
-    """How many derived cells the space of `cell` holds under its derivation rule.
+def candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int | None:
+    """How many derived cells derivation (passes/derive.py) can produce from the space of `cell`.
 
-    - no rule: every edge stays and carries one of its ops ('none' included): product of #ops.
-    - `keep k inputs per node`: each node keeps k of its input edges, each with one op other than
-      'none': per node, C(#inputs, k) * (#ops excluding none)^k when the edges share one op set.
-    - `topology ...` (stretchable cells): each deciding node picks one of its codes (which edges
-      exist); every existing edge carries one op other than 'none'; a topology that leaves an
-      intermediate node without inputs is invalid and not counted.
-    Fixed edges contribute one choice. A derived cell has exactly one architecture.
+    Derivation keeps every fixed edge, and
+    - without a rule keeps every mixed edge with the argmax over all its ops, `none` included (the
+      NAS-Bench-201 derivation, docs/methods.md "Derivation"): per edge, #ops;
+    - with a rule gives every kept mixed edge one op other than `none`;
+    - with `keep k inputs per node` keeps, per node, k of its *mixed* in-edges (all of them if it has
+      fewer); the node's fixed edges stay besides them and do not count against k;
+    - with `topology ...` (stretchable cells) keeps the edges of one code per deciding node; a
+      topology that leaves an intermediate node without inputs is invalid and not counted;
+    - `limit OP <= n per cell` (the search block's limits, passed as `limits`): at most n kept mixed
+      edges of the cell carry OP (derivation moves the others to their next best op).
+    Any assignment within these rules is produced by some scores, so this is the count of what
+    derivation can produce (tested against brute-force enumeration). A derived cell has exactly one.
+    None: an `outputs` topology with more code combinations than MAX_ENUMERATED_TOPOLOGIES.
     """
     if not cell.is_search_space:
         return 1
-    t = cell.topology
-    if t is None and cell.keep is None:
-        return math.prod(len(e.candidates) for e in cell.edges)
-    if t is None:
-        return math.prod(_elementary([_real_ops(e) for e in cell.in_edges(n)], cell.keep) for n in cell.node_names)  # type: ignore[arg-type]
-    return _topology_candidates(cell)
+    if cell.topology is not None:
+        return _topology_candidates(cell, limits)
+    return _keep_candidates(cell, limits)
 
 
-def _topology_candidates(cell: ir.Cell) -> int:
+def _op_choices(e: ir.Edge, with_none: bool = False) -> list[str]:
+    return [o for o in e.candidates if o in ops.REGISTRY and (with_none or not ops.REGISTRY[o].is_zero)]
+
+
+class _Usage:
+    """Counts of assignments by how often each limited op is used, over-limit states dropped: a
+    polynomial in one variable per limited op, truncated at the limits."""
+
+    def __init__(self, limits: Sequence[ir.Limit]):
+        caps: dict[str, int] = {}
+        for lim in limits:
+            caps[lim.op] = min(caps.get(lim.op, lim.max), lim.max)
+        self.names = sorted(caps)
+        self.caps = tuple(caps[n] for n in self.names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def one(self) -> dict[tuple[int, ...], int]:
+        return {(0,) * len(self.names): 1}
+
+    def edge(self, choices: list[str]) -> dict[tuple[int, ...], int]:
+        out: dict[tuple[int, ...], int] = {}
+        for op in choices:
+            key = [0] * len(self.names)
+            if op in self.index:
+                key[self.index[op]] = 1
+            if all(k <= c for k, c in zip(key, self.caps)):
+                out[tuple(key)] = out.get(tuple(key), 0) + 1
+        return out
+
+    def mul(self, a: dict, b: dict) -> dict[tuple[int, ...], int]:
+        out: dict[tuple[int, ...], int] = {}
+        for ka, va in a.items():
+            for kb, vb in b.items():
+                key = tuple(x + y for x, y in zip(ka, kb))
+                if all(k <= c for k, c in zip(key, self.caps)):
+                    out[key] = out.get(key, 0) + va * vb
+        return out
+
+    def add(self, a: dict, b: dict) -> dict[tuple[int, ...], int]:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = out.get(k, 0) + v
+        return out
+
+
+def _keep_candidates(cell: ir.Cell, limits: Sequence[ir.Limit]) -> int:
+    u = _Usage(limits)
+    total = u.one()
+    for n in cell.node_names:
+        mixed = [_op_choices(e, with_none=cell.keep is None) for e in cell.in_edges(n) if e.is_choice]
+        k = len(mixed) if cell.keep is None else min(cell.keep, len(mixed))
+        node: dict = {}
+        for subset in combinations(mixed, k):
+            ways = u.one()
+            for choices in subset:
+                ways = u.mul(ways, u.edge(choices))
+            node = u.add(node, ways)
+        total = u.mul(total, node)
+    return sum(total.values())
+
+
+# `outputs` topologies couple the rows (every node needs an input from some row's code): they are
+# counted by enumerating every combination of codes, up to this many; past it info says "not counted".
+MAX_ENUMERATED_TOPOLOGIES = 200_000
+
+
+def _topology_candidates(cell: ir.Cell, limits: Sequence[ir.Limit] = ()) -> int | None:
     t = cell.topology
     assert t is not None
     rows = _beta_rows(cell)
-    choice = {(e.src, e.dst): _real_ops(e) for e in cell.edges if e.is_choice}
+    u = _Usage(limits)
+    choice = {(e.src, e.dst): u.edge(_op_choices(e)) for e in cell.edges if e.is_choice}
     fixed_into = {e.dst for e in cell.edges if not e.is_choice}
+    if t.kind == "inputs":  # one row per destination node: the rows are independent, the count factorizes
+        deciding = {r.node for r in rows}
+        if not all(n in fixed_into or n in deciding for n in cell.node_names):
+            return 0
+        total_ways = u.one()
+        for row in rows:
+            node: dict = {}
+            for code in row.codes:
+                ways = u.one()
+                for s in code:
+                    ways = u.mul(ways, choice[(s, row.node)])
+                node = u.add(node, ways)
+            total_ways = u.mul(total_ways, node)
+        return sum(total_ways.values())
+    rows = [r for r in rows if r.codes]  # a state with fewer than k successors has no code: no output edge
+    if math.prod(len(r.codes) for r in rows) > MAX_ENUMERATED_TOPOLOGIES:
+        return None
     total = 0
     for picks in product(*(r.codes for r in rows)):
         edges = set()
         for row, code in zip(rows, picks):
             edges |= {(s, row.node) for s in code} if t.kind == "inputs" else {(row.node, d) for d in code}
         if all(n in fixed_into or any(d == n for _, d in edges) for n in cell.node_names):
-            total += math.prod(choice[e] for e in edges)
+            ways = u.one()
+            for e in sorted(edges):
+                if e in choice:
+                    ways = u.mul(ways, choice[e])
+            total += sum(ways.values())
     return total
 
 
@@ -152,10 +234,21 @@ def _supernet_weights(spec: ir.Spec, plan: Any) -> tuple[int | None, str | None]
     except ImportError as e:
         return None, f"no supernet builder ({e.name or e})"
     try:
-        net = build_supernet(spec, plan, seed=0)
+        with _shapes_only():
+            net = build_supernet(spec, plan, seed=0)
     except DiagnosticError as e:
         return None, e.diagnostics[0].message if e.diagnostics else "the supernet cannot be built"
     return sum(p.numel() for p in net.weight_parameters()), None
+
+
+def _shapes_only():
+    """Build on PyTorch's meta device: parameters and activations have shapes but no storage, so
+    counting parameters and MACs (a forward pass with hooks that read only shapes) costs no memory
+    and no arithmetic, whatever the input size or width (`input (3, 20000, 20000)`, `--set C=100000`
+    used to allocate 100+ GB; issue 14.12). The counts are those of the real network (tested)."""
+    import torch
+
+    return torch.device("meta")
 
 
 def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
@@ -180,7 +273,7 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
             "nodes": len(c.nodes), "edges": len(c.edges),
         }  # fmt: skip
         entry.update(mixed_edges=mixed_edges(c), op_variables=op_variables(c), topology_variables=topology_variables(c),
-                     candidates=candidates(c))  # fmt: skip
+                     candidates=candidates(c, spec.search.limits if spec.search else ()))  # fmt: skip
         if c.is_search_space:
             entry.update(depth=None, width=None, width_text=None)
         else:
@@ -195,13 +288,14 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
             "architecture_variables": sum(e["op_variables"] + e["topology_variables"] for e in out["cells"]),
             "supernet_weight_params": sn,
             "supernet_note": why,
-            "candidates": math.prod(e["candidates"] for e in out["cells"]),
+            "candidates": None if any(e["candidates"] is None for e in out["cells"]) else math.prod(e["candidates"] for e in out["cells"]),
         }
         return out
     from nasir.compile import build_from_plan
     from nasir.targets.blocks import count_macs, count_params
 
-    model = build_from_plan(spec, plan)
+    with _shapes_only():
+        model = build_from_plan(spec, plan)
     total = count_params(model)
     aux = count_params(model.auxiliary_head) if model.auxiliary_head is not None else 0
     out.update(params=total, params_no_aux=total - aux, macs=count_macs(model, plan.input), space=None)
@@ -210,6 +304,18 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
 
 def _n(x: int) -> str:
     return f"{x:,}"
+
+
+def _count(n: int | None) -> str:
+    """A count exactly up to 10**12, then as a power of ten from its digits (float() overflows past 1e308)."""
+    if n is None:
+        return f"not counted (more than {MAX_ENUMERATED_TOPOLOGIES:,} topologies to enumerate)"
+    if n < 10**6:
+        return _n(n)
+    from decimal import Decimal
+
+    approx = f"about {Decimal(n):.2e}"  # exact decimal rounding of any int
+    return f"{_n(n)} ({approx})" if n < 10**12 else approx
 
 
 def _short(x: float) -> str:
@@ -238,8 +344,7 @@ def render(d: dict[str, Any]) -> str:
         sn = s["supernet_weight_params"]
         lines.append("  supernet weights         " + (f"{_n(sn)} ({_short(sn)})" if sn is not None else f"n/a ({s['supernet_note']})"))
         n = s["candidates"]
-        approx = f" (about {n:.2e})" if n >= 10**6 else ""
-        lines.append(f"  candidate architectures  {_n(n)}{approx}")
+        lines.append(f"  candidate architectures  {_count(n)}")
     lines.append("  cells")
     for c in d["cells"]:
         kind = "reduction" if c["reduction"] else "normal"
@@ -247,6 +352,6 @@ def render(d: dict[str, Any]) -> str:
         if c["depth"] is not None:
             head += f"; depth {c['depth']}, width {c['width_text']}"
         else:
-            head += f"; {_n(c['candidates'])} candidates"
+            head += f"; {_count(c['candidates'])} candidates" if c["candidates"] is not None else "; candidates not counted"
         lines.append(head)
     return "\n".join(lines)

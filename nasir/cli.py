@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 
+from nasir import limits
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.source import SourceFile
 
@@ -88,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+", type=Path)
     _add_set(c)
 
-    f = sub.add_parser("fmt", help="print the canonical .cell text")
+    f = sub.add_parser("fmt", help="lay out .cell text (lossless: comments, like, patterns, includes stay)")
     f.add_argument("file", type=Path)
-    f.add_argument("-i", "--in-place", action="store_true", help="rewrite the file")
+    f.add_argument("-i", "--in-place", action="store_true", help="rewrite the file (only if the layout changes)")
+    f.add_argument("--canonical", action="store_true", help="print the canonical text of the elaborated IR instead "
+                   "(includes' contents left out, like and patterns expanded, comments dropped; never written in place)")  # fmt: skip
 
     i = sub.add_parser("info", help="parameters, MACs, cell depth/width; for a search space its size")
     i.add_argument("file", type=Path)
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("-o", "--output", type=Path, help="the file to write (required unless --dump-after stops at a search space)")
     co.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (mixed_ops, zero_ops, topology, dead_nodes)")
     co.add_argument("--weights", type=Path, metavar="CKPT", help="trained weights (a state_dict checkpoint)")
-    co.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --weights (default 0)")
+    co.add_argument("--seed", type=limits.seed, default=0, help="seed of the initialisation without --weights (default 0)")
     _add_set(co)
 
     d = sub.add_parser("draw", help="draw the cells as DAGs (.png or .svg)")
@@ -143,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "reduction, ..., the last the final cell (default: the levels of stride >= 2)")  # fmt: skip
     det.add_argument("--fpn-channels", type=int, help="FPN and head width (detection preset 64; torchvision 256)")
     det.add_argument("--hflip", type=float, help="probability of a horizontal flip of a training image (0.5)")
-    det.add_argument("--workers", type=int, default=0, help="DataLoader processes that read the images (default 0)")
+    det.add_argument("--workers", type=int, help="DataLoader processes that read the images (default: 0 on the CPU, up to 4 per GPU)")
     det.add_argument("--backbone-weights", type=Path, metavar="CKPT", help="start the backbone from a classification checkpoint")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--deterministic", action="store_true",
+                    help="deterministic algorithms (cuDNN, cuBLAS workspace): on a GPU, the same weights on every run and resume; slower")  # fmt: skip
     _add_set(tr)
 
     ev = sub.add_parser("eval", help="accuracy of a trained network")
@@ -171,7 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--seed", type=int, default=0, help="the seed it was compiled with, without --weights (default 0)")
     ve.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
+    _add_include_flag(sub)
     return p
+
+
+# Commands that read no .cell spec (import reads a genotype; its output is a spec text it writes).
+_NO_SPEC = {"import"}
+
+
+def _add_include_flag(sub) -> None:
+    """--allow-include-outside on every command that reads specs (added here, after all the commands
+    exist, so that each of them gets it, also the ones defined in other modules)."""
+    for name, parser in sub.choices.items():
+        if name in _NO_SPEC:
+            continue
+        parser.add_argument("--allow-include-outside", action="store_true",
+                            help="let 'include' read files outside the spec's directory tree")  # fmt: skip
 
 
 def cmd_check(args) -> int:
@@ -193,13 +213,28 @@ def cmd_check(args) -> int:
 
 
 def cmd_fmt(args) -> int:
-    from nasir.api import load
     from nasir.io import atomic_write
-    from nasir.printer import print_spec
 
-    text = print_spec(load(args.file))
+    if args.canonical:
+        if args.in_place:
+            raise DiagnosticError([Diagnostic("--canonical cannot be written in place: it drops comments and expands "
+                                              "'like' and edge patterns", hint="use 'nasir fmt -i' for a lossless layout")])  # fmt: skip
+        from nasir.api import load
+        from nasir.printer import print_spec
+
+        sys.stdout.write(print_spec(load(args.file)))
+        return 0
+    from nasir.fmt import format_text
+    from nasir.frontend import read_source
+
+    source = read_source(args.file)
+    text = format_text(source.text, source.name)
     if args.in_place:
-        atomic_write(args.file, text)
+        if text != source.text:
+            try:
+                atomic_write(args.file, text)
+            except OSError as e:
+                raise DiagnosticError([Diagnostic(f"cannot write '{args.file}': {e.strerror or e}")]) from None
     else:
         sys.stdout.write(text)
     return 0
@@ -211,8 +246,22 @@ def cmd_info(args) -> int:
     from nasir.analysis import info, render
 
     d = info(args.file, overrides=args.overrides)
-    print(json.dumps(d, indent=2) if args.json else render(d))
+    print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
+
+
+def _json_safe(x):
+    """Counts past 300 digits (a candidate count of a wide space) as text: Python refuses to print an int
+    of more than 4,300 digits, and no JSON reader takes one of 300 as a number."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, int) and not isinstance(x, bool) and x.bit_length() > 996:  # 2**996 ~ 10**300
+        from decimal import Decimal
+
+        return f"{Decimal(x):.6e}"
+    return x
 
 
 def cmd_compile(args) -> int:
@@ -280,6 +329,9 @@ def cmd_verify_export(args) -> int:
     from nasir.compile import verify_export
 
     diffs = verify_export(args.model, args.spec, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
+    if provider:
+        print(f"ran on {provider}")
     for batch, diff in diffs.items():
         print(f"batch {batch}: max abs diff {diff:.3g}")
     worst = max(diffs.values())
@@ -292,7 +344,7 @@ def cmd_verify_export(args) -> int:
 
 def cmd_train(args) -> int:
     from nasir.api import load
-    from nasir.train import TrainConfig, train
+    from nasir.train import TrainConfig, TrainInterrupted, train
 
     detection = args.task == "detection"
     data = args.data or "digits"
@@ -314,15 +366,18 @@ def cmd_train(args) -> int:
         import attrs
 
         cfg = attrs.evolve(cfg, set=cfg.set + tuple(args.overrides))
+    if not detection and args.backbone_weights is not None:
+        raise DiagnosticError([Diagnostic("--backbone-weights is for --task detection")])
+    options = {"task": "detection", "workers": args.workers, "backbone_weights": args.backbone_weights} if detection else {}
+    try:
+        last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume, deterministic=args.deterministic, **options)
+    except TrainInterrupted as e:
+        print(f"nasir: {e}", file=sys.stderr)
+        return 130
     if detection:
-        last = train(spec, data, args.out, cfg, task="detection", device=args.device, resume=args.resume,
-                     workers=args.workers, backbone_weights=args.backbone_weights)  # fmt: skip
         print(f"valid loss {last.get('valid_loss', float('nan')):.4f} (best {last.get('best_valid_loss', float('nan')):.4f}); "
               f"weights in {args.out / 'best.pt'} and {args.out / 'last.pt'}", file=sys.stderr)  # fmt: skip
         return 0
-    if args.backbone_weights is not None:
-        raise DiagnosticError([Diagnostic("--backbone-weights is for --task detection")])
-    last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume)
     print(f"valid accuracy {last.get('valid_acc', float('nan')):.4f} (best {last.get('best_valid_acc', float('nan')):.4f}); "
           f"weights in {args.out / 'best.pt'} and {args.out / 'last.pt'}", file=sys.stderr)  # fmt: skip
     return 0
@@ -373,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in sys.argv[1:]
     try:
         args = build_parser().parse_args(sys.argv[1:])
-        return COMMANDS[args.command](args)
+        token = limits.ALLOW_INCLUDE_OUTSIDE.set(bool(getattr(args, "allow_include_outside", False)))
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            limits.ALLOW_INCLUDE_OUTSIDE.reset(token)
     except DiagnosticError as e:
         print(_locate_flags(e).render(), file=sys.stderr)
         return 2

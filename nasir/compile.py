@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasir import ir
+from nasir import ir, limits
 from nasir.api import load
 from nasir.diagnostics import Diagnostic, DiagnosticError, did_you_mean, error_at
 from nasir.io import atomic_write, atomic_write_with
@@ -160,6 +160,10 @@ def build_from_plan(spec: ir.Spec, plan: Plan, weights: str | Path | None = None
     from nasir.targets import network
 
     require_derived(spec, plan)
+    try:
+        limits.check_seed(seed)  # the CLI's --seed is checked by limits.seed; this is the library's door
+    except ValueError as e:
+        raise DiagnosticError([Diagnostic(str(e))]) from None
     model = network.build(spec, plan, seed=seed)
     if weights is not None:
         load_weights(model, weights)

@@ -24,17 +24,36 @@ class Diagnostic:
     def render(self) -> str:
         where = str(self.span) if self.span is not None else "nasir"
         out = [f"{where}: {self.severity}: {self.message}"]
-        if self.span is not None and self.span.source is not None:
-            text = self.span.source.line(self.span.line).rstrip("\n")
+        if self.span is not None and self.span.source is not None and self.span.source.quote:
+            text = self.span.source.line(self.span.line)
+            col = self.span.col
+            width = self.span.end_col - col if self.span.end_line == self.span.line else 1
+            text, col = _window(text, col)
             gutter = f"{self.span.line:>4} | "
             out.append(gutter + text)
-            width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else 1
-            width = max(1, min(width, len(text) - self.span.col + 1))
-            pad = "".join(c if c == "\t" else " " for c in text[: self.span.col - 1])
+            width = max(1, min(width, len(text) - col + 1))
+            pad = "".join(c if c == "\t" else " " for c in text[: col - 1])
             out.append(" " * (len(gutter) - 2) + "| " + pad + "^" + "~" * (width - 1))
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
+
+
+# The source line a caret is drawn under is cut to this many characters around the caret: a
+# multi-megabyte line (a minified or hostile file) prints as one screen line (issue 14.13).
+LINE_WINDOW = 120
+
+
+def _window(text: str, col: int) -> tuple[str, int]:
+    """`text` cut to LINE_WINDOW characters around column `col` (1-based), with '...' where cut; the new column."""
+    if len(text) <= LINE_WINDOW:
+        return text, col
+    half = LINE_WINDOW // 2
+    a = max(0, min(col - 1 - half, len(text) - LINE_WINDOW))
+    b = a + LINE_WINDOW
+    head = "..." if a > 0 else ""
+    tail = "..." if b < len(text) else ""
+    return head + text[a:b] + tail, col - a + len(head)
 
 
 class DiagnosticError(Exception):
@@ -58,6 +77,8 @@ class DiagnosticBag:
 
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
+        self._seen = 0  # items counted into _count so far
+        self._count = 0
 
     def error(self, span: Span | None, message: str, hint: str | None = None) -> None:
         self.items.append(Diagnostic(message, span, hint))
@@ -68,6 +89,19 @@ class DiagnosticBag:
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.items if d.severity == "error"]
+
+    @property
+    def error_count(self) -> int:
+        """len(errors) without building the list: callers take it before and after each element, and a
+        list per call made a file with N errors cost O(N^2) (issue 14.13). `items` is a public list
+        that callers extend or replace; only what was appended since the last call is counted."""
+        n = len(self.items)
+        if n < self._seen:  # replaced by a shorter list: count again
+            self._seen = self._count = 0
+        if n > self._seen:
+            self._count += sum(d.severity == "error" for d in self.items[self._seen :])
+            self._seen = n
+        return self._count
 
     def check(self) -> None:
         if self.errors:

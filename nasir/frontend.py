@@ -7,7 +7,9 @@ the span of the offending text; all problems of a file are collected before anyt
 
 from __future__ import annotations
 
+import gc
 import re
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -17,7 +19,7 @@ import attrs
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nasir import ir, ops
+from nasir import ir, limits, ops
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
 from nasir.source import SourceFile, Span
 
@@ -75,11 +77,15 @@ def syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diag
         )
     if isinstance(err, UnexpectedCharacters):
         ch = source.text[err.pos_in_stream] if err.pos_in_stream < len(source.text) else "?"
+        if not source.quote:  # a file that is not a .cell file: name the place, never the content
+            return Diagnostic("unexpected character; this is not .cell text", source.span(err.pos_in_stream))
         hint = "comments start with '#'" if ch in "/;" else None
         return Diagnostic(f"unexpected character {ch!r}", source.span(err.pos_in_stream), hint)
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     start = tok.start_pos or 0
+    if not source.quote:
+        return Diagnostic("unexpected text; this is not .cell text", source.span(start, start + max(1, len(tok.value))))
     # Inside a block the contextual lexer reads a declaration keyword as a name; say what happened.
     line_start = source.text.rfind("\n", 0, start) + 1
     m = _TOP_KEYWORDS.match(source.text[line_start:start].lstrip())
@@ -403,8 +409,44 @@ def parse_number(text: str) -> int | float:
     return int(value) if scale != 1.0 and value.is_integer() else value
 
 
+# `atom` is a parenthesised expression in the trees of nasir fmt (keep_all_tokens keeps it a node).
+_NESTING_RULES = frozenset({"add", "sub", "mul", "div", "neg", "set_diff", "set_union", "atom"})
+
+
+def _check_nesting(source: SourceFile, tree: Tree) -> None:
+    """Refuse expressions nested deeper than limits.MAX_EXPR_DEPTH before anything recurses over them.
+
+    The LALR parser is iterative, but the tree transformer, the printer and the evaluator recurse:
+    a 600-term sum `1 + 1 + ...` would end in RecursionError. Heights are computed iteratively.
+    """
+    height: dict[int, int] = {}
+    stack: list[tuple[Tree, bool]] = [(tree, False)]
+    while stack:
+        t, done = stack.pop()
+        kids = [c for c in t.children if isinstance(c, Tree)]
+        if not done:
+            stack.append((t, True))
+            stack.extend((c, False) for c in kids)
+            continue
+        own = 1 if t.data in _NESTING_RULES else 0
+        height[id(t)] = own + max((height[id(c)] for c in kids), default=0)
+    diags = []
+    todo = [tree]
+    while todo:  # report the outermost too-deep expressions only
+        t = todo.pop()
+        if t.data in _NESTING_RULES and height[id(t)] > limits.MAX_EXPR_DEPTH:
+            span = source.span(t.meta.start_pos, t.meta.end_pos) if not getattr(t.meta, "empty", True) else None
+            diags.append(Diagnostic(f"expression nested {height[id(t)]} levels deep; at most {limits.MAX_EXPR_DEPTH}", span,
+                                    "split it with a network parameter, e.g. 'a = ...' then use 'a'"))  # fmt: skip
+            continue
+        todo.extend(c for c in t.children if isinstance(c, Tree))
+    if diags:
+        raise DiagnosticError(diags)
+
+
 def parse_decls(source: SourceFile) -> list:
     tree = parse_tree(source)
+    _check_nesting(source, tree)
     try:
         return _build_transformer(source).transform(tree)
     except VisitError as e:  # never show lark internals
@@ -498,13 +540,16 @@ class Resolver:
             lo, hi = int(ma.group(2)), int(mb.group(2))
             if lo > hi:
                 self.bag.error(span, f"range '{a.name}..{b.name}' is empty")
+            if hi - lo + 1 > limits.MAX_RANGE:
+                self.bag.error(span, f"range '{a.name}..{b.name}' has {hi - lo + 1:,} nodes; a range has at most {limits.MAX_RANGE:,}")
+                continue
             out.extend(ir.Node(f"{ma.group(1)}{i}", span=span) for i in range(lo, hi + 1))
         return out
 
     def cell(self, raw: RawCell) -> ir.Cell:
-        before = len(self.bag.errors)
+        before = self.bag.error_count
         stmts = self.cell_stmts(raw)
-        if len(self.bag.errors) > before:  # a broken 'like': its consequences would only be noise
+        if self.bag.error_count > before:  # a broken 'like': its consequences would only be noise
             return ir.Cell(raw.name, (), (), (), None, span=raw.span)
         singles: dict[str, Stmt] = {}
         for s in stmts:
@@ -521,6 +566,9 @@ class Resolver:
                 nodes.extend(self.expand(s.args))
             elif s.kind == "equation" and s.args[0].name not in {n.name for n in nodes}:
                 nodes.append(s.args[0])
+        if len(nodes) > limits.MAX_NODES_PER_CELL:
+            self.bag.error(raw.span, f"cell '{raw.name}' has {len(nodes):,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}")
+            return ir.Cell(raw.name, (), (), (), None, span=raw.span)
         states = [n.name for n in inputs] + [n.name for n in nodes]
         node_names = [n.name for n in nodes]
         edges: list[ir.Edge] = []
@@ -558,6 +606,11 @@ class Resolver:
         if stride is not None and stride.args[0] not in (1, 2):
             self.bag.error(stride.args[1], f"stride {stride.args[0]} is not supported", "cells reduce by 'stride 2 from inputs'")
         topo = singles.get("topology")
+        if topo is not None:
+            codes = topology_codes(topo.args[0], edges)
+            if codes > limits.MAX_TOPOLOGY_CODES:
+                self.bag.error(topo.span, f"this topology has {codes:,} codes (topology variables); a cell has at most {limits.MAX_TOPOLOGY_CODES:,}",
+                               "'outputs any' has 2**n codes for a node with n successors; pick k with 'outputs k' or 'inputs k'")  # fmt: skip
         return ir.Cell(
             raw.name, inputs, tuple(nodes), tuple(edges), output,
             reduction=stride is not None and stride.args[0] == 2,
@@ -605,6 +658,9 @@ class Resolver:
                 fixed = None
         if srcs is None or dsts is None or (choice is None and fixed is None):
             return []
+        if len(srcs) * len(dsts) > 4 * limits.MAX_EDGES_PER_CELL:  # too many even before ordering: do not build them
+            self.bag.error(s.span, f"this edge pattern makes up to {len(srcs) * len(dsts):,} edges; a cell has at most {limits.MAX_EDGES_PER_CELL:,}")
+            return []
         patterned = skind != "name" or dkind != "name"
         order = {x: i for i, x in enumerate(states)}
         out = [
@@ -615,7 +671,29 @@ class Resolver:
         ]
         if not out:
             self.bag.error(s.span, "this edge pattern matches no edge", "sources must come before destinations")
+        if len(out) > limits.MAX_EDGES_PER_CELL:
+            self.bag.error(s.span, f"this edge pattern makes {len(out):,} edges; a cell has at most {limits.MAX_EDGES_PER_CELL:,}")
+            return []
         return out
+
+
+def topology_codes(t: ir.Topology, edges: list[ir.Edge]) -> int:
+    """How many topology variables (beta) passes/topology.py will create, counted without listing them:
+    per deciding node, C(n, min(k, n)) codes for `inputs k`, C(n, k) for `outputs k` (none when
+    n < k), 2**n for `outputs any`, where n is the number of distinct predecessors (successors) over
+    searchable edges."""
+    from math import comb
+
+    around: dict[str, set[str]] = {}
+    for e in edges:
+        if e.is_choice:
+            key, other = (e.dst, e.src) if t.kind == "inputs" else (e.src, e.dst)
+            around.setdefault(key, set()).add(other)
+    if t.kind == "any":
+        return sum(2 ** len(v) for v in around.values())
+    if t.kind == "outputs":  # a state with fewer than k successors has no code: C(n, k) = 0
+        return sum(comb(len(v), t.k or 0) for v in around.values())
+    return sum(comb(len(v), min(t.k or 0, len(v))) for v in around.values())
 
 
 def _network(bag: DiagnosticBag, name: str, params, stmts, span, name_span) -> ir.Network:
@@ -646,35 +724,136 @@ def _network(bag: DiagnosticBag, name: str, params, stmts, span, name_span) -> i
 
 
 # ---- entry points ---------------------------------------------------------------------------
-def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[Path, ...] = ()) -> list:
-    """Parse a file and, depth first, the files it includes; included declarations come first."""
+@contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector while a spec is parsed and resolved.
+
+    Parsing builds many small objects (tokens, trees, spans) and frees nothing cyclic; the collector's
+    repeated passes over the growing heap made a 16x larger file take ~24x as long (measured with
+    benchmarks/scaling.py; the call count grows exactly 4x per 4x input). Reference counting still
+    frees everything; the collector runs again afterwards. Nested uses are harmless.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[Path, ...] = (), *,
+               root: Path | None = None, allow_outside: bool = False, loaded: set[Path] | None = None) -> list:  # fmt: skip
+    """Parse a file and, depth first, the files it includes; included declarations come first.
+
+    An include resolves relative to the including file and must stay inside `root` (the directory
+    of the file nasir was given) unless `allow_outside`; only regular files are read (issue 14.11).
+    A file is read once per spec (`loaded`): a second include of it, directly or through another
+    file, adds nothing, so a diamond or a file included twice costs one read, not 2**depth;
+    at most limits.MAX_INCLUDES files are included in all.
+    """
+    root = root if root is not None else path.resolve().parent
+    loaded = loaded if loaded is not None else set()
     decls = parse_decls(source)
     out: list = []
     for d in decls:
         if isinstance(d, ir.Include):
+            if "\x00" in d.path:
+                bag.error(d.span, "an include path cannot contain a NUL character")
+                continue
             target = (path.parent / d.path).resolve()
             if target in stack or target == path.resolve():
                 bag.error(d.span, f"'{d.path}' includes itself")
                 continue
+            if not allow_outside and not target.is_relative_to(root):
+                bag.error(d.span, f"'{d.path}' is outside {root}, the directory of the spec",
+                          "includes stay in the spec's directory tree; pass --allow-include-outside "
+                          "(API: allow_include_outside=True) to read it")  # fmt: skip
+                continue
+            if Path(d.path).suffix != ".cell":
+                bag.error(d.span, f"cannot include '{d.path}': only .cell files are included")
+                continue
+            if target in loaded:
+                out.append(d)
+                continue
+            if len(loaded) >= limits.MAX_INCLUDES:
+                bag.error(d.span, f"cannot include '{d.path}': a spec includes at most {limits.MAX_INCLUDES} files")
+                continue
+            loaded.add(target)
             try:
-                sub = SourceFile(str(path.parent / d.path), target.read_text(encoding="utf-8"))
-            except OSError as e:
-                bag.error(d.span, f"cannot read '{d.path}': {e.strerror or e}")
+                sub = read_regular(target, name=str(path.parent / d.path))
+            except ReadError as e:
+                bag.error(d.span, f"cannot include '{d.path}': {e}")
                 continue
             try:
-                out.extend(x for x in load_decls(target, sub, bag, stack + (path.resolve(),)) if not isinstance(x, ir.Include))
+                sub_decls = load_decls(target, sub, bag, stack + (path.resolve(),), root=root, allow_outside=allow_outside,
+                                       loaded=loaded)  # fmt: skip
+                out.extend(x for x in sub_decls if not isinstance(x, ir.Include))
             except DiagnosticError as e:
                 bag.items.extend(e.diagnostics)
         out.append(d)
     return out
 
 
-def resolve_spec(source: SourceFile, bag: DiagnosticBag, path: Path | None = None) -> tuple[ir.Spec, set[str]]:
+class ReadError(Exception):
+    """Why a file was not read (its message completes "cannot read 'PATH': ...")."""
+
+
+def read_regular(path: Path, name: str | None = None) -> SourceFile:
+    """The text of a regular file, at most limits.MAX_SOURCE_BYTES; its lines are quoted in diagnostics
+    only if it is a .cell file. A FIFO, a device (/dev/zero), a directory is refused without reading:
+    the file is opened non-blocking (a FIFO without writer would block) and checked by fstat."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ReadError(e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+            raise ReadError(f"{kind}; only regular files are read" if kind != "not a regular file" else kind)
+        if st.st_size > limits.MAX_SOURCE_BYTES:
+            raise ReadError(f"{st.st_size:,} bytes; a spec is at most {limits.MAX_SOURCE_BYTES:,}")
+        chunks, total = [], 0
+        while True:  # read to the end, but never more than the limit (the file may grow meanwhile)
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limits.MAX_SOURCE_BYTES:
+                raise ReadError(f"more than {limits.MAX_SOURCE_BYTES:,} bytes; a spec is at most that")
+            chunks.append(chunk)
+    except OSError as e:
+        raise ReadError(e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReadError("not UTF-8 text") from None
+    name = str(path) if name is None else name
+    return SourceFile(name, text, quote=name.endswith(".cell"))
+
+
+def resolve_spec(source: SourceFile, bag: DiagnosticBag, path: Path | None = None, *,
+                 allow_include_outside: bool | None = None) -> tuple[ir.Spec, set[str]]:  # fmt: skip
     """Text -> IR, reporting into `bag`; returns the spec and the names of cells that had errors
-    (so that the verifier can skip them rather than report consequences of the same mistake)."""
-    broken: set[str] = set()
+    (so that the verifier can skip them rather than report consequences of the same mistake).
+    `allow_include_outside`: may includes leave the spec's directory tree? None: the ambient
+    setting (`limits.ALLOW_INCLUDE_OUTSIDE`, which the CLI's --allow-include-outside sets)."""
     path = path or Path(source.name)
-    decls = load_decls(path, source, bag)
+    if allow_include_outside is None:
+        allow_include_outside = limits.ALLOW_INCLUDE_OUTSIDE.get()
+    with gc_paused():
+        return _resolve(source, bag, path, allow_include_outside)
+
+
+def _resolve(source: SourceFile, bag: DiagnosticBag, path: Path, allow_include_outside: bool) -> tuple[ir.Spec, set[str]]:
+    broken: set[str] = set()
+    decls = load_decls(path, source, bag, allow_outside=allow_include_outside)
     res = Resolver(bag)
     includes: list[ir.Include] = []
     opsets, networks = [], []
@@ -705,18 +884,18 @@ def resolve_spec(source: SourceFile, bag: DiagnosticBag, path: Path | None = Non
             )
     cells = []
     for rc in raw_cells:
-        before = len(bag.errors)
+        before = bag.error_count
         cells.append(res.cell(rc))
-        if len(bag.errors) > before:
+        if bag.error_count > before:
             broken.add(rc.name)
     spec = ir.Spec(source.name, tuple(includes), tuple(opsets), tuple(cells), tuple(networks), search, tuple(bag.items))
     return spec, broken
 
 
-def parse_spec(source: SourceFile, path: Path | None = None) -> ir.Spec:
+def parse_spec(source: SourceFile, path: Path | None = None, *, allow_include_outside: bool | None = None) -> ir.Spec:
     """Text -> resolved IR. Raises DiagnosticError with every problem found (the verifier runs separately)."""
     bag = DiagnosticBag()
-    spec, _ = resolve_spec(source, bag, path)
+    spec, _ = resolve_spec(source, bag, path, allow_include_outside=allow_include_outside)
     bag.check()
     return spec
 
@@ -726,14 +905,14 @@ def parse_text(text: str, name: str = "<string>") -> ir.Spec:
 
 
 def read_source(path: str | Path) -> SourceFile:
+    """A spec or genotype file given by the user: a regular file (no FIFO, no device), at most
+    limits.MAX_SOURCE_BYTES; lines of a file not named .cell are not quoted in diagnostics."""
     p = Path(path)
     try:
-        return SourceFile.read(p)
-    except OSError as e:
-        raise DiagnosticError([Diagnostic(f"cannot read '{p}': {e.strerror or e}")]) from None
-    except UnicodeDecodeError:
-        raise DiagnosticError([Diagnostic(f"'{p}' is not UTF-8 text")]) from None
+        return read_regular(p)
+    except ReadError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read '{p}': {e}")]) from None
 
 
-def parse_file(path: str | Path) -> ir.Spec:
-    return parse_spec(read_source(path), Path(path))
+def parse_file(path: str | Path, *, allow_include_outside: bool | None = None) -> ir.Spec:
+    return parse_spec(read_source(path), Path(path), allow_include_outside=allow_include_outside)

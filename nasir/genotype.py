@@ -23,9 +23,9 @@ import attrs
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nasir import ir, ops, printer
+from nasir import ir, limits, ops, printer
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
-from nasir.frontend import describe_expected, read_source
+from nasir.frontend import describe_expected, gc_paused, read_source
 from nasir.macros import MACRO_CELLS, macro_text
 from nasir.source import SourceFile, Span, span_field
 
@@ -385,9 +385,16 @@ def _is_nb201_string(v: _Py) -> bool:
 def _select(source: SourceFile, stmts: list[_Stmt], name: str | None) -> _Py:
     what = "a Genotype(...) or a NAS-Bench-201 string"
     if name is None:
-        for s in stmts:
-            if _is_genotype_call(s.value) or _is_nb201_string(s.value):
-                return s.value
+        found = [s for s in stmts if _is_genotype_call(s.value) or _is_nb201_string(s.value)]
+        if len(found) > 1:  # several genotypes: taking the first silently imported the wrong one (issue 14.5)
+            names = [s.target for s in found if s.target is not None]
+            listed = ", ".join(names) if names else "none of them is named"
+            unnamed = len(found) - len(names)
+            listed += f" (and {unnamed} unnamed)" if names and unnamed else ""
+            raise error_at(found[1].value.span, f"{source.name} defines {len(found)} genotypes; choose one with --name",
+                           f"names: {listed}")  # fmt: skip
+        if found:
+            return found[0].value
         if not stmts:
             raise error_at(None, f"{source.name} is empty; expected {what}")
         first = stmts[0].value
@@ -501,6 +508,9 @@ def _check_cell(bag: DiagnosticBag, field: str, nodes: list[list[_Pair]], concat
     if not nodes:
         bag.error(anchor, f"'{field}' has no nodes")
         return
+    if len(nodes) > limits.MAX_NODES_PER_CELL:  # the .cell text would be refused by `nasir check`
+        bag.error(anchor, f"'{field}' has {len(nodes):,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}")
+        return
     read: set[int] = set()
     for k, node in enumerate(nodes):
         for p in node:
@@ -573,7 +583,7 @@ def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: 
         bag.error(span, f"a NAS-Bench-201 string has 3 nodes, found {len(nodes)}",
                   "nodes are separated by '+': |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")  # fmt: skip
     for j, (edges, node_span) in enumerate(nodes, start=1):
-        before = len(bag.errors)
+        before = bag.error_count
         sources: set[int] = set()
         for p in edges:
             if p.op not in ops.REGISTRY:
@@ -583,7 +593,7 @@ def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: 
             elif p.index in sources:
                 bag.error(p.index_span, f"node {j} reads node {p.index} twice")
             sources.add(p.index)
-        if len(nodes) == 3 and len(edges) != j and len(bag.errors) == before:
+        if len(nodes) == 3 and len(edges) != j and bag.error_count == before:
             bag.error(
                 node_span,
                 f"node {j} has {_count(len(edges), 'edge')}; in NAS-Bench-201 it reads each of nodes 0..{j - 1} once",
@@ -597,9 +607,14 @@ def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<s
 
     `text` is a DARTS-style `Genotype(...)` (flat or node-pair form, optionally assigned to a name, possibly
     one of several assignments in a `genotypes.py`), or a NAS-Bench-201 string (optionally quoted).
-    `name` selects an assignment (aliases like `DARTS = DARTS_V2` are followed); otherwise the first
-    genotype in the text is taken. Raises `DiagnosticError` with every problem, at line:col of `text`.
+    `name` selects an assignment (aliases like `DARTS = DARTS_V2` are followed); without it the text
+    must define exactly one genotype (several: an error that lists their names). Raises `DiagnosticError` with every problem, at line:col of `text`.
     """
+    with gc_paused():  # as for .cell text (nasir/frontend.py): linear time in the size of the genotype
+        return _parse_genotype(text, name, source_name)
+
+
+def _parse_genotype(text: str, name: str | None, source_name: str) -> Genotype | NB201Arch:
     source = SourceFile(source_name, text)
     start = _skip_trivia(text)
     if start < len(text) and text[start] == "|":
@@ -695,6 +710,14 @@ def _derived(bag: DiagnosticBag, cell: ir.Cell, n_inputs: int) -> bool:
     return True
 
 
+def _in_edges(cell: ir.Cell) -> dict[str, list[ir.Edge]]:
+    """Edges by destination in one pass (`Cell.in_edges` per node scans every edge: O(nodes x edges))."""
+    out: dict[str, list[ir.Edge]] = {}
+    for e in cell.edges:
+        out.setdefault(e.dst, []).append(e)
+    return out
+
+
 def _darts_pairs(bag: DiagnosticBag, cell: ir.Cell, reduction: bool) -> tuple[list[Pair], list[int]]:
     pairs: list[Pair] = []
     concat: list[int] = []
@@ -708,8 +731,9 @@ def _darts_pairs(bag: DiagnosticBag, cell: ir.Cell, reduction: bool) -> tuple[li
         )
         bag.error(cell.span, f"cell '{cell.name}' {msg}")
     index = {s: i for i, s in enumerate(cell.states)}
+    into = _in_edges(cell)
     for k, node in enumerate(cell.node_names):
-        edges = cell.in_edges(node)
+        edges = into.get(node, ())
         if len(edges) != 2:
             bag.error(cell.node_span(node), f"node '{node}' of cell '{cell.name}' has {_count(len(edges), 'input')}; a DARTS genotype takes exactly two",
                       "derive with 'keep 2 inputs per node'")  # fmt: skip
@@ -776,9 +800,10 @@ def nb201_from_spec(spec: ir.Spec) -> NB201Arch:
     bag.check()
     index = {s: i for i, s in enumerate(cell.states)}
     nodes = []
+    into = _in_edges(cell)
     for j, node in enumerate(cell.node_names, start=1):
         by_src: dict[int, str] = {}
-        for e in cell.in_edges(node):
+        for e in into.get(node, ()):
             i = index[e.src]
             if i >= j:
                 bag.error(e.span or cell.span, f"node '{node}' reads the later node '{e.src}'")

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from nasir import ir
+from nasir import ir, limits
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
 from nasir.source import SourceFile, Span
 
@@ -61,12 +61,14 @@ def evaluate(e: ir.Expr, env: dict[str, Any]) -> Any:
     return int(q) if isinstance(a, int) and isinstance(b, int) and a % b == 0 else q
 
 
-def evaluate_int(e: ir.Expr, env: dict[str, Any], what: str, minimum: int = 1) -> int:
+def evaluate_int(e: ir.Expr, env: dict[str, Any], what: str, minimum: int = 1, maximum: int | None = None) -> int:
     v = evaluate(e, env)
     if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
         raise EvalError(e.span, f"{what} must be a whole number, got {v!r}")
     if int(v) < minimum:
         raise EvalError(e.span, f"{what} must be at least {minimum}, got {int(v)}")
+    if maximum is not None and int(v) > maximum:  # nasir/limits.py: refuse before building anything that large
+        raise EvalError(e.span, f"{what} must be at most {maximum:,}, got {int(v):,}")
     return int(v)
 
 
@@ -207,7 +209,7 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
 
     shape = (3, 32, 32)
     if network.input is not None:
-        dims = [guard(evaluate_int, e, env, "input size") for e in network.input]
+        dims = [guard(evaluate_int, e, env, "input size", 1, limits.MAX_INPUT_SIDE) for e in network.input]
         shape = tuple(dims) if None not in dims else shape  # type: ignore[assignment]
     stems = tuple(layers(s, STEM_LAYERS, "stem") for s in network.stems)
     head = layers(network.head, HEAD_LAYERS, "head")
@@ -217,13 +219,13 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
     C_prev = None
     for b in network.body:
         if isinstance(b, ir.Residual):
-            c_out = guard(evaluate_int, b.channels, env, "channels")
+            c_out = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
             if c_out is not None:
                 body.append(ResidualPlan(C_prev or c_out, c_out))
                 C_prev = c_out
             continue
-        count = guard(evaluate_int, b.count, env, "cell count")
-        C = guard(evaluate_int, b.channels, env, "channels")
+        count = guard(evaluate_int, b.count, env, "cell count", 1, limits.MAX_CELLS)
+        C = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
         if count is None or C is None:
             continue
         positions = {count * f.num // f.den for f in b.at}

@@ -79,9 +79,11 @@ def cell(c: ir.Cell) -> str:
     if c.reduction:
         lines.append("  stride 2 from inputs")
     if _equation_form(c):
+        into: dict[str, list[str]] = {}  # grouped once: a scan of all edges per node was O(nodes x edges)
+        for e in c.edges:
+            into.setdefault(e.dst, []).append(f"{e.op}({e.src})")
         for n in c.node_names:
-            terms = " + ".join(f"{e.op}({e.src})" for e in c.edges if e.dst == n)
-            lines.append(f"  {n} = {terms}")
+            lines.append(f"  {n} = {' + '.join(into[n])}")
     else:
         if c.nodes:
             lines.append(f"  nodes {names(c.node_names)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from pathlib import Path
 
 import attrs
@@ -13,22 +14,41 @@ class SourceFile:
 
     name: str
     text: str
+    # May diagnostics print lines of this text? False for a file that is not nasir's own input (an
+    # `include` of a file that is not a .cell file): errors then name the place, never the content.
+    quote: bool = attrs.field(default=True, eq=False, kw_only=True)
+    # Offsets at which lines start, computed once on first use: a position is then a binary search,
+    # so N spans cost O(N log L), not a line count from the start of the text per span (issue 14.13).
+    _starts: list[int] | None = attrs.field(default=None, init=False, eq=False, repr=False)
+
+    def line_starts(self) -> list[int]:
+        if self._starts is None:
+            starts, at = [0], self.text.find("\n")
+            while at >= 0:
+                starts.append(at + 1)
+                at = self.text.find("\n", at + 1)
+            object.__setattr__(self, "_starts", starts)
+        return self._starts  # type: ignore[return-value]
 
     @classmethod
-    def read(cls, path: str | Path) -> SourceFile:
+    def read(cls, path: str | Path, *, quote: bool = True) -> SourceFile:
         p = Path(path)
-        return cls(str(path), p.read_text(encoding="utf-8"))
+        return cls(str(path), p.read_text(encoding="utf-8"), quote=quote)
 
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
-        return lines[n - 1] if 0 < n <= len(lines) else ""
+        """Line `n` (1-based) without its end of line; lines end at '\\n' only, as in `position`."""
+        starts = self.line_starts()
+        if not 0 < n <= len(starts):
+            return ""
+        end = starts[n] - 1 if n < len(starts) else len(self.text)
+        return self.text[starts[n - 1] : end].rstrip("\r")
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""
         offset = max(0, min(offset, len(self.text)))
-        line = self.text.count("\n", 0, offset) + 1
-        col = offset - (self.text.rfind("\n", 0, offset) + 1) + 1
-        return line, col
+        starts = self.line_starts()
+        k = bisect_right(starts, offset) - 1
+        return k + 1, offset - starts[k] + 1
 
     def span(self, start: int, end: int | None = None) -> Span:
         line, col = self.position(start)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from nasir import device as dv
 from nasir import ir
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write_with
@@ -176,14 +178,16 @@ def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tens
 def evaluate(model: torch.nn.Module, data: data_mod.Data, idx: torch.Tensor, device: torch.device, batch: int = 256) -> tuple[float, float]:
     """(loss, accuracy) on `idx` in eval mode."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one host read at the end
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
         for i in range(0, len(idx), batch):
             x, y = data.batch(idx[i : i + batch])
-            logits = model(x.to(device))
-            loss_sum += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
-            correct += int((logits.argmax(1).cpu() == y).sum())
-    return loss_sum / max(1, len(idx)), correct / max(1, len(idx))
+            x, y = dv.to_device(x, device), dv.to_device(y, device)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+    return float(loss_sum) / max(1, len(idx)), int(correct) / max(1, len(idx))
 
 
 def _eval_data(text: str, data: data_mod.Data, holdout: float, seed: int) -> tuple[data_mod.Data, torch.Tensor, data_mod.Data, torch.Tensor]:
@@ -226,18 +230,32 @@ class _Task:
     score: str
     higher: bool
     batches: Callable[[list[torch.Tensor]], Iterable[Any]] = iter
+    fixed_shapes: bool = False  # every batch has one shape: let cuDNN autotune (nasir.device.fixed_shapes)
     extra: dict[str, Any] = attrs.Factory(dict)  # saved in last.pt beside the weights
 
 
 def _device(device: str) -> tuple[torch.device, Dist]:
     """The device (under torchrun with CUDA: this process's GPU, LOCAL_RANK) and the process group."""
-    from nasir.search.runner import resolve_device
-
-    dev = resolve_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
+    dev = dv.select_device(device)
     return dev, init_distributed(dev)
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """A stop signal (or `stop_after_steps`) ended training at a step boundary; last.pt was saved first."""
+
+    def __init__(self, out: Path, epoch: int, step: int):
+        super().__init__(f"training interrupted at epoch {epoch + 1}, step {step}; continue with --resume ({out})")
+        self.out, self.epoch, self.step = out, epoch, step
+
+
+def _add(sums: dict[str, Any], add: dict[str, Any]) -> None:
+    """Running totals without a host synchronisation: tensors stay on the device (float64) until read."""
+    for k, v in add.items():
+        sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else v)
+
+
+def _host(sums: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sums.items()}
 
 
 def _set_drop_path(model: torch.nn.Module, p: float) -> None:
@@ -249,21 +267,25 @@ def _set_drop_path(model: torch.nn.Module, p: float) -> None:
 
 
 def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *, resume: bool, progress: bool,
-         stop_after_steps: int | None, callback: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:  # fmt: skip
+         stop_after_steps: int | None, callback: Callable[[dict[str, Any]], None] | None,
+         amp: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """The training loop both tasks share: per-epoch schedule and drop-path, seeded order and batches,
-    mixed precision on CUDA, clipped SGD, metrics.jsonl, best.pt, last.pt after every epoch, resume."""
-    from nasir.search.runner import _set_rng_state
-
+    mixed precision (`amp`; None: on CUDA) with its GradScaler, clipped SGD, metrics.jsonl, best.pt,
+    last.pt after every epoch, resume. SIGINT/SIGTERM stop at the next step boundary on which every
+    rank agrees (nasir.device.StopFlag), after saving last.pt; --resume continues from that step."""
     model = task.model
+    amp = dev.type == "cuda" if amp is None else amp
     if cfg.batch_size % d.world:
         raise DiagnosticError([Diagnostic(f"the batch size {cfg.batch_size} does not split evenly over {d.world} processes")])
     net: torch.nn.Module = model
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    # fp16 autocast on CUDA needs loss scaling; the scaler's state (scale, growth tracker) is part of
+    # last.pt, so a resumed run scales and skips exactly the steps an uninterrupted one does.
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf if task.higher else math.inf}
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     if resume and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
         if ck.get("task", "classification") != task.name:
@@ -272,11 +294,17 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
         try:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
+            if amp != bool(ck.get("scaler")):
+                raise ValueError(f"mixed precision was {'on' if ck.get('scaler') else 'off'} then, {'on' if amp else 'off'} now")
+            if amp:
+                scaler.load_state_dict(ck["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' was written with other settings: {str(e).strip().splitlines()[0]}",
-                                              hint="resume with the settings the run started with (--set, --preset, ...)")]) from None  # fmt: skip
+                                              hint="resume with the settings the run started with (--set, --preset, --device, ...)")]) from None  # fmt: skip
         state, sums = ck["state"], ck["sums"]
-        _set_rng_state(ck["rng"])
+        for note in dv.restore_rng(ck["rng"]):
+            if d.main:
+                print(f"nasir: resume: {note}", file=sys.stderr)
     steps = math.ceil(len(task.train_idx) / cfg.batch_size)
     if cfg.limit_batches is not None:
         steps = min(steps, cfg.limit_batches)
@@ -288,83 +316,113 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                    unit="step", dynamic_ncols=True)  # fmt: skip
     last: dict[str, Any] = {}
     done = 0
+    stop = dv.StopFlag()
+    benchmark = dv.fixed_shapes(dev) if task.fixed_shapes else False
+
+    def save() -> None:
+        _save(out, task, opt, scaler, state, sums, d)
+
     try:
-        while state["epoch"] < cfg.epochs:
-            epoch = state["epoch"]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
-            _set_drop_path(model, cfg.drop_path * epoch / cfg.epochs)  # DARTS: linear in the epoch
-            order = data_mod.epoch_order(task.train_idx, cfg.seed, epoch, 0)
-            t0 = time.perf_counter()
-            net.train()
-            todo = [shard(order[s * cfg.batch_size : (s + 1) * cfg.batch_size], d) for s in range(state["step"], steps)]
-            for batch in task.batches(todo):
-                g = data_mod.batch_generator(cfg.seed, epoch, state["step"], d.rank)
-                with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-                    loss, add = task.step(net, batch, g)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                for k, v in add.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                state["step"] += 1
-                done += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{sums['loss'] / max(1.0, sums['seen']):.3f}")
-                if stop_after_steps is not None and done >= stop_after_steps:
-                    _save(out, task, opt, state, sums, d)
-                    raise KeyboardInterrupt
-            valid = task.evaluate()
-            last = {"epoch": epoch + 1, **task.summary(sums), **valid, "lr": opt.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - t0}  # fmt: skip
-            score = valid[task.score]
-            improved = score >= state["best"] if task.higher else score <= state["best"]
-            state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"]}
-            sums = {}
-            if d.main:
-                if improved:
-                    best = task.best_payload(last)
-                    atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(last) + "\n")
-            _save(out, task, opt, state, sums, d)
-            if callback is not None:
-                callback(last)
+        with stop.installed():
+            while state["epoch"] < cfg.epochs:
+                epoch = state["epoch"]
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, epoch)
+                _set_drop_path(model, cfg.drop_path * epoch / cfg.epochs)  # DARTS: linear in the epoch
+                order = data_mod.epoch_order(task.train_idx, cfg.seed, epoch, 0)
+                t0 = time.perf_counter()
+                dv.reset_peak_memory(dev)
+                net.train()
+                todo = [shard(order[s * cfg.batch_size : (s + 1) * cfg.batch_size], d) for s in range(state["step"], steps)]
+                for batch in task.batches(todo):
+                    g = data_mod.batch_generator(cfg.seed, epoch, state["step"], d.rank)
+                    with torch.autocast(dev.type, enabled=amp):
+                        loss, add = task.step(net, batch, g)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    _add(sums, add)
+                    state["step"] += 1
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                        if state["step"] % 50 == 1 or state["step"] == steps:  # reading the loss waits for the GPU
+                            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{float(sums['loss']) / max(1.0, float(sums['seen'])):.3f}")
+                    if stop.agreed() or (stop_after_steps is not None and done >= stop_after_steps):
+                        save()
+                        raise TrainInterrupted(out, epoch, state["step"])
+                valid = task.evaluate()
+                last = {"epoch": epoch + 1, **task.summary(_host(sums)), **valid, "lr": opt.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - t0}  # fmt: skip
+                if amp:
+                    last["amp_scale"] = float(scaler.get_scale())
+                if torch.are_deterministic_algorithms_enabled():
+                    last["deterministic"] = True
+                peak = dv.peak_memory_mb(dev)
+                if peak is not None:
+                    last["gpu_peak_mb"] = peak
+                score = valid[task.score]
+                improved = score >= state["best"] if task.higher else score <= state["best"]
+                state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"]}
+                sums = {}
+                if d.main:
+                    if improved:
+                        best = task.best_payload(last)
+                        atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
+                    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps(last) + "\n")
+                save()
+                if callback is not None:
+                    callback(last)
     finally:
         if bar is not None:
             bar.close()
+        if benchmark:
+            torch.backends.cudnn.benchmark = False
     last[f"best_{task.score}"] = state["best"]
     global _LAST_MODEL_STATE
     _LAST_MODEL_STATE = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return last
 
 
-def _save(out: Path, task: _Task, opt, state, sums, d: Dist) -> None:
-    from nasir.search.runner import _rng_state
-
+def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
+    """last.pt, written by rank 0; every rank calls it (the RNG states of all ranks are gathered)."""
+    rng = dv.rng_state()
     if not d.main:
         return
     ck = {"task": task.name, **task.extra, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
-          "state": dict(state), "sums": dict(sums), "rng": _rng_state()}  # fmt: skip
+          "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng}  # fmt: skip
     atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
 
 
 def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",
           resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
-          callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> dict[str, Any]:  # fmt: skip
+          callback: Callable[[dict[str, Any]], None] | None = None, amp: bool | None = None,
+          deterministic: bool = False, **options: Any) -> dict[str, Any]:  # fmt: skip
     """Train `spec`'s network on `data`; returns the final metrics. Writes last.pt, best.pt, metrics.jsonl in `out`.
 
     `task="detection"` trains a RetinaNet on it (`train_detection`, which takes the `options`).
+    `amp`: autocast with a GradScaler (None: on CUDA, fp16; on the CPU autocast means bfloat16).
+    Stopped by a signal or `stop_after_steps`, it saves last.pt and raises TrainInterrupted.
+    `deterministic`: nasir.device's deterministic mode for the run (docs/gpu.md): on CUDA a run
+    and its resumed twin give the same weights, at some cost in speed.
     """
-    if task == "detection":
-        return train_detection(spec, data, out, cfg, device=device, resume=resume, progress=progress,
-                               stop_after_steps=stop_after_steps, callback=callback, **options)  # fmt: skip
-    if task != "classification":
+    if task not in ("classification", "detection"):
         raise ValueError(f"unknown task '{task}'")
+    with dv.deterministic_mode(deterministic):
+        if task == "detection":
+            return train_detection(spec, data, out, cfg, device=device, resume=resume, progress=progress,
+                                   stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
+        return _train_classifier(spec, data, out, cfg, device=device, resume=resume, progress=progress,
+                                 stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
+
+
+def _train_classifier(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str, resume: bool,
+                      progress: bool, stop_after_steps: int | None, callback: Callable[[dict[str, Any]], None] | None,
+                      amp: bool | None, **options: Any) -> dict[str, Any]:  # fmt: skip
     if options:
         raise TypeError(f"classification takes no options {sorted(options)}")
     from nasir.macro import parse_overrides, plan
@@ -378,7 +436,10 @@ def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: 
     overrides, _ = parse_overrides(list(cfg.set))
     p = plan(spec, overrides=overrides)
     torch.manual_seed(cfg.seed)
-    model = Network(spec, p).to(dev)
+    model = Network(spec, p)
+    if torch.are_deterministic_algorithms_enabled():
+        dv.deterministic_pooling(model)  # torch has no deterministic CUDA backward for adaptive pooling
+    model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     raw = data_mod.load_data(data, p.input, p.classes)
@@ -388,7 +449,7 @@ def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: 
         x, y = train_data.batch(idx, g)
         if cfg.cutout:
             x = cutout(x, cfg.cutout, g)
-        x, y = x.to(dev), y.to(dev)
+        x, y = dv.to_device(x, dev), dv.to_device(y, dev)
         out_ = net(x)
         logits, aux = out_ if isinstance(out_, tuple) else (out_, None)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -406,8 +467,8 @@ def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: 
 
     t = _Task("classification", model, train_idx, step, summary, evaluate_,
               lambda rec: {"model": model.state_dict(), "epoch": rec["epoch"], "valid_acc": rec["valid_acc"]},
-              score="valid_acc", higher=True)  # fmt: skip
-    return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback)
+              score="valid_acc", higher=True, fixed_shapes=True)  # fmt: skip
+    return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
 
 
 # ---- detection ------------------------------------------------------------------------------------
@@ -431,15 +492,16 @@ def coco_path(data: str) -> Path:
 
 def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str = "auto", resume: bool = False,
                     progress: bool = True, stop_after_steps: int | None = None,
-                    callback: Callable[[dict[str, Any]], None] | None = None, workers: int = 0,
-                    backbone_weights: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+                    callback: Callable[[dict[str, Any]], None] | None = None, workers: int | None = None,
+                    backbone_weights: str | Path | None = None, amp: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """`nasir train --task detection`: `spec`'s network as a RetinaNet backbone on `coco:PATH`.
 
     Data: PATH/annotations/instances_train.json with images in PATH/train/; PATH/val/ with
     instances_val.json, when present, is the held-out set, else `cfg.holdout` of the training images.
     Training flips images horizontally with probability `cfg.hflip`, drawn from the per-batch
     generator, so a resumed run sees the same batches; `workers` DataLoader processes only read and
-    decode. The held-out loss is RetinaNet's losses in eval mode (BatchNorm running statistics).
+    decode (None: nasir.device.loader_workers, none on the CPU, up to 4 per GPU); on CUDA the
+    batches come through pinned memory. The held-out loss is RetinaNet's losses in eval mode (BatchNorm running statistics).
     best.pt has the weights and settings of `nasir.targets.detection.retinanet` (as compile writes
     them: {"format", "spec", "config", "state_dict"}, plus "epoch" and "valid_loss"), so
     `retinanet(spec, **ck["config"]).load_state_dict(ck["state_dict"])` rebuilds it.
@@ -450,6 +512,8 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
 
     path = coco_path(data)
     dev, d = _device(device)
+    if workers is None:
+        workers = dv.loader_workers(dev, d.world)
     out = Path(out)
     overrides, _ = parse_overrides(list(cfg.set))
     p = plan(spec, overrides=overrides)
@@ -473,6 +537,8 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = detection.retinanet(spec, **config)
+    if torch.are_deterministic_algorithms_enabled():
+        dv.deterministic_pooling(model)
     if backbone_weights is not None and not (resume and (out / "last.pt").exists()):
         from nasir.compile import load_checkpoint as load_state_dict
 
@@ -482,11 +548,14 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     def loader(ds: torch.utils.data.Dataset, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
         # Reading only: the order is given, flips happen in `step`; its own generator leaves the global RNG alone.
         return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], collate_fn=detection.collate,
-                                           num_workers=workers, generator=torch.Generator())  # fmt: skip
+                                           num_workers=workers, generator=torch.Generator(),
+                                           pin_memory=dev.type == "cuda")  # fmt: skip
 
     def to_dev(images: list[torch.Tensor], targets: list[dict[str, Any]]):
-        return ([im.to(dev) for im in images],
-                [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets])  # fmt: skip
+        # Pinned by the loader on CUDA: non-blocking copies.
+        nb = dev.type == "cuda"
+        return ([im.to(dev, non_blocking=nb) for im in images],
+                [{k: v.to(dev, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets])  # fmt: skip
 
     def terms(losses: dict[str, torch.Tensor], n: int) -> dict[str, Any]:
         total = losses["classification"] + losses["bbox_regression"]
@@ -503,24 +572,24 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
 
     def evaluate_() -> dict[str, float]:
         model.eval()
-        s: dict[str, float] = {}
+        s: dict[str, Any] = {}
         chunks = [test_idx[i : i + cfg.batch_size] for i in range(0, len(test_idx), cfg.batch_size)]
         with torch.no_grad():
             for images, targets in loader(test_set, chunks):
-                for k, v in terms(detection.losses(model, *to_dev(images, targets)), len(images)).items():
-                    s[k] = s.get(k, 0.0) + float(v)
-        return averages(s, "valid")
+                _add(s, terms(detection.losses(model, *to_dev(images, targets)), len(images)))
+        return averages(_host(s), "valid")
 
     meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config}
     t = _Task("detection", model, train_idx, step, lambda s: averages(s, "train"), evaluate_,
               lambda rec: {**meta, "state_dict": model.state_dict(), "epoch": rec["epoch"], "valid_loss": rec["valid_loss"]},
               score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config})  # fmt: skip
-    return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback)
+    return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint read onto the CPU (its RNG states must stay there); load_state_dict moves the rest."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return dv.load_on_cpu(path)
     except FileNotFoundError:
         raise DiagnosticError([Diagnostic(f"cannot read checkpoint '{path}': no such file")]) from None
     except Exception as e:  # a corrupt or foreign file: say so, no traceback
@@ -531,10 +600,9 @@ def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str, *, overrid
                         seed: int = 0, holdout: float = 0.2) -> tuple[float, float, int]:  # fmt: skip
     """`nasir eval`: (loss, accuracy, images) of a checkpoint on the held-out split `train` used."""
     from nasir.compile import build_from_plan, resolve
-    from nasir.search.runner import resolve_device
 
     spec, p = resolve(spec_or_path, overrides)
-    dev = resolve_device(device)
+    dev = dv.select_device(device)
     model = build_from_plan(spec, p, weights, seed).to(dev)
     raw = data_mod.load_data(data, p.input, p.classes)
     _, _, test_data, test_idx = _eval_data(data, raw, holdout, seed)

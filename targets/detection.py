@@ -237,7 +237,8 @@ def script_eval(model: RetinaNet, example_size: tuple[int, int] | None = None) -
     """The eval-mode detector as TorchScript: the nasir backbone traced, torchvision's parts scripted.
 
     Scripting the whole detector fails on the nasir cells (module docstring), hence the trace of
-    the body; the trace is made in eval mode on a zero image. The model is copied, not changed.
+    the body; the trace is made in eval mode on a zero image on the model's device. The model is
+    copied, not changed.
     """
     model = copy.deepcopy(model).eval()
     body = model.backbone.body
@@ -248,7 +249,8 @@ def script_eval(model: RetinaNet, example_size: tuple[int, int] | None = None) -
     with warnings.catch_warnings(), torch.no_grad():
         # torch.jit is deprecated in torch 2.14 but still the only way to a Python-free detector here.
         warnings.simplefilter("ignore")
-        model.backbone.body = torch.jit.trace(body, torch.zeros(1, 3, h, w), strict=False, check_trace=False)
+        example = torch.zeros(1, 3, h, w, device=_device_of(model))
+        model.backbone.body = torch.jit.trace(body, example, strict=False, check_trace=False)
         return torch.jit.script(model)
 
 
@@ -316,7 +318,7 @@ def write_onnx(model: RetinaNet, out: str | Path, *, image_size: tuple[int, int]
     out = Path(out)
     model = copy.deepcopy(model).eval()
     h, w = image_size or (int(model.transform.min_size[0]),) * 2
-    example = ([torch.rand(3, h, w)],)
+    example = ([torch.rand(3, h, w, device=_device_of(model))],)  # the exporter traces on the model's device
     axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "scores": {0: "detections"},
             "labels": {0: "detections"}}  # fmt: skip
 
@@ -333,6 +335,10 @@ def write_onnx(model: RetinaNet, out: str | Path, *, image_size: tuple[int, int]
     except Exception as e:  # exporter failures are a diagnostic, not a traceback
         raise _export_error("ONNX", e) from None
     return out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
 
 
 def _export_error(what: str, e: Exception) -> DiagnosticError:

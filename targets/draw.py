@@ -52,11 +52,14 @@ def softmax(row: Sequence[float]) -> list[float]:
 
 def load_alphas(path: str | Path, cells: Sequence[ir.Cell]) -> dict[str, list[list[float]]]:
     """Read and check an alphas JSON file against the cells it will shade; every problem is a diagnostic."""
+    from nasir.frontend import ReadError, read_regular
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DiagnosticError([Diagnostic(f"cannot read alphas '{p}': {getattr(e, 'strerror', None) or e}")]) from None
+    try:  # a regular file of bounded size only: /dev/zero or a FIFO is refused, never read (issue 14.11)
+        src = read_regular(p)
+    except ReadError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read alphas '{p}': {e}")]) from None
+    text = src.text
     src = SourceFile(str(p), text)
     try:
         data = json.loads(text)
@@ -213,7 +216,10 @@ def draw(spec: ir.Spec, out_path: str | Path, alphas: Alphas | str | Path | None
         with rc_context({"svg.fonttype": "none", "svg.hashsalt": "nasir"}):
             fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=_metadata(fmt))
 
-    atomic_write_with(out, save)
+    try:
+        atomic_write_with(out, save)
+    except OSError as e:  # an unwritable place, a path under a file, a full disk: bad input, not a bug
+        raise DiagnosticError([Diagnostic(f"cannot write '{out}': {e.strerror or e}")]) from None
     return out
 
 

@@ -35,6 +35,15 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live; the CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put `model` in eval mode for the block and restore every submodule's flag afterwards."""
@@ -53,8 +62,10 @@ def to_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, *,
     Tracing suits these networks: their control flow depends on the architecture, never on tensor
     values. With `optimize` the trace is frozen: parameters become constants and BN is folded into
     the convolutions. (`torch.jit.optimize_for_inference` is faster still, but its MKL-DNN constants
-    do not survive `torch.jit.save` / `load` in this torch version.)
+    do not survive `torch.jit.save` / `load` in this torch version.) The example goes to the
+    model's device.
     """
+    example = example.to(model_device(model))
     with eval_mode(model), torch.no_grad(), _quiet():
         script = torch.jit.trace(model, example, check_trace=False)
         if optimize:
@@ -73,6 +84,7 @@ def to_export(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path
     # torch.export specialises a dimension whose example size is 1; show it a batch of 2.
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
+    example = example.to(model_device(model))
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with eval_mode(model), torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
@@ -87,10 +99,13 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
 
     Uses the TorchScript-based exporter (`dynamo=False`): it needs no onnxscript, which the pinned
     packages lack. BatchNorm is folded into the preceding convolutions (eval mode, constant folding).
+    The example goes to the model's device (the graph itself names no device).
     """
     if opset < MIN_OPSET:
         raise ValueError(f"ONNX opset {opset} is too old; nasir emits opset {MIN_OPSET} or newer")
     import onnx
+
+    example = example.to(model_device(model))
 
     def write(tmp: str) -> None:
         with eval_mode(model), torch.no_grad(), _quiet():
@@ -106,7 +121,47 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
 
 
 # ---- loading artifacts and parity ------------------------------------------------------------------
-Runner = Callable[[np.ndarray], np.ndarray]
+class Runner:
+    """numpy in, numpy out; `provider` says what ran it: an ONNX Runtime execution provider
+    (CUDAExecutionProvider, CPUExecutionProvider) or "torch (cpu)"."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], provider: str):
+        self.fn, self.provider = fn, provider
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.fn(x)
+
+
+class Parity(dict):
+    """{batch size: max-abs difference}, and the `provider` the exported model ran on."""
+
+    provider: str = ""
+
+
+def onnxruntime():
+    """The onnxruntime module (from the CPU or the GPU wheel: the `cpu` / `gpu` extras), or a diagnostic."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DiagnosticError([Diagnostic("ONNX Runtime is not installed",
+                                          hint="pip install 'nasir[cpu]', or 'nasir[gpu]' for its CUDA provider (one of them, not both)")]) from None  # fmt: skip
+    return ort
+
+
+def onnx_providers(provider: str = "auto") -> list[str]:
+    """ONNX Runtime providers to ask for: auto takes CUDA when this onnxruntime has it (the
+    onnxruntime-gpu wheel, `pip install nasir[gpu]`), with the CPU as fallback; cpu or cuda force one."""
+    ort = onnxruntime()
+
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    have = ort.get_available_providers()
+    if provider == "cuda" and "CUDAExecutionProvider" not in have:
+        raise DiagnosticError([Diagnostic("ONNX Runtime has no CUDA execution provider here (providers: " + ", ".join(have) + ")",
+                                          hint="install the GPU wheel in place of the CPU one: pip install 'nasir[gpu]' (see the README)")])  # fmt: skip
+    if provider not in ("auto", "cuda"):
+        raise ValueError(f"provider must be auto, cpu or cuda, got '{provider}'")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in have else ["CPUExecutionProvider"]
 
 
 def _kind(path: Path) -> str:
@@ -124,10 +179,12 @@ def _kind(path: Path) -> str:
     return "onnx"
 
 
-def load_runner(path: str | Path) -> tuple[str, Runner, tuple[int, ...] | None]:
+def load_runner(path: str | Path, provider: str = "auto") -> tuple[str, Runner, tuple[int, ...] | None]:
     """Open an exported model: (kind, a numpy -> numpy runner, the input shape without batch if the file states it).
 
-    Raises a DiagnosticError naming the file when it cannot be read as ONNX, TorchScript or .pt2.
+    ONNX runs in ONNX Runtime on the provider `onnx_providers(provider)` picks (the runner's
+    `provider` is the one the session really uses: ORT falls back to the CPU when CUDA cannot start);
+    TorchScript and .pt2 files run in torch on the CPU. Raises a DiagnosticError naming the file when it cannot be read as ONNX, TorchScript or .pt2.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,44 +192,49 @@ def load_runner(path: str | Path) -> tuple[str, Runner, tuple[int, ...] | None]:
     kind = _kind(path)
     try:
         if kind == "onnx":
-            import onnxruntime as ort
-
+            ort = onnxruntime()
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()  # follow torch's setting; ORT's default takes every core
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(path), opts, providers=onnx_providers(provider))
             inp = sess.get_inputs()[0]
             dims = inp.shape[1:]
             shape = tuple(dims) if all(isinstance(d, int) for d in dims) else None
-            return kind, lambda x: sess.run(None, {inp.name: x})[0], shape
+            return kind, Runner(lambda x: sess.run(None, {inp.name: x})[0], sess.get_providers()[0]), shape
         with _quiet():
             module = torch.export.load(str(path)).module() if kind == "export" else torch.jit.load(str(path), map_location="cpu")
+    except DiagnosticError:
+        raise
     except Exception as e:  # the model file is corrupt or of another kind: bad input, not a bug
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DiagnosticError([Diagnostic(f"cannot load model '{path}' as {kind}: {reason}")]) from None
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x)).cpu().numpy()
 
-    return kind, run, None
+    return kind, Runner(run, "torch (cpu)"), None
 
 
 def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8), *,
-           input_shape: Sequence[int] | None = None, seed: int = 0) -> dict[int, float]:  # fmt: skip
-    """Max-abs difference between the exported model and `model` in eval mode, per batch size.
+           input_shape: Sequence[int] | None = None, seed: int = 0, provider: str = "auto") -> Parity:  # fmt: skip
+    """Max-abs difference between the exported model and `model` in eval mode, per batch size, and
+    the provider the exported model ran on (`.provider`). `model` may be on any device.
 
-    Inputs are seeded standard-normal images; `input_shape` (C, H, W) is needed unless the file states it.
+    Inputs are seeded standard-normal images (drawn on the CPU, so every device sees the same
+    numbers); `input_shape` (C, H, W) is needed unless the file states it.
     """
-    _, run, shape = load_runner(path)
+    _, run, shape = load_runner(path, provider)
     shape = tuple(input_shape) if input_shape is not None else shape
     if shape is None:
         raise ValueError(f"the input shape of '{path}' is not recorded in the file; pass input_shape")
     gen = torch.Generator().manual_seed(seed)
-    out: dict[int, float] = {}
+    out = Parity()
+    out.provider = run.provider
+    dev = model_device(model)
     with eval_mode(model), torch.no_grad():
         for b in batches:
             x = torch.randn(b, *shape, generator=gen)
-            ref = model(x).numpy()
+            ref = model(x.to(dev)).cpu().numpy()
             got = run(x.numpy())
             if got.shape != ref.shape:
                 raise DiagnosticError([Diagnostic(f"'{path}' returns shape {got.shape}, PyTorch {ref.shape} at batch {b}")])

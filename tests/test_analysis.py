@@ -142,13 +142,17 @@ def test_keep_k_candidates_match_brute_force_enumeration(k):
     assert analysis.candidates(cell) == math.prod(math.comb(p, k) * 2**k for p in (2, 3, 4))
 
 
-def test_without_keep_every_edge_stays_with_one_of_all_its_ops():
+def test_without_keep_every_edge_takes_the_argmax_of_all_its_ops_none_included():
+    # Without a keep rule derivation (passes/derive.py) takes the argmax over all ops of each of the 9
+    # edges, 'none' included (the NAS-Bench-201 derivation): 3 choices per edge.
     cell = spec_of(small_space()).cell("c")
     count = sum(1 for _ in itertools.product(OPS3, repeat=len(cell.edges)))
     assert analysis.candidates(cell) == count == 3**9
 
 
-def test_nb201_space_has_15625_candidates_30_variables_6_mixed_edges():
+def test_nb201_space_derives_15625_cells_30_variables_6_mixed_edges():
+    # NAS-Bench-201 lists 5**6 = 15,625 cells; 'none' on an edge is one of them, and the NB201 derivation
+    # (argmax over all ops, no keep rule) can pick it.
     d = analysis.info(EXAMPLES / "nb201.cell")
     assert d["space"]["candidates"] == 15_625 == len(list(itertools.product(range(5), repeat=6)))
     assert d["space"]["mixed_edges"] == 6 and d["space"]["architecture_variables"] == 30
@@ -179,7 +183,8 @@ def test_topology_candidates_match_brute_force_enumeration(topology):
         for s in states:
             succ = sum(e.src == s for e in cell.edges)
             chosen = sum(src == s for src, _ in present)
-            if k != "any" and succ and chosen != min(int(k), succ):
+            # outputs k: exactly k output edges; a state with fewer than k successors has none (C(n, k) = 0)
+            if k != "any" and succ and chosen != (int(k) if succ >= int(k) else 0):
                 return False
         return True
 
@@ -193,3 +198,158 @@ def test_info_is_json_and_renders_the_figures():
     assert "3,349,342" in text and "528,359,040" in text and "depth 3, width 3.5c" in text
     space = analysis.render(analysis.info(EXAMPLES / "nb201.cell"))
     assert "candidate architectures  15,625" in space and "mixed edges              6" in space
+
+
+# ---- what derivation can produce: brute force over selections, checked against passes/derive.py ------------------
+MIXED_FIXED = """
+    opset three = {none, skip_connect, sep_conv_3x3, max_pool_3x3}
+    cell c {
+      inputs a, b
+      nodes n0, n1, n2
+      edges * -> n* : choice(three)
+      edges a -> n1 : avg_pool_3x3
+      edges b -> n2 : skip_connect
+      output concat(n0, n1, n2)
+      RULE
+    }
+    search {
+      LIMITS
+    }
+"""
+
+
+def derivable(cell, limits) -> set:
+    """Every derived cell the selection rule of passes/derive.py admits, enumerated: per node the fixed
+    edges plus min(k, #mixed) mixed edges, each with one op other than none; without keep every mixed
+    edge with any op, none included (the NB201 argmax); at most n uses of a limited op among the kept
+    mixed edges."""
+    caps = {lim.op: lim.max for lim in limits}
+    per_node = []
+    for n in cell.node_names:
+        mixed = [e for e in cell.in_edges(n) if e.is_choice]
+        fixed = frozenset((e.src, e.dst, e.op, "fixed") for e in cell.in_edges(n) if not e.is_choice)
+        k = len(mixed) if cell.keep is None else min(cell.keep, len(mixed))
+        options = []
+        for subset in itertools.combinations(mixed, k):
+            for ops_ in itertools.product(*[[o for o in e.candidates if o != "none" or cell.keep is None] for e in subset]):
+                options.append(fixed | frozenset((e.src, e.dst, o, "mixed") for e, o in zip(subset, ops_)))
+        per_node.append(options)
+    out = set()
+    for combo in itertools.product(*per_node):
+        cell_edges = frozenset().union(*combo)
+        used = [o for _, _, o, kind in cell_edges if kind == "mixed"]
+        if all(used.count(op) <= cap for op, cap in caps.items()):
+            out.add(cell_edges)
+    return out
+
+
+@pytest.mark.parametrize("rule, limits", [
+    ("", ""), ("keep 1 inputs per node", ""), ("keep 2 inputs per node", ""),
+    ("keep 2 inputs per node", "limit skip_connect <= 1 per cell"),
+    ("keep 1 inputs per node", "limit skip_connect <= 0 per cell\n      limit max_pool_3x3 <= 1 per cell"),
+    ("", "limit sep_conv_3x3 <= 2 per cell"),
+])  # fmt: skip
+def test_candidates_of_cells_mixing_fixed_and_searchable_edges_match_brute_force(rule, limits):
+    import random
+
+    from nasir.passes.derive import Pick, apply_limits, select
+    from nasir.passes.mixed_ops import MixedOps
+
+    spec = spec_of(MIXED_FIXED.replace("RULE", rule).replace("LIMITS", limits or "epochs 1"))
+    cell = spec.cell("c")
+    lims = spec.search.limits
+    expected = derivable(cell, lims)
+    assert analysis.candidates(cell, lims) == len(expected) > 0
+    # The enumeration is what derivation does: random scores through passes/derive.py land inside it.
+    lowered = MixedOps().run(spec).spec.cell("c")
+    rng = random.Random(0)
+    for _ in range(200):
+        scores = [[rng.random() for _ in row] for row in lowered.alpha_rows]
+        sel = select(lowered, scores)
+        picks = iter(apply_limits([x for x in sel if isinstance(x, Pick)], lims))
+        chosen = [x if not isinstance(x, Pick) else next(picks) for x in sel]
+        derived = frozenset((x.edge.src, x.edge.dst, x.op, "mixed") if isinstance(x, Pick) else (x.src, x.dst, x.op, "fixed")
+                            for x in chosen)  # fmt: skip
+        assert derived in expected
+
+
+def test_info_counts_respect_limits():
+    text = MIXED_FIXED.replace("RULE", "keep 2 inputs per node")
+    free = analysis.candidates(spec_of(text.replace("LIMITS", "epochs 1")).cell("c"))
+    spec = spec_of(text.replace("LIMITS", "limit skip_connect <= 0 per cell"))
+    assert analysis.candidates(spec.cell("c"), spec.search.limits) < free
+    # no skip_connect on a kept mixed edge: 2 real ops per edge; n0 keeps 2 of 2, n1 2 of 3, n2 2 of 4
+    assert analysis.candidates(spec.cell("c"), spec.search.limits) == 2**2 * 3 * 2**2 * 6 * 2**2
+
+
+def test_huge_candidate_counts_render_and_print_as_json():
+    import json
+
+    from nasir.cli import _json_safe
+
+    n = 7**10_000  # 8,451 digits: more than Python prints as an int, far past float
+    x = 10_000 * math.log10(7)  # 8450.98...: n = 10**0.98... * 10**8450
+    mantissa = 10 ** (x - math.floor(x))
+    assert analysis._count(n) == f"about {mantissa:.2f}e+{math.floor(x)}" == "about 9.56e+8450"
+    assert analysis._count(15_625) == "15,625" and analysis._count(123_456_789) == "123,456,789 (about 1.23e+8)"
+    text = json.dumps(_json_safe({"space": {"candidates": n, "mixed_edges": 3}, "flag": True}))
+    assert json.loads(text) == {"space": {"candidates": "9.558729e+8450", "mixed_edges": 3}, "flag": True}
+
+
+@pytest.mark.parametrize("topology", ["inputs 1", "inputs 2", "outputs 1", "outputs any"])
+def test_topology_candidates_respect_limits_by_brute_force(topology):
+    spec = spec_of(small_space(f"topology {topology}").replace("none, ", "") + "\nsearch {\n  limit skip_connect <= 1 per cell\n}\n")
+    cell = spec.cell("c")
+    kind, k = topology.split()
+    edges = [(e.src, e.dst) for e in cell.edges]
+    count = 0
+    for assign in itertools.product([None, "skip_connect", "sep_conv_3x3"], repeat=len(edges)):
+        present = [edges[i] for i, a in enumerate(assign) if a is not None]
+        if assign.count("skip_connect") > 1 or not all(any(d == n for _, d in present) for n in cell.node_names):
+            continue
+        if kind == "inputs":
+            ok = all(sum(d == n for _, d in present) == min(int(k), sum(e.dst == n for e in cell.edges)) for n in cell.node_names)
+        else:
+            ok = all(k == "any" or sum(s == x for s, _ in present) == min(int(k), sum(e.src == x for e in cell.edges))
+                     for x in cell.states if any(e.src == x for e in cell.edges))  # fmt: skip
+        count += ok
+    assert analysis.candidates(cell, spec.search.limits) == count > 0
+    assert analysis.candidates(cell, spec.search.limits) < analysis.candidates(cell)
+
+
+@pytest.mark.parametrize("topology", ["inputs 1", "inputs 2", "outputs 2", "outputs any"])
+def test_topology_codes_are_counted_without_listing_them(topology):
+    from nasir.frontend import topology_codes
+    from nasir.passes.topology import beta_rows
+
+    cell = spec_of(small_space(f"topology {topology}").replace("none, ", "")).cell("c")
+    assert topology_codes(cell.topology, list(cell.edges)) == sum(len(r.codes) for r in beta_rows(cell))
+
+
+def test_a_topology_with_too_many_codes_is_refused_at_check():
+    from helpers import errors_of
+
+    from nasir import limits
+
+    n = 13  # c_k2 reaches all 13 nodes: 2**13 codes for it alone
+    text = f"""
+        cell c {{
+          inputs a, b
+          nodes n0..n{n - 1}
+          edges * -> n* : choice({{skip_connect, sep_conv_3x3}})
+          output concat(n0..n{n - 1})
+          topology outputs any
+        }}
+    """
+    # a deciding node per state with successors: a and b reach all n nodes, node k the n - 1 - k after it
+    expected = 2 * 2**n + sum(2 ** (n - 1 - k) for k in range(n - 1))
+    assert expected > limits.MAX_TOPOLOGY_CODES
+    assert errors_of(text) == [(6, 3, f"this topology has {expected:,} codes (topology variables); a cell has at most {limits.MAX_TOPOLOGY_CODES:,}")]
+
+
+def test_outputs_topologies_past_the_enumeration_bound_are_reported_as_not_counted(monkeypatch):
+    monkeypatch.setattr(analysis, "MAX_ENUMERATED_TOPOLOGIES", 10)
+    cell = spec_of(small_space("topology outputs 1").replace("none, ", "")).cell("c")
+    # rows: a and b pick 1 of 3 nodes, n0 1 of 2, n1 1 of 1: 3 * 3 * 2 * 1 = 18 combinations > 10
+    assert analysis.candidates(cell) is None
+    assert analysis._count(None) == "not counted (more than 10 topologies to enumerate)"

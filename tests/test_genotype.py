@@ -4,6 +4,7 @@ and every malformed input is a diagnostic at its line:col (never a traceback, ne
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -284,7 +285,7 @@ def test_spec_to_genotype_of_examples_darts_v2_is_the_darts_repository_string():
 
 
 def test_pc_darts_p_darts_sdarts_multiline_genotypes_parse_with_range_concat():
-    pc = parse_genotype(PC_DARTS)
+    pc = parse_genotype(PC_DARTS, "PC_DARTS_cifar")
     assert pc.normal[:2] == (("sep_conv_3x3", 1), ("skip_connect", 0))
     assert pc.normal_concat == pc.reduce_concat == (2, 3, 4, 5)
     assert parse_genotype(PC_DARTS, "PCDARTS") == pc  # alias followed
@@ -294,9 +295,15 @@ def test_pc_darts_p_darts_sdarts_multiline_genotypes_parse_with_range_concat():
     assert rs != adv and len(rs.normal) == len(adv.reduce) == 8
 
 
-def test_darts_genotypes_file_takes_first_genotype_and_follows_alias_by_name():
-    first = parse_genotype(DARTS_FILE)
-    assert first == parse_genotype(DARTS_FILE, "NASNet")
+def test_darts_genotypes_file_needs_a_name_and_follows_alias_by_name():
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(DARTS_FILE, source_name="genotypes.py")
+    d = e.value.diagnostics[0]
+    defined = re.findall(r"^(\w+) = Genotype\(", DARTS_FILE, re.M)  # independent count of the definitions
+    assert len(defined) >= 3
+    assert d.message == f"genotypes.py defines {len(defined)} genotypes; choose one with --name"
+    assert d.hint == "names: " + ", ".join(defined)
+    first = parse_genotype(DARTS_FILE, "NASNet")
     assert len(first.normal) == 10 and first.reduce_concat == (4, 5, 6)
     assert parse_genotype(DARTS_FILE, "DARTS") == parse_genotype(DARTS_V2)
 
@@ -547,3 +554,25 @@ def test_macro_texts_are_the_three_canonical_networks():
         assert f"network {name}(" in macro_text(name)
     with pytest.raises(DiagnosticError, match="unknown macro network 'cifra'"):
         macro_text("cifra")
+
+
+def test_import_of_a_file_with_several_genotypes_asks_for_a_name(tmp_path, capsys):
+    from nasir.cli import main
+
+    f = tmp_path / "genotypes.py"
+    f.write_text(DARTS_FILE)
+    assert main(["import", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "defines" in err and "genotypes; choose one with --name" in err and "hint: names: NASNet, AmoebaNet" in err
+    assert main(["import", str(f), "--name", "DARTS"]) == 0
+    assert "# Genotype(normal=[('sep_conv_3x3', 0)" in capsys.readouterr().out
+
+
+def test_a_genotype_cell_past_the_node_limit_is_refused():
+    from nasir import limits
+
+    n = limits.MAX_NODES_PER_CELL + 1
+    pairs = ", ".join(f"('skip_connect', {k}), ('skip_connect', {k + 1})" for k in range(n))
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(f"Genotype(normal=[{pairs}], normal_concat=[{n + 1}], reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])")
+    assert [d.message for d in e.value.diagnostics] == [f"'normal' has {n:,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}"]

@@ -64,6 +64,77 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_of_an_amp_run_restores_the_grad_scaler_and_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """AMP on the CPU (bfloat16 autocast, torch.amp.GradScaler("cpu")) with a scaler that doubles its
+    scale after every step: the scale is state that only last.pt can carry across the interruption."""
+    import json
+
+    import nasir.device as dv
+
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: real(device, init_scale=2.0, growth_interval=1, enabled=enabled))
+    monkeypatch.setattr(dv, "peak_memory_mb", lambda device: 12.5)  # as on a GPU: the epoch's peak goes to metrics.jsonl
+    spec = spec_of(TINY)
+    train(spec, "synthetic:128", tmp_path / "a", cfg(), progress=False, amp=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, stop_after_steps=6, amp=True)
+    train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, resume=True, amp=True)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    # 3 epochs x 4 steps, no overflow in fp32 gradients: 2 * 2**12 (by hand), in both runs.
+    assert a["scaler"]["scale"] == b["scaler"]["scale"] == 2.0**13
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    rec = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["amp_scale"] for r in rec] == [2.0**5, 2.0**9, 2.0**13] and all(r["gpu_peak_mb"] == 12.5 for r in rec)
+    # An AMP checkpoint does not resume without AMP (nor the other way): a diagnostic, not a silent change.
+    with pytest.raises(DiagnosticError, match="mixed precision was on then, off now"):
+        train(spec, "synthetic:128", tmp_path / "b", cfg(epochs=4), progress=False, resume=True, amp=False)
+
+
+def test_a_sigint_mid_epoch_saves_last_pt_at_the_step_boundary_and_resume_equals_not_stopping(tmp_path, monkeypatch):
+    import signal
+
+    from nasir.search import data as data_mod
+    from nasir.train import TrainInterrupted
+
+    spec = spec_of(TINY)
+    train(spec, "synthetic:128", tmp_path / "a", cfg(), progress=False)
+    real, calls = data_mod.batch_generator, []
+
+    def generator_then_signal(*a):
+        calls.append(a)
+        if len(calls) == 6:  # the second step of epoch 2 is about to run: Ctrl-C (twice, as under torchrun)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a)
+
+    monkeypatch.setattr(data_mod, "batch_generator", generator_then_signal)
+    with pytest.raises(TrainInterrupted) as info:
+        train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False)
+    assert (info.value.epoch, info.value.step) == (1, 2)  # the step that was running finished first
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["step"] == 2
+    monkeypatch.setattr(data_mod, "batch_generator", real)
+    train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, resume=True)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_deterministic_mode_is_recorded_undone_after_the_run_and_changes_no_result_on_the_cpu(tmp_path):
+    import json
+
+    spec = spec_of(TINY)
+    a = train(spec, "synthetic:128", tmp_path / "a", cfg(epochs=1, limit_batches=2), progress=False)
+    b = train(spec, "synthetic:128", tmp_path / "b", cfg(epochs=1, limit_batches=2), progress=False, deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text())["deterministic"] is True
+    assert "deterministic" not in json.loads((tmp_path / "a" / "metrics.jsonl").read_text())
+    # The head's mean over H, W (nasir.device.GlobalAvgPool) stands in for adaptive pooling: same numbers.
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    wa, wb = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+
+
 def test_cutout_zeroes_one_square_of_the_given_size():
     x = torch.ones(64, 1, 32, 32)
     g = torch.Generator().manual_seed(0)
@@ -135,6 +206,9 @@ def test_two_gloo_processes_agree_and_match_the_averaged_single_process_step(tmp
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
                         str(tmp_path / "rank.py"), str(tmp_path / "t.cell"), out], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    # last.pt holds both ranks' RNG states (each rank's GPU generator, on GPUs), not only rank 0's.
+    rng = load_checkpoint(os.path.join(out, "last.pt"))["rng"]
+    assert len(rng["ranks"]) == 2 and torch.equal(rng["ranks"][0]["torch"], rng["torch"])
     w0 = torch.load(os.path.join(out, "rank0.pt"), weights_only=True)
     w1 = torch.load(os.path.join(out, "rank1.pt"), weights_only=True)
     for k in w0:

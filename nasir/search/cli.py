@@ -46,7 +46,12 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--arch-weight-decay", type=float, metavar="WD",
                    help="architecture Adam weight decay (default: the spec's, else 1e-3)")  # fmt: skip
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's, else 2)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto picks CUDA when available")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto | cpu | cuda | cuda:N; auto picks CUDA when available (under torchrun: LOCAL_RANK's GPU)")  # fmt: skip
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic CUDA algorithms: the same alphas on every run and after --resume (slower; docs/gpu.md)")  # fmt: skip
+    p.add_argument("--no-fp32-arch-grads", dest="fp32_arch_grads", action="store_false",
+                   help="allow TF32 in the architecture gradients (default: full fp32; docs/gpu.md)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.add_argument("--low-memory", action="store_true", help="recompute mixed ops in the backward pass (less memory)")
     p.add_argument("--layout", choices=("auto", "channels-last", "contiguous"), default="auto",
@@ -61,7 +66,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 def run_search(args: argparse.Namespace) -> int:
     from nasir.search.runner import SearchInterrupted, keep_freed_memory, search
 
-    if args.device != "cuda":
+    if not args.device.startswith("cuda"):
         keep_freed_memory()  # a whole process for one search: keep its activations' pages between steps
 
     select = args.select.replace("-", "_") if args.select else None
@@ -76,7 +81,8 @@ def run_search(args: argparse.Namespace) -> int:
                         w_weight_decay=args.weight_decay, a_lr=args.arch_lr, a_weight_decay=args.arch_weight_decay,
                         device=args.device, resume=args.resume,
                         overrides=args.overrides, low_memory=args.low_memory, channels_last=layout,
-                        limit_batches=args.limit_batches, progress=not args.no_progress)  # fmt: skip
+                        limit_batches=args.limit_batches, progress=not args.no_progress,
+                        deterministic=args.deterministic, fp32_arch_grads=args.fp32_arch_grads)  # fmt: skip
     except SearchInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130

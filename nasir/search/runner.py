@@ -29,20 +29,19 @@ The output directory gets
 Resuming (`resume=True`) restores model, optimisers, scheduler, RNG states, the position in the epoch
 and the partial epoch's sums; the data order is a function of (seed, epoch), so a resumed search ends
 with the same alphas and derived.cell as one that never stopped. SIGINT/SIGTERM stop at the next step
-boundary and save a checkpoint first; a second signal stops at once.
+boundary and save a checkpoint first (under torchrun every rank stops after the same step; a second
+signal stops at once only in a single process: nasir.device.StopFlag). On CUDA (docs/gpu.md) the
+architecture gradients run without TF32, and `deterministic` makes a resumed search end with the
+alphas of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from nasir import device as dv
 from nasir import ir
 from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.io import atomic_write, atomic_write_with
@@ -98,6 +98,8 @@ class Options:
                   takes the full argmax elsewhere (NAS-Bench-201); True / False force one rule
     w_lr, w_lr_min, momentum, w_weight_decay   the weight optimiser (spec: lr, lr_min, momentum, weight_decay)
     a_lr, a_weight_decay                       the architecture optimiser (spec: arch_lr, arch_weight_decay)
+    fp32_arch_grads  architecture gradients without TF32 (on by default; named in metrics.jsonl)
+    deterministic    deterministic CUDA algorithms: a resumed search ends with the same alphas (docs/gpu.md)
     """
 
     method: str = "darts"
@@ -128,11 +130,14 @@ class Options:
     a_betas: tuple[float, float] = (0.5, 0.999)
     a_weight_decay: float = 1e-3
     limit_batches: int | None = None
-    channels_last: bool = False
+    layout: str = "auto"  # what the user asked for: auto | channels_last | contiguous
     overrides: tuple[tuple[str, Any], ...] = ()
-    # ---- not part of the result
+    # ---- not part of the result (a resumed search may change them)
     low_memory: bool = attrs.field(default=False, eq=False)
     device: str = attrs.field(default="cpu", eq=False)
+    channels_last: bool = attrs.field(default=False, eq=False)  # the layout used: `layout`, auto following the device
+    fp32_arch_grads: bool = attrs.field(default=True, eq=False)  # TF32 off in the architecture step (docs/gpu.md)
+    deterministic: bool = attrs.field(default=False, eq=False)  # nasir.device's deterministic mode (docs/gpu.md)
 
     @property
     def warmup_epochs(self) -> int:
@@ -273,16 +278,6 @@ def _flag_error(message: str, hint: str | None = None) -> DiagnosticError:
     return DiagnosticError([Diagnostic(message, None, hint)])
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise _flag_error("--device cuda: no CUDA device is available", "use --device cpu or --device auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise _flag_error(f"--device must be auto, cpu or cuda, got '{device}'")
-    return torch.device(device)
-
-
 FLAGS = ("method", "order", "partial_channels", "select", "strength_window", "smooth", "adv_steps", "early_stop",
          "hessian", "epochs", "batch_size", "seed", "warmup", "w_lr", "w_lr_min", "momentum", "w_weight_decay",
          "a_lr", "a_weight_decay")  # fmt: skip
@@ -291,8 +286,12 @@ _FLAG_NAMES = {"w_lr": "lr", "w_lr_min": "lr_min", "w_weight_decay": "weight_dec
 
 
 def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limit_batches: int | None,
-                 channels_last: bool | None, low_memory: bool, device: torch.device, **flags: Any) -> Options:  # fmt: skip
-    """The spec's `search` block over the defaults, the caller's `flags` (None: unset; names in FLAGS) over both."""
+                 channels_last: bool | None, low_memory: bool, device: torch.device, fp32_arch_grads: bool = True,
+                 deterministic: bool = False, **flags: Any) -> Options:  # fmt: skip
+    """The spec's `search` block over the defaults, the caller's `flags` (None: unset; names in FLAGS) over both.
+
+    `channels_last` None is the device's default layout: it is derived, not set, so a search saved on
+    one device resumes on another (Search.load compares `layout`, what the user set)."""
     unknown = set(flags) - set(FLAGS)
     if unknown:
         raise TypeError(f"unknown search settings: {', '.join(sorted(unknown))}")
@@ -329,10 +328,12 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
                           "drop the cell's 'topology' line or choose --method darts or milenas")  # fmt: skip
     if limit_batches is not None and limit_batches < 1:
         raise _flag_error(f"--limit-batches must be at least 1, got {limit_batches}")
+    layout = {None: "auto", True: "channels_last", False: "contiguous"}[channels_last]
     if channels_last is None:
         channels_last = device.type == "cpu"  # performance.md: NHWC runs the CPU supernet in ~0.63 x the time
-    return Options(data=data, overrides=tuple(sorted(overrides.items())), limit_batches=limit_batches,
-                   channels_last=channels_last, low_memory=low_memory, device=str(device), **s)  # fmt: skip
+    return Options(data=data, overrides=tuple(sorted(overrides.items())), limit_batches=limit_batches, layout=layout,
+                   channels_last=channels_last, low_memory=low_memory, device=str(device), fp32_arch_grads=fp32_arch_grads,
+                   deterministic=deterministic, **s)  # fmt: skip
 
 
 # ---- the job ------------------------------------------------------------------------------------------
@@ -355,57 +356,6 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = libc.mallopt(m_trim_threshold, 2**30) == 1
     return libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1 and ok  # 32 MiB: glibc's largest mmap threshold
-
-class _StopFlag:
-    """SIGINT/SIGTERM ask for a stop at the next step boundary; a second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\nnasir: stopping after this step (again to stop at once)", file=sys.stderr)
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _canonical(spec: ir.Spec) -> str:
@@ -430,6 +380,8 @@ class Search:
         self.stop_after_steps = stop_after_steps
         self.source = source or spec.file
         self.device = torch.device(options.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # this process's GPU (nasir.device.select_device chose it)
         from nasir.train import init_distributed
 
         # Under torchrun every rank takes an equal slice of each global batch; every gradient is
@@ -452,14 +404,16 @@ class Search:
         if options.limit_batches is not None:
             steps = min(steps, options.limit_batches)
         self.steps = steps
-        self.stop = _StopFlag()
+        self.stop = dv.StopFlag()
         if options.warmup_epochs >= options.epochs:
             self.notes.append(f"no architecture step: the warm-up ({options.warmup_epochs} epochs) covers all {options.epochs} "
                               "epochs, so the derived cell comes from the initial architecture variables (set warmup lower)")  # fmt: skip
 
         self.model = build_supernet(self.spec, plan, seed=options.seed, channels_last=options.channels_last,
-                                    low_memory=options.low_memory, partial_channels=options.partial_channels,
-                                    ).to(self.device)  # fmt: skip
+                                    low_memory=options.low_memory, partial_channels=options.partial_channels)  # fmt: skip
+        if options.deterministic:
+            dv.deterministic_pooling(self.model)  # torch has no deterministic CUDA backward for adaptive pooling
+        self.model.to(self.device)
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), options.w_lr, momentum=options.momentum,
                                      weight_decay=options.w_weight_decay)  # fmt: skip
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, options.epochs, eta_min=options.w_lr_min)
@@ -487,7 +441,8 @@ class Search:
     def _zero_sums() -> dict[str, float]:
         return {"train_loss": 0.0, "train_correct": 0.0, "arch_loss": 0.0, "arch_seen": 0.0, "seen": 0.0, "seconds": 0.0}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint; `rng` from nasir.device.rng_state (which every rank must call under DDP)."""
         return {
             "version": CHECKPOINT_VERSION,
             "options": self.opt.to_dict(),
@@ -498,8 +453,8 @@ class Search:
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.architect.optimizer.state_dict(),
             "sched": self.sched.state_dict(),
-            "rng": _rng_state(),
-            "partial": dict(self.partial),
+            "rng": rng if rng is not None else dv.rng_state(),
+            "partial": {k: float(v) for k, v in self.partial.items()},  # device sums read once, here
             "history": json.dumps(self.history),
             "strength": self.meter.state_dict(),
             "early": self.early.state_dict() if self.early else None,
@@ -507,15 +462,17 @@ class Search:
         }
 
     def save(self) -> None:
+        """checkpoint.pt; every rank calls it (their RNG states are gathered), rank 0 writes it."""
+        rng = dv.rng_state()
         if not self.dist.main:
             return
-        state = self.state_dict()
+        state = self.state_dict(rng)
         atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
     def load(self) -> None:
         path = self.out / CHECKPOINT
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = dv.load_on_cpu(path)  # on the CPU: the RNG states must stay there; the rest moves below
         except FileNotFoundError:
             raise _flag_error(f"--resume: no checkpoint in '{self.out}'", "start a new search without --resume") from None
         except Exception as e:  # a truncated or foreign file
@@ -524,9 +481,13 @@ class Search:
             raise _flag_error(f"--resume: '{path}' was written by another version of nasir")
         saved = state["options"]
         now = self.opt.to_dict()
-        differ = [k for k, v in now.items() if k not in ("low_memory", "device") and saved.get(k) != v]
+        # What the user set, not what follows from it (the layout `auto` resolves per device): only the
+        # fields that are part of the result; a field the checkpoint predates counts as its default.
+        fields = {f.name: f for f in attrs.fields(Options)}
+        default = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in fields.items()}
+        differ = [k for k, v in now.items() if fields[k].eq and saved.get(k, default[k]) != v]
         if differ:
-            listed = ", ".join(f"{k} ({saved.get(k)!r} then, {now[k]!r} now)" for k in differ)
+            listed = ", ".join(f"{k} ({saved.get(k, default[k])!r} then, {now[k]!r} now)" for k in differ)
             raise _flag_error(f"--resume: the search in '{self.out}' ran with other settings: {listed}",
                               "resume with the same flags, or start a new search in another --out")  # fmt: skip
         if state["spec"] != _canonical(self.spec):
@@ -536,11 +497,11 @@ class Search:
         self.w_opt.load_state_dict(state["w_opt"])
         self.architect.optimizer.load_state_dict(state["a_opt"])
         self.sched.load_state_dict(state["sched"])
-        _set_rng_state(state["rng"])
+        self.notes.extend(f"resume: {n}" for n in dv.restore_rng(state["rng"]))
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.partial = {k: float(v) for k, v in state["partial"].items()}
         self.history = json.loads(state["history"])
-        self.meter.load_state_dict(state["strength"])
+        self.meter.load_state_dict(dv.move_to(state["strength"], self.device))  # its history lives where the gradients do
         self.stopped_early = bool(state["stopped_early"])
         if self.early is not None:
             self.early.load_state_dict(state["early"])
@@ -554,7 +515,7 @@ class Search:
         if self.dist.world > 1:  # this rank's slice of the global batch, augmented as one process would
             n = len(y) // self.dist.world
             x, y = x[self.dist.rank * n : (self.dist.rank + 1) * n], y[self.dist.rank * n : (self.dist.rank + 1) * n]
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return dv.to_device(x, self.device), dv.to_device(y, self.device)  # pinned, non-blocking on CUDA
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> SearchResult:
@@ -571,11 +532,14 @@ class Search:
 
             bar = tqdm(total=total, initial=self.epoch * self.steps + self.step, file=sys.stderr, unit="step",
                        dynamic_ncols=True, leave=False)  # fmt: skip
+        benchmark = torch.backends.cudnn.benchmark
         try:
-            with self.stop.installed():
+            with self.stop.installed(), dv.deterministic_mode(self.opt.deterministic):
+                dv.fixed_shapes(self.device)  # cuDNN autotuning on CUDA unless deterministic: every step has one shape
                 while self.epoch < self.opt.epochs and not self.stopped_early:
                     self._epoch(bar)
         finally:
+            torch.backends.cudnn.benchmark = benchmark
             if bar is not None:
                 bar.close()
         return self.finish()
@@ -586,7 +550,8 @@ class Search:
         lr = self.sched.get_last_lr()[0]
         eps = smoothing.epsilon(self.epoch, opt.epochs, opt.eps_start, opt.eps_end) if opt.smooth != "none" else None
         model.train()
-        sums = self.partial
+        sums: dict[str, Any] = self.partial  # tensors on the device during the epoch: no host sync per step
+        dv.reset_peak_memory(self.device)
         if bar is not None:
             bar.set_description(f"epoch {self.epoch + 1}/{opt.epochs}")
         while self.step < self.steps:
@@ -597,30 +562,31 @@ class Search:
             # 1. architecture step on the architecture data (after the warm-up), 2. weight step (methods.md, DARTS).
             a_loss = None
             if self.epoch >= opt.warmup_epochs:
-                a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
+                with dv.fp32_arch_grads(opt.fp32_arch_grads):  # TF32 off: the finite difference is sensitive (docs/gpu.md)
+                    a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
                 kinds = list(model.alphas)
                 self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
             soft = self._smoothed(train, eps) if eps is not None else None
             loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
             n = train[1].numel()
-            sums["train_loss"] += float(loss) * n
-            sums["train_correct"] += float((logits.argmax(1) == train[1]).sum())
+            sums["train_loss"] += loss.double() * n
+            sums["train_correct"] += (logits.argmax(1) == train[1]).sum().double()
             if a_loss is not None:
-                sums["arch_loss"] += float(a_loss) * n
+                sums["arch_loss"] += a_loss.double() * n
                 sums["arch_seen"] += n
             sums["seen"] += n
-            sums["seconds"] += time.perf_counter() - t0
+            sums["seconds"] += time.perf_counter() - t0  # on CUDA the time to queue the step; the epoch's total is exact
             self.step += 1
             done = self.epoch * self.steps + self.step
-            info = {"epoch": self.epoch + 1, "step": self.step, "global_step": done, "loss": float(loss),
-                    "arch_loss": None if a_loss is None else float(a_loss)}  # fmt: skip
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", arch="warm-up" if a_loss is None else f"{float(a_loss):.3f}",
-                                acc=f"{sums['train_correct'] / sums['seen']:.3f}")  # fmt: skip
-            if self.callback is not None:
-                self.callback(info)
-            if self.stop.requested or (self.stop_after_steps is not None and done >= self.stop_after_steps):
+                if self.step % 50 == 1 or self.step == self.steps:  # reading the numbers waits for the GPU
+                    bar.set_postfix(loss=f"{float(loss):.3f}", arch="warm-up" if a_loss is None else f"{float(a_loss):.3f}",
+                                    acc=f"{float(sums['train_correct']) / sums['seen']:.3f}")  # fmt: skip
+            if self.callback is not None:  # a callback reads the losses: that waits for the GPU
+                self.callback({"epoch": self.epoch + 1, "step": self.step, "global_step": done, "loss": float(loss),
+                               "arch_loss": None if a_loss is None else float(a_loss)})  # fmt: skip
+            if self.stop.agreed() or (self.stop_after_steps is not None and done >= self.stop_after_steps):
                 if self.step < self.steps:
                     self.save()
                     raise SearchInterrupted(self.out, self.epoch, self.step)
@@ -629,6 +595,7 @@ class Search:
         valid_loss, valid_acc = self.evaluate(self.a_idx)
         eval_s = time.perf_counter() - t0
         self.sched.step()
+        sums = {k: float(v) for k, v in sums.items()}
         seen = max(sums["seen"], 1.0)
         record = {
             "epoch": self.epoch + 1, "steps": self.steps, "lr": lr,
@@ -637,13 +604,20 @@ class Search:
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "time_s": round(sums["seconds"] + eval_s, 3), "train_s": round(sums["seconds"], 3),
         }  # fmt: skip
+        record.update(dv.precision_record(opt.fp32_arch_grads))
+        if opt.deterministic:
+            record["deterministic"] = True
+        peak = dv.peak_memory_mb(self.device)
+        if peak is not None:
+            record["gpu_peak_mb"] = peak
         if eps is not None:
             record["eps"] = eps
         if self.epoch < opt.warmup_epochs:
             record["warmup"] = True
         if opt.hessian:
             t0 = time.perf_counter()
-            eig = self.hessian_eigenvalue()
+            with dv.fp32_arch_grads(opt.fp32_arch_grads):
+                eig = self.hessian_eigenvalue()
             record["hessian_eig"] = eig.value
             record["hessian_converged"] = eig.converged
             record["hessian_method"] = eig.method
@@ -692,7 +666,7 @@ class Search:
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `batch_size` samples of the architecture data, unaugmented: the diagnostics' batch."""
         x, y = self.data.batch(self.a_idx[: self.opt.batch_size], train=False)
-        return x.to(self.device), y.to(self.device)
+        return dv.to_device(x, self.device), dv.to_device(y, self.device)
 
     def hessian_eigenvalue(self) -> smoothing.Eigenvalue:
         """The largest eigenvalue of the Hessian of L_val w.r.t. alpha (SDARTS' diagnostic), train mode
@@ -711,17 +685,19 @@ class Search:
         n_batches = math.ceil(len(indices) / b)
         if self.opt.limit_batches is not None:
             n_batches = min(n_batches, self.opt.limit_batches)
-        loss = correct = seen = 0.0
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device, read once
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
         for k in range(n_batches):
             idx = indices[k * b : (k + 1) * b]
             x, y = self.data.batch(idx, train=False)
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = dv.to_device(x, self.device), dv.to_device(y, self.device)
             logits = self.model(x)
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
+            loss += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum().double()
             seen += y.numel()
         self.model.train()
-        return loss / max(seen, 1.0), correct / max(seen, 1.0)
+        return float(loss) / max(seen, 1.0), float(correct) / max(seen, 1.0)
 
     # ---- derivation and outputs ----------------------------------------------------------------
     def scores(self) -> dict[str, list[list[float]]]:
@@ -920,7 +896,8 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
            overrides: Sequence[str] | Mapping[str, Any] | None = None, low_memory: bool = False,
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
-           stop_after_steps: int | None = None, artifacts: bool = True) -> SearchResult:  # fmt: skip
+           stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
+           deterministic: bool = False) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
@@ -930,16 +907,20 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     a_weight_decay). `limit_batches` caps the steps per
     epoch (and the evaluation batches) for quick runs. `callback(info)` runs after every step;
     `stop_after_steps` stops (with a checkpoint) once that many steps are done in all, as a signal would.
-    `artifacts=False` skips derived.onnx and the PNGs.
+    `artifacts=False` skips derived.onnx and the PNGs. `device`: auto | cpu | cuda | cuda:N (under
+    torchrun, a CUDA run takes LOCAL_RANK's GPU; nasir.device.select_device). `fp32_arch_grads`: the
+    architecture gradients without TF32; `deterministic`: deterministic CUDA algorithms, so a resumed
+    search ends with the alphas of one that never stopped (docs/gpu.md).
     Raises DiagnosticError for bad input and `SearchInterrupted` when stopped early.
     """
     from nasir.compile import resolve
 
     spec, plan = resolve(spec_or_path, overrides)
     values = dict(overrides) if isinstance(overrides, Mapping) else _override_values(overrides)
-    dev = resolve_device(device)
+    dev = dv.select_device(device)
     data_mod.parse_data_spec(data)  # bad data specs fail before anything is built
     options = make_options(spec, data=data, overrides=values, limit_batches=limit_batches, channels_last=channels_last,
+                           fp32_arch_grads=fp32_arch_grads, deterministic=deterministic,
                            low_memory=low_memory, device=dev, order=order, epochs=epochs, batch_size=batch_size,
                            seed=seed, select=select, method=method, partial_channels=partial_channels, smooth=smooth,
                            adv_steps=adv_steps, early_stop=early_stop, hessian=hessian,

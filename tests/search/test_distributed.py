@@ -84,3 +84,57 @@ def test_two_gloo_processes_keep_alphas_and_weights_identical_and_equal_to_the_a
         assert torch.allclose(s0[k], ref[k], atol=1e-6, rtol=1e-5), k
     # Rank 0 alone wrote the outputs; the strengths it selected by are the averaged gradients' too.
     assert (out / "derived.cell").is_file() and (out / "strengths.json").is_file()
+
+
+STOP_SCRIPT = """
+import json, os, signal, sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from nasir.compile import resolve
+from nasir.search.runner import Search, SearchInterrupted, make_options
+spec, plan = resolve(sys.argv[1], ["C=4", "layers=3"])
+rank, out = int(os.environ["RANK"]), Path(sys.argv[2])
+
+def run(name, **kw):
+    opts = make_options(spec, data="synthetic:32", overrides={"C": 4, "layers": 3}, limit_batches=None, channels_last=None,
+                        low_memory=False, device=torch.device("cpu"), epochs=2, batch_size=8, seed=0, select="strength")
+    return Search(spec, plan, opts, out / name, progress=False, artifacts=False, **kw)
+
+whole = run("whole").run()
+
+def ctrl_c(info):  # rank 1 only, mid-epoch: the terminal's SIGINT, then the copy torchrun's agent forwards
+    if rank == 1 and info["global_step"] == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+stopped = None
+try:
+    run("cut", callback=ctrl_c).run()
+except SearchInterrupted as e:
+    stopped = [e.epoch, e.step]
+saved = torch.load(out / "cut" / "checkpoint.pt", weights_only=True) if rank == 0 else None
+resumed = run("cut").run(resume=True)
+(out / ("rank%d.json" % rank)).write_text(json.dumps({
+    "stopped": stopped, "same_alphas": resumed.alphas == whole.alphas,
+    "saved_at": None if saved is None else [saved["epoch"], saved["step"]],
+    "rng_ranks": None if saved is None else len(saved["rng"]["ranks"])}))
+"""
+
+
+def test_a_sigint_to_one_rank_mid_epoch_stops_both_at_the_same_step_and_resume_gives_the_same_alphas(tmp_path):
+    """Under torchrun a worker gets Ctrl-C twice (the terminal's and the agent's copy); only rank 1 gets it
+    here. Both ranks must agree on the stop step (else one waits forever in an all-reduce), checkpoint
+    there, and the resumed pair end where a pair that never stopped ends."""
+    import json
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "stop.py").write_text(STOP_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(_free_port()), str(tmp_path / "stop.py"), str(EXAMPLES / "digits.cell"), str(out)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert res[0]["stopped"] == res[1]["stopped"] == [0, 1]  # epoch 1, after its first of two steps
+    assert res[0]["saved_at"] == [0, 1] and res[0]["rng_ranks"] == 2  # one checkpoint, both ranks' RNG states
+    assert res[0]["same_alphas"] and res[1]["same_alphas"]

@@ -192,3 +192,192 @@ def test_cli_prints_the_derived_cell_and_the_files(tmp_path, capsys):
     assert info.value.code == 2
     with pytest.raises(DiagnosticError, match="does not exist"):
         run_search(parser.parse_args([*argv, "--data", "folder:/no/such/folder"]))
+
+
+# ---- the GPU path, simulated on the CPU (issue 17; docs/gpu.md) --------------------------------------
+def _tiny_search(out, **kw):
+    """A Search object for TINY's settings (no run), as search() builds it. `device`: the device the
+    options are made for (its default layout); the Search itself runs on the CPU."""
+    import attrs
+
+    from nasir.compile import resolve
+    from nasir.search.runner import Search
+
+    spec, plan = resolve(SPEC, TINY["overrides"])
+    opts = make_options(spec, data=TINY["data"], overrides={"C": 4, "layers": 3}, limit_batches=None,
+                        channels_last=kw.pop("channels_last", None), low_memory=False,
+                        device=kw.pop("device", torch.device("cpu")), epochs=TINY["epochs"], batch_size=TINY["batch_size"],
+                        seed=TINY["seed"], **kw)  # fmt: skip
+    return Search(spec, plan, attrs.evolve(opts, device="cpu"), out, progress=False, artifacts=False)
+
+
+def test_resume_reads_the_checkpoint_on_the_cpu_and_moves_the_strength_history_to_the_device(tmp_path):
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path, artifacts=False, stop_after_steps=1, select="strength", **TINY)
+    run = _tiny_search(tmp_path, select="strength")
+    run.device = torch.device("meta")  # stands for a GPU: a checkpoint mapped there would put the RNG states there too
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["rng"]["torch"]
+    torch.manual_seed(12345)
+    run.load()
+    history = run.meter.state_dict()["history"]
+    assert history and all(h.device.type == "meta" and h.shape[0] == 1 for h in history.values())  # one step recorded
+    assert torch.equal(torch.get_rng_state(), saved)  # the CPU RNG was restored from the CPU-side state
+    assert next(run.model.parameters()).device.type == "cpu"  # load_state_dict copies into the model where it is
+
+
+def test_under_torchrun_the_search_takes_the_local_rank_gpu(monkeypatch, tmp_path):
+    import nasir.search.runner as runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    seen = []
+
+    class BuiltError(Exception):
+        pass
+
+    def capture(spec, plan, options, *a, **k):
+        seen.append(options)
+        raise BuiltError
+
+    monkeypatch.setattr(runner, "Search", capture)
+    with pytest.raises(BuiltError):
+        search(SPEC, out=tmp_path, **{**TINY, "device": "auto"})
+    assert seen[0].device == "cuda:1" and seen[0].channels_last is False and seen[0].layout == "auto"
+
+
+def _with_gpu_rng_states(path, n: int) -> None:
+    state = torch.load(path, weights_only=True)
+    state["rng"]["cuda"] = [torch.full((16,), i + 1, dtype=torch.uint8) for i in range(n)]
+    torch.save(state, path)
+
+
+def test_a_checkpoint_with_more_gpu_rng_states_than_gpus_resumes_and_says_so(reference, tmp_path, monkeypatch):
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path / "a", artifacts=False, stop_after_steps=STEPS + 1, **TINY)
+    _with_gpu_rng_states(tmp_path / "a" / "checkpoint.pt", 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on a machine without CUDA
+    result = search(SPEC, out=tmp_path / "a", artifacts=False, resume=True, **TINY)
+    assert any("CUDA RNG states of 2 GPU(s); there is no CUDA device now" in n for n in result.notes)
+    _same_result(reference.out, tmp_path / "a")  # the GPU states played no part on the CPU
+
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path / "b", artifacts=False, stop_after_steps=STEPS + 1, **TINY)
+    _with_gpu_rng_states(tmp_path / "b" / "checkpoint.pt", 4)
+    run, restored = _tiny_search(tmp_path / "b"), []
+    with monkeypatch.context() as m:  # two GPUs now, four at save time (only while the state is restored)
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        m.setattr(torch.cuda, "device_count", lambda: 2)
+        m.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((int(s[0]), d)))
+        run.load()
+    assert restored == [(1, 0), (2, 1)]
+    assert any("CUDA RNG states of 4 GPU(s); restored 2 of them" in n for n in run.notes)
+
+
+def test_a_search_saved_where_the_default_layout_differs_resumes_but_a_layout_the_user_changed_does_not(reference, tmp_path):
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path, artifacts=False, stop_after_steps=STEPS + 1, **TINY)  # CPU: auto is channels-last
+    run = _tiny_search(tmp_path, device=torch.device("cuda"))  # options as on a GPU, where auto means contiguous
+    assert (run.opt.layout, run.opt.channels_last) == ("auto", False)
+    result = run.run(resume=True)
+    want = json.loads((reference.out / "alphas.json").read_text())
+    for k in want:  # another memory layout: the same math up to rounding
+        assert torch.allclose(torch.tensor(result.alphas[k]), torch.tensor(want[k]), atol=1e-6)
+    with pytest.raises(DiagnosticError, match=r"layout \('auto' then, 'contiguous' now\)"):
+        search(SPEC, out=tmp_path, artifacts=False, resume=True, channels_last=False, **TINY)
+
+
+def test_architecture_steps_run_without_tf32_and_metrics_name_the_setting(tmp_path, monkeypatch):
+    import nasir.search.runner as runner
+    from nasir.search.architect import Architect
+
+    seen = {"arch": [], "weight": []}
+    real_step, real_weight_step = Architect.step, runner.weight_step
+
+    def arch_step(self, *a, **k):
+        seen["arch"].append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real_step(self, *a, **k)
+
+    def weight_step(*a, **k):
+        seen["weight"].append(torch.backends.cudnn.allow_tf32)
+        return real_weight_step(*a, **k)
+
+    monkeypatch.setattr(Architect, "step", arch_step)
+    monkeypatch.setattr(runner, "weight_step", weight_step)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default
+    result = search(SPEC, out=tmp_path / "a", artifacts=False, **{**TINY, "epochs": 1})
+    assert seen["arch"] == [(False, False)] * STEPS and seen["weight"] == [True] * STEPS
+    assert torch.backends.cudnn.allow_tf32  # restored after each architecture step
+    m = result.metrics[0]
+    assert (m["fp32_arch_grads"], m["tf32_conv"], m["tf32_matmul"]) == (True, True, False)
+    seen["arch"].clear()
+    result = search(SPEC, out=tmp_path / "b", artifacts=False, fp32_arch_grads=False, **{**TINY, "epochs": 1})
+    assert seen["arch"] == [(True, False)] * STEPS and result.metrics[0]["fp32_arch_grads"] is False
+
+
+def test_deterministic_mode_holds_during_the_search_only_and_a_resumed_search_ends_with_the_same_alphas(tmp_path):
+    during = []
+
+    def probe(info):
+        during.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic))
+
+    whole = search(SPEC, out=tmp_path / "a", artifacts=False, deterministic=True, callback=probe, **TINY)
+    assert during == [(True, True)] * (2 * STEPS)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert all(m["deterministic"] is True for m in whole.metrics)
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path / "b", artifacts=False, deterministic=True, stop_after_steps=STEPS + 1, **TINY)
+    resumed = search(SPEC, out=tmp_path / "b", artifacts=False, deterministic=True, resume=True, **TINY)
+    assert resumed.alphas == whole.alphas
+    _same_result(tmp_path / "a", tmp_path / "b")
+
+
+class _EpochEndError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(select="strength"), dict(method="milenas"), dict(method="pcdarts", warmup=0)])
+def test_the_search_steps_never_wait_for_the_device(tmp_path, kw):
+    """On `meta` every host read of a tensor (.item(), float(), .tolist(), bool()) raises, as a GPU would
+    make it wait: an epoch's steps must run to the end, where the evaluation reads the numbers once."""
+    run = _tiny_search(tmp_path, **kw)
+    run.device = torch.device("meta")
+    run.model.to("meta")
+
+    def evaluate(indices):
+        raise _EpochEndError
+
+    run.evaluate = evaluate
+    with pytest.raises(_EpochEndError):
+        run._epoch(None)
+    assert run.step == run.steps == STEPS
+    assert {k: v.device.type for k, v in run.partial.items() if isinstance(v, torch.Tensor)} == {
+        "train_loss": "meta", "train_correct": "meta", "arch_loss": "meta"}  # fmt: skip
+
+
+def test_cli_passes_the_gpu_flags_and_points_a_bad_device_at_the_flag(monkeypatch, capsys):
+    import nasir.search.runner as runner
+    from nasir.cli import main
+
+    seen = {}
+
+    class StopError(Exception):
+        pass
+
+    def capture(*a, **k):
+        seen.update(k)
+        raise StopError
+
+    monkeypatch.setattr(runner, "search", capture)
+    with pytest.raises(StopError):
+        main(["--debug", "search", str(SPEC), "--device", "cuda:1", "--deterministic", "--no-fp32-arch-grads", "--no-progress"])
+    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"]) == ("cuda:1", True, False)
+    with pytest.raises(StopError):
+        main(["--debug", "search", str(SPEC), "--no-progress"])
+    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"]) == ("auto", False, True)
+    monkeypatch.undo()
+    assert main(["search", str(SPEC), "--device", "gpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "<command line>:1:" in err and "--device must be auto, cpu, cuda or cuda:N, got 'gpu'" in err

@@ -337,3 +337,31 @@ def test_coco_loader_reports_missing_files_and_bad_json(tmp_path, monkeypatch):
     (tmp_path / "annotations" / "instances_train.json").write_text("{not json")
     with pytest.raises(DiagnosticError, match="not a COCO instances file"):
         detection.coco_dataset(tmp_path, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# A detector on another device (a model on `meta` stands for one on a GPU; no GPU here)
+# ---------------------------------------------------------------------------------------------
+
+
+class _CapturedError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("what", ["torchscript", "onnx"])
+def test_the_exporters_trace_a_device_model_on_an_example_on_its_device(darts, what, tmp_path, monkeypatch):
+    seen = []
+
+    def capture(model, args, *a, **k):
+        seen.append(args[0][0] if what == "onnx" else args)  # write_onnx passes ([image],)
+        raise _CapturedError
+
+    monkeypatch.setattr(*((torch.onnx, "export") if what == "onnx" else (torch.jit, "trace")), capture)
+    model = _small_detector(darts).to("meta")
+    with pytest.raises(_CapturedError if what == "torchscript" else DiagnosticError):
+        if what == "onnx":
+            detection.write_onnx(model, tmp_path / "d.onnx")
+        else:
+            detection.script_eval(model)
+    assert [x.device.type for x in seen] == ["meta"]
+    assert tuple(seen[0].shape[-3:]) == (3, 64, 64)  # the image size follows the model's min_size (64)

@@ -85,3 +85,27 @@ def test_drawing_twice_gives_the_same_svg(tmp_path):
     spec = load(EXAMPLES / "darts_v2.cell")
     a, b = draw(spec, tmp_path / "a.svg"), draw(spec, tmp_path / "b.svg")
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_draw_into_an_unwritable_place_is_a_diagnostic_exit_2(tmp_path, capsys):
+    from nasir.cli import main
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    code = main(["draw", str(EXAMPLES / "darts_v2.cell"), "-o", str(blocker / "cells.svg")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: cannot write '{blocker / 'cells.svg'}'" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_alphas_from_a_device_or_fifo_are_refused_without_reading(tmp_path):
+    import os
+
+    spec = load(EXAMPLES / "darts.cell")
+    os.mkfifo(tmp_path / "alphas.json")
+    for path in ("/dev/zero", tmp_path / "alphas.json"):
+        with pytest.raises(DiagnosticError) as e:
+            draw(spec, tmp_path / "x.svg", alphas=path)
+        assert e.value.diagnostics[0].message.startswith(f"cannot read alphas '{path}': ")
+    assert not (tmp_path / "x.svg").exists()

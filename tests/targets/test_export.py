@@ -121,3 +121,96 @@ def test_loading_a_corrupt_model_is_a_diagnostic(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(DiagnosticError, match=f"cannot load model '{bad}'"):
         export.load_runner(bad)
+
+
+# ---- a model on another device (CUDA is simulated: no GPU here) -----------------------------------
+class _CapturedError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("target", ["onnx", "torchscript", "export"])
+def test_exporters_give_a_model_on_another_device_its_example_on_that_device(target, tmp_path, monkeypatch):
+    """A model on `meta` stands for one on a GPU: the tracer must see the example on the model's device
+    (a CPU example with CUDA weights fails in the first convolution)."""
+    seen = []
+
+    def capture(model, args, *a, **k):
+        seen.append(args[0] if isinstance(args, tuple) else args)
+        raise _CapturedError
+
+    patch = {"onnx": (torch.onnx, "export"), "torchscript": (torch.jit, "trace"), "export": (torch.export, "export")}[target]
+    monkeypatch.setattr(*patch, capture)
+    fn = {"onnx": export.to_onnx, "torchscript": export.to_torchscript, "export": export.to_export}[target]
+    meta = build(EXAMPLES / "darts_v2.cell", overrides=["C=4", "layers=3"]).to("meta")
+    with pytest.raises(_CapturedError):
+        fn(meta, torch.zeros(1, 3, 32, 32), tmp_path / "out.bin")
+    assert [x.device.type for x in seen] == ["meta"] and seen[0].shape[1:] == (3, 32, 32)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _DeviceOutput(torch.Tensor):
+    """An output as a CUDA model returns it: `.numpy()` refuses, `.cpu()` gives a host tensor."""
+
+    def numpy(self, *a, **k):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first.")
+
+    def cpu(self, *a, **k):
+        return self.as_subclass(torch.Tensor)
+
+
+class _OnDevice(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).as_subclass(_DeviceOutput)
+
+
+def test_parity_reads_a_device_models_outputs_through_the_host_and_names_the_provider(onnx_file, model):
+    want = export.parity(model, onnx_file, (1, 8))
+    got = export.parity(_OnDevice(model), onnx_file, (1, 8))
+    assert got == want and max(got.values()) <= 1e-4
+    assert got.provider == "CPUExecutionProvider"  # the CPU onnxruntime wheel has no other
+
+
+def test_onnx_runtime_provider_is_cuda_when_present_and_the_runner_names_the_one_it_runs_on(onnx_file, monkeypatch):
+    import onnxruntime as ort
+
+    assert export.onnx_providers("auto") == ["CPUExecutionProvider"]  # the CPU wheel, as installed here
+    with pytest.raises(DiagnosticError, match="no CUDA execution provider"):
+        export.onnx_providers("cuda")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert export.onnx_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert export.onnx_providers("cpu") == ["CPUExecutionProvider"]
+    # Asked for CUDA on a build without it, the session runs on the CPU, and the runner says so.
+    monkeypatch.setattr(export, "onnx_providers", lambda provider="auto": ["CPUExecutionProvider"])
+    assert export.load_runner(onnx_file)[1].provider == "CPUExecutionProvider"
+
+
+def test_verify_export_prints_the_provider_it_ran_on(tmp_path, capsys):
+    from nasir.cli import main
+
+    flags = ["--set", "C=4", "--set", "layers=3"]
+    assert main(["compile", str(EXAMPLES / "darts_v2.cell"), "--target", "onnx", "-o", str(tmp_path / "m.onnx"), *flags]) == 0
+    assert main(["verify-export", str(tmp_path / "m.onnx"), "--spec", str(EXAMPLES / "darts_v2.cell"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "ran on CPUExecutionProvider" and "batch 8: max abs diff" in out
+
+
+def test_packaging_installs_exactly_one_onnxruntime_wheel_per_extra():
+    """onnxruntime and onnxruntime-gpu provide the same module: no install may pull both. The base has
+    neither; `cpu` and `dev` (the README's CPU install) have the CPU wheel, `gpu` the GPU wheel alone."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    def name(requirement: str) -> str:
+        return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower()
+
+    project = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())["project"]
+    names = {k: {name(r) for r in v} for k, v in project["optional-dependencies"].items()}
+    ort = {"onnxruntime", "onnxruntime-gpu"}
+    assert not {name(r) for r in project["dependencies"]} & ort
+    assert names["cpu"] & ort == {"onnxruntime"} and names["dev"] & ort == {"onnxruntime"}
+    assert names["gpu"] & ort == {"onnxruntime-gpu"} and not names["tools"] & ort  # GPU development: '.[gpu,tools]'
