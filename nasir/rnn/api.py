@@ -100,9 +100,10 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
            overrides: Overrides = None, resume: bool = False, progress: bool = True,
            stop_after_steps: int | None = None, artifacts: bool = True, **flags: Any):  # fmt: skip
     """Search the recurrent space of a spec; flags (epochs=..., order=..., ...) win over its search block."""
+    from nasir.rnn.lower import derived_spec, derived_text
     from nasir.rnn.search import RecurrentOptions, RecurrentSearch
 
-    spec, low, _ = _load(spec_or_path, overrides)
+    spec, low, values = _load(spec_or_path, overrides)
     if low.space is None:
         raise error_at(low.cell.span, f"cell '{low.cell.name}' has no choice to search", "a recurrent search space has 'edges * -> s* : choice(...)'")
     opts = {**search_options(spec), **{k: v for k, v in flags.items() if v is not None}, "data": data}
@@ -114,7 +115,8 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
     runner = RecurrentSearch(low.space, low.lm, options, out_dir, corpus=corpus, cell_name=low.cell.name,
                              network_name=low.network.name, source=spec.file, progress=progress,
-                             stop_after_steps=stop_after_steps, artifacts=artifacts)  # fmt: skip
+                             stop_after_steps=stop_after_steps, artifacts=artifacts,
+                             render=lambda g, lm, header: derived_text(derived_spec(spec, with_lm(low, lm), g, values), header))  # fmt: skip
     return runner.run(resume=resume)
 
 
@@ -194,5 +196,5 @@ def info(spec_or_path: ir.Spec | str | Path, overrides: Overrides = None) -> dic
     return d
 
 
-def with_tokens(low: Lowered, tokens: int) -> Lowered:
-    return attrs.evolve(low, lm=attrs.evolve(low.lm, tokens=tokens))
+def with_lm(low: Lowered, lm) -> Lowered:
+    return attrs.evolve(low, lm=lm)

@@ -108,12 +108,13 @@ class SearchCell(_Cell):
     def __init__(self, ninp: int, nhid: int, space: SearchSpace, dropouth: float = 0.0, dropoutx: float = 0.0):
         super().__init__(ninp, nhid, space.nodes, dropouth, dropoutx)
         self.space = space
+        self.register_buffer("rows", torch.tensor(space.row_index, dtype=torch.long), persistent=False)
         self.bn = nn.BatchNorm1d(nhid, affine=False)  # one BN for s0 and all nodes, as the authors' search model
         self.weights: torch.Tensor | None = None  # softmax(alpha) [edges, ops], set by the model per forward
 
     def step(self, x, h, mx, mh):
-        w = self.weights
-        assert w is not None, "SearchCell needs the mixing weights (set by SearchLM.forward)"
+        assert self.weights is not None, "SearchCell needs the mixing weights (set by SearchLM.forward)"
+        w = self.weights[self.rows]  # alpha rows -> (destination, source) order
         s0 = self.bn(self.init_state(x, h, mx, mh))
         states = s0.unsqueeze(0)  # [i, B, H]
         offset = 0
@@ -197,7 +198,7 @@ def derive(space: SearchSpace, scores: torch.Tensor) -> Genotype:
     the earlier source / earlier op (a stable sort, as the authors' `sorted`).
     """
     ops = list(space.ops)
-    scores = scores.detach()
+    scores = scores.detach()[list(space.row_index)]  # alpha rows -> (destination, source) order
     live = [k for k, o in enumerate(ops) if o != "none"]
     gene, offset = [], 0
     for i in range(1, space.nodes + 1):

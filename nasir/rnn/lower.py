@@ -15,9 +15,10 @@ from typing import Any
 import attrs
 
 from nasir import ir
-from nasir.diagnostics import DiagnosticBag, DiagnosticError, did_you_mean
-from nasir.rnn.space import ACTIVATIONS, PRIMITIVES, Genotype, LanguageModel, SearchSpace
+from nasir.diagnostics import DiagnosticBag, did_you_mean
+from nasir.rnn.space import PRIMITIVES, Genotype, LanguageModel, SearchSpace
 
+RECURRENT_INPUT = "s0"
 LM_ARGS = ("tokens", "ninp", "nhid", "dropout", "dropouth", "dropoutx", "dropouti", "dropoute")
 RECURRENT_ONLY_OPS = tuple(o for o in PRIMITIVES if o != "none")  # ops that exist only in recurrent cells
 LM_HINT = "write e.g. 'language_model rnn(tokens = 10000, ninp = 300, nhid = 300)'"
@@ -42,12 +43,7 @@ def is_recurrent(spec: ir.Spec) -> bool:
 # ---- checks (called by the verifier) ----------------------------------------------------------------
 def check_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
     """The rules of a recurrent cell; a CNN cell must not use a recurrent op or a mean output."""
-    if not is_recurrent_cell(c):
-        for e in c.edges:
-            bad = [o for o in e.candidates if o in RECURRENT_ONLY_OPS]
-            if bad:
-                bag.error(e.span, f"'{bad[0]}' is a recurrent op; it exists only in a 'recurrent' cell",
-                          "add 'recurrent' to the cell, or use the convolutional ops")  # fmt: skip
+    if not is_recurrent_cell(c):  # (its recurrent ops are reported by the verifier's op check)
         if c.output is not None and c.output.kind == "mean":
             bag.error(c.output.span, "'output mean(...)' is the output of a recurrent cell", "add 'recurrent' to the cell, or use 'output concat(...)'")
         return
@@ -167,12 +163,12 @@ class Lowered:
 
 
 def env_of(n: ir.Network, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    from nasir.macro import evaluate
+    from nasir.macro import bind_params
 
-    env: dict[str, Any] = {}
-    for p in n.params:
-        env[p.name] = evaluate(p.default, env) if p.default is not None else None
-    env.update(overrides or {})
+    bag = DiagnosticBag()
+    env = bind_params(n, dict(overrides or {}), None, bag)
+    bag.check()
+    assert env is not None
     return env
 
 
@@ -192,8 +188,15 @@ def lower(spec: ir.Spec, overrides: Mapping[str, Any] | None = None) -> Lowered:
     index = {s: i for i, s in enumerate(cell.states)}
     concat = tuple(index[s] for s in cell.output.nodes)
     if cell.is_search_space:
-        ops = cell.edges[0].choice.ops  # type: ignore[union-attr]
-        return Lowered(cell, net, lm, space=SearchSpace(len(cell.nodes), ops, concat))  # type: ignore[arg-type]
+        from nasir.passes.mixed_ops import MixedOps
+
+        # the alpha rows as passes/mixed_ops.py numbers them (IR edge order), shared with CNN searches
+        mixed = MixedOps().run(attrs.evolve(spec, cells=(cell,))).spec.cells[0]
+        row = {(e.src, e.dst): e.alpha for e in mixed.edges}
+        states = cell.states
+        space = SearchSpace(len(cell.nodes), mixed.alpha_rows[0], concat)  # type: ignore[index]
+        rows = tuple(row[(states[p], states[i])] for p, i in space.edges)
+        return Lowered(cell, net, lm, space=attrs.evolve(space, rows=rows))  # type: ignore[arg-type]
     pairs = []
     for n in cell.node_names:
         (e,) = cell.in_edges(n)
@@ -201,11 +204,38 @@ def lower(spec: ir.Spec, overrides: Mapping[str, Any] | None = None) -> Lowered:
     return Lowered(cell, net, lm, genotype=Genotype(tuple(pairs), concat))
 
 
+def derived_spec(spec: ir.Spec, low: Lowered, genotype: Genotype, overrides: Mapping[str, Any] | None = None) -> ir.Spec:
+    """The derived IR: the search cell with one fixed edge per node (k = 1), the network with the sizes
+    searched (`overrides` become parameter defaults; `tokens` is the data's vocabulary), no search block."""
+    from nasir.passes.dead_nodes import eliminate
+
+    states = low.cell.states
+    edges = tuple(ir.Edge(states[p], states[i], op=op) for i, (op, p) in enumerate(genotype.recurrent, start=1))
+    cell = eliminate(attrs.evolve(low.cell, edges=edges, keep=None, keep_span=None, alpha_rows=None))
+    values = dict(overrides or {})
+    tokens_arg = next((a.value for a in low.network.language_model.args if a.name == "tokens"), None)
+    lm_args = low.network.language_model.args
+    if isinstance(tokens_arg, ir.Var) and low.network.param(tokens_arg.name) is not None:
+        values[tokens_arg.name] = low.lm.tokens
+    else:
+        lm_args = tuple(attrs.evolve(a, value=ir.Num(low.lm.tokens)) if a.name == "tokens" else a for a in lm_args)
+    params = tuple(attrs.evolve(p, default=ir.Num(values[p.name]) if not isinstance(values[p.name], bool) else ir.Bool(values[p.name]))
+                   if p.name in values else p for p in low.network.params)  # fmt: skip
+    net = attrs.evolve(low.network, params=params, language_model=attrs.evolve(low.network.language_model, args=lm_args))
+    return attrs.evolve(spec, cells=(cell,), networks=(net,), search=None, opsets=(), includes=(), properties=frozenset())
+
+
+def derived_text(derived: ir.Spec, header: str) -> str:
+    from nasir import printer
+
+    return f"# {header}\n" + "\n\n".join([printer.cell(c) for c in derived.cells] + [printer.network(n) for n in derived.networks]) + "\n"
+
+
 def genotype_of(spec: ir.Spec) -> Genotype:
+    """The derived cell of a recurrent spec in the authors' Genotype form."""
+    from nasir.diagnostics import error_at
+
     low = lower(spec)
     if low.genotype is None:
-        raise DiagnosticError(DiagnosticBag().items or [])  # pragma: no cover
+        raise error_at(low.cell.span, f"cell '{low.cell.name}' is a search space (it has choice edges)", "derive it first, e.g. with nasir search")
     return low.genotype
-
-
-ACTIVATION_OPS = ACTIVATIONS

@@ -20,7 +20,7 @@ def alpha_heatmap(space: SearchSpace, alpha: Sequence[Sequence[float]], path: Pa
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     im = ax.imshow(soft.numpy(), cmap="Blues", vmin=0.0, aspect="auto")
-    ax.set_yticks(range(soft.shape[0]), [f"s{p} -> s{i}" for p, i in space.edges], fontsize=6)
+    ax.set_yticks(range(soft.shape[0]), [f"s{p} -> s{i}" for p, i in space.row_edges()], fontsize=6)
     ax.set_xticks(range(soft.shape[1]), space.ops, rotation=30, ha="right", fontsize=7)
     ax.set_title(f"{title}: softmax(alpha)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)

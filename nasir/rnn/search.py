@@ -127,12 +127,14 @@ class RecurrentSearch:
     def __init__(self, space: SearchSpace, lm: LanguageModel, options: RecurrentOptions, out: Path, *,
                  corpus: corpus_mod.Corpus | None = None, cell_name: str = "rnn", network_name: str = "ptb",
                  source: str = "", progress: bool = False, stop_after_steps: int | None = None,
-                 artifacts: bool = True, callback: Callable[[dict[str, Any]], None] | None = None):  # fmt: skip
+                 artifacts: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
+                 render: Callable[[Genotype, LanguageModel, str], str] | None = None):  # fmt: skip
         self.space, self.opt, self.out = space, options, Path(out)
         self.corpus = corpus if corpus is not None else corpus_mod.load(options.data)
         self.lm = attrs.evolve(lm, tokens=self.corpus.tokens)  # the vocabulary is the data's
         self.cell_name, self.network_name, self.source = cell_name, network_name, source
         self.progress, self.stop_after_steps, self.artifacts, self.callback = progress, stop_after_steps, artifacts, callback
+        self.render = render  # (genotype, model sizes, header) -> derived.cell text; None: nasir/rnn/text.py
         torch.manual_seed(options.seed)
         self.model = SearchLM(self.lm, space)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -287,7 +289,10 @@ class RecurrentSearch:
         out = self.out
         genotype = self.genotype()
         header = f"Derived by nasir search from {Path(self.source).name or 'the recurrent space'}; genotype {genotype}"
-        text = derived_text(genotype, self.lm, cell=self.cell_name, network=self.network_name, header=header)
+        if self.render is not None:
+            text = self.render(genotype, self.lm, header)
+        else:
+            text = derived_text(genotype, self.lm, cell=self.cell_name, network=self.network_name, header=header)
         files = {"derived.cell": out / "derived.cell", "genotype.txt": out / "genotype.txt",
                  "metrics.jsonl": out / "metrics.jsonl", "checkpoint.pt": out / CHECKPOINT}  # fmt: skip
         atomic_write(out / "derived.cell", text)

@@ -32,6 +32,9 @@ class SearchSpace:
     nodes: int = 8
     ops: tuple[str, ...] = PRIMITIVES
     concat: tuple[int, ...] | None = None  # None: all nodes 1..N
+    # rows[k]: the alpha row of the k-th edge in (destination, source) order -- the IR's edge order when the
+    # space comes from a .cell file (passes/mixed_ops.py numbers the rows); None: the same order.
+    rows: tuple[int, ...] | None = None
 
     def __attrs_post_init__(self):
         if self.nodes < 1:
@@ -41,10 +44,24 @@ class SearchSpace:
             raise ValueError(f"unknown recurrent ops {bad}; the recurrent ops are {', '.join(PRIMITIVES)}")
         if not any(o != "none" for o in self.ops):
             raise ValueError("a recurrent choice needs an op other than 'none'")
+        n = self.nodes * (self.nodes + 1) // 2
+        if self.rows is not None and sorted(self.rows) != list(range(n)):
+            raise ValueError(f"rows must be a permutation of the {n} alpha rows")
 
     @property
     def edges(self) -> tuple[tuple[int, int], ...]:
         return tuple((p, i) for i in range(1, self.nodes + 1) for p in range(i))
+
+    @property
+    def row_index(self) -> tuple[int, ...]:
+        return self.rows if self.rows is not None else tuple(range(len(self.edges)))
+
+    def row_edges(self) -> tuple[tuple[int, int], ...]:
+        """The (source, destination) of each alpha row, in row order."""
+        out: list[tuple[int, int]] = [(0, 0)] * len(self.edges)
+        for e, r in zip(self.edges, self.row_index):
+            out[r] = e
+        return tuple(out)
 
     @property
     def output(self) -> tuple[int, ...]:
