@@ -85,7 +85,8 @@ def scripted(model: RNNLM) -> torch.jit.ScriptModule:
 def to_torchscript(model: RNNLM, path: str | Path) -> Path:
     script = scripted(model)
     path = Path(path)
-    atomic_write_with(path, lambda tmp: torch.jit.save(script, str(tmp)))
+    with _quiet():
+        atomic_write_with(path, lambda tmp: torch.jit.save(script, str(tmp)))
     return path
 
 
