@@ -177,3 +177,22 @@ def test_compile_targets_of_a_derived_spec(tmp_path):
     words, h = torch.randint(0, 20, (6, 2)), torch.zeros(2, 8)
     assert torch.allclose(ts(words, h)[0], model(words, h)[0], atol=1e-6)
     assert "class RecurrentLM" in api.compile(V2CELL, "torch", tmp_path / "lm.py", overrides=over).read_text()
+
+
+def test_cli_hooks_take_the_main_parsers_flags(tmp_path, capsys):
+    """The dispatch functions the main CLI calls for a language model, fed by its own argument parser."""
+    from nasir.rnn import hooks
+
+    p = cli.build_parser()
+    args = p.parse_args(["search", str(PTB), "--out", str(tmp_path / "s"), "--epochs", "1", "--batch-size", "64",
+                         "--limit-batches", "2", "--order", "2", "--select", "strength", "--set", "size=4", "--no-progress"])  # fmt: skip
+    assert hooks.search_cli(args) == 0
+    out = capsys.readouterr().out
+    assert "genotype: Genotype(recurrent=" in out and (tmp_path / "s" / "derived.onnx").is_file()
+    args = p.parse_args(["train", str(tmp_path / "s" / "derived.cell"), "--out", str(tmp_path / "t"), "--epochs", "1",
+                         "--batch-size", "32", "--limit-batches", "3"])  # fmt: skip
+    assert hooks.train_cli(args) == 0
+    assert "test perplexity" in capsys.readouterr().err
+    assert hooks.compile_spec(tmp_path / "s" / "derived.cell", "onnx", tmp_path / "m.onnx", weights=tmp_path / "t" / "model.pt") == tmp_path / "m.onnx"
+    cnn = p.parse_args(["search", str(ROOT / "examples" / "digits.cell"), "--out", str(tmp_path / "d")])
+    assert hooks.search_cli(cnn) is None  # not a language model: the CNN path runs
