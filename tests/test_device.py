@@ -184,6 +184,8 @@ with flag.installed():
             break
 with open(os.path.join(out, "rank%d.json" % rank), "w") as f:
     json.dump({"want": want, "got": got, "stopped": stopped, "notes": notes, "ranks": len(state["ranks"])}, f)
+dist.barrier()
+dist.destroy_process_group()  # exiting with a live gloo group can abort the process ("terminate called ...")
 """
 
 
