@@ -133,9 +133,15 @@ class Runner:
 
 
 class Parity(dict):
-    """{batch size: max-abs difference}, and the `provider` the exported model ran on."""
+    """{batch size: max-abs difference}, the `provider` the exported model ran on, and `nonfinite`:
+    which outputs held NaN or inf (a comparison with NaN is false, so a tolerance alone would pass them)."""
 
     provider: str = ""
+    nonfinite: tuple[str, ...] = ()
+
+    @property
+    def finite(self) -> bool:
+        return not self.nonfinite and all(np.isfinite(v) for v in self.values())
 
 
 def onnxruntime():
@@ -223,8 +229,11 @@ def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8), 
     Inputs are seeded standard-normal images (drawn on the CPU, so every device sees the same
     numbers); `input_shape` (C, H, W) is needed unless the file states it.
     """
-    _, run, shape = load_runner(path, provider)
-    shape = tuple(input_shape) if input_shape is not None else shape
+    _, run, file_shape = load_runner(path, provider)
+    shape = tuple(input_shape) if input_shape is not None else file_shape
+    if file_shape is not None and input_shape is not None and tuple(file_shape) != tuple(input_shape):
+        raise DiagnosticError([Diagnostic(f"'{path}' takes inputs of shape {tuple(file_shape)}, the spec's network {tuple(input_shape)}",
+                                          hint="verify against the spec (and --set values) the model was compiled from")])  # fmt: skip
     if shape is None:
         raise ValueError(f"the input shape of '{path}' is not recorded in the file; pass input_shape")
     gen = torch.Generator().manual_seed(seed)
@@ -235,9 +244,16 @@ def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8), 
         for b in batches:
             x = torch.randn(b, *shape, generator=gen)
             ref = model(x.to(dev)).cpu().numpy()
-            got = run(x.numpy())
+            try:
+                got = run(x.numpy())
+            except Exception as e:  # noqa: BLE001 - e.g. a TorchScript model for other input channels
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise DiagnosticError([Diagnostic(f"'{path}' cannot run on the spec's input {(b, *shape)}: {reason}",
+                                                  hint="verify against the spec (and --set values) the model was compiled from")]) from None  # fmt: skip
             if got.shape != ref.shape:
                 raise DiagnosticError([Diagnostic(f"'{path}' returns shape {got.shape}, PyTorch {ref.shape} at batch {b}")])
+            bad = [who for who, a in (("the exported model", got), ("PyTorch", ref)) if not np.isfinite(a).all()]
+            out.nonfinite += tuple(f"{who}'s output at batch {b} holds NaN or inf" for who in bad)
             out[b] = float(np.abs(got - ref).max())
     return out
 
