@@ -635,6 +635,10 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
                                               hint="add images, or a PATH/val split with annotations/instances_val.json")])  # fmt: skip
         test_set = train_set
         train_idx, test_idx = _split(len(train_set), cfg.holdout, cfg.seed)
+    if test_set is not train_set and test_set.labels_of != train_set.labels_of:
+        raise DiagnosticError([Diagnostic(f"{path}: the training and held-out annotations define other categories "
+                                          f"({sorted(train_set.labels_of)} vs {sorted(test_set.labels_of)})",
+                                          hint="both splits must list the same categories: labels are numbered by category id")])  # fmt: skip
     levels = list(cfg.levels) if cfg.levels is not None else detection.default_levels(spec, p)
     config = {"num_classes": max(train_set.num_classes, test_set.num_classes), "network": None, "overrides": overrides,
               "min_size": cfg.min_size, "max_size": cfg.max_size, "levels": levels, "fpn_channels": cfg.fpn_channels}  # fmt: skip
@@ -685,7 +689,8 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
                 _add(s, terms(detection.losses(model, *to_dev(images, targets)), len(images)))
         return averages(_host(s), "valid")
 
-    meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config}
+    # label k (1..K) of the detector's output is category id categories[k - 1]
+    meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config, "categories": sorted(train_set.labels_of)}
     t = _Task("detection", model, train_idx, step, lambda s: averages(s, "train"), evaluate_,
               lambda rec: {**meta, "state_dict": model.state_dict(), "epoch": rec["epoch"], "valid_loss": rec["valid_loss"]},
               score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config},
