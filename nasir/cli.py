@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("model", type=Path, metavar="MODEL", help="MODEL.onnx, a TorchScript file (.pt/.ts) or MODEL.pt2")
     ve.add_argument("--spec", required=True, type=Path, help="the .cell file the model was compiled from")
     ve.add_argument("--weights", type=Path, metavar="CKPT", help="the weights it was compiled with")
-    ve.add_argument("--seed", type=limits.seed, default=0, help="the seed it was compiled with, without --weights (default 0)")
+    ve.add_argument("--seed", type=limits.seed, help="the seed it was compiled with, without --weights "
+                    "(default: the seed the file records, as the search's derived.onnx does; else 0)")  # fmt: skip
     ve.add_argument("--tolerance", type=_tolerance, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
     _add_include_flag(sub)
@@ -361,9 +362,16 @@ def cmd_export_genotype(args) -> int:
 
 def cmd_verify_export(args) -> int:
     from nasir.compile import verify_export
+    from nasir.targets.export import read_metadata
 
     _check_weights(args.spec, args.weights, args.overrides)
-    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    seed = args.seed
+    if seed is None and args.weights is None:
+        recorded = read_metadata(args.model).get("nasir.seed")  # an untrained export records its initialisation seed
+        seed = int(recorded) if recorded is not None and recorded.isdigit() and int(recorded) <= limits.MAX_SEED else 0
+        if recorded is not None:
+            print(f"seed {seed} (recorded in {args.model})")
+    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides)
     provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
     if provider:
         print(f"ran on {provider}")

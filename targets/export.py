@@ -94,8 +94,12 @@ def to_export(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path
     return Path(path)
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = MIN_OPSET) -> Path:
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = MIN_OPSET,
+            metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Export to ONNX: input `image` and output `logits` with a dynamic batch axis, checked in full.
+
+    `metadata`: key/value strings stored in the model's `metadata_props` (`read_metadata` reads them
+    back), e.g. {"nasir.seed": "2", "nasir.weights": "untrained"}: what the file is and how to check it.
 
     Uses the TorchScript-based exporter (`dynamo=False`): it needs no onnxscript, which the pinned
     packages lack. BatchNorm is folded into the preceding convolutions (eval mode, constant folding).
@@ -114,10 +118,30 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
                 do_constant_folding=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )  # fmt: skip
+        if metadata:
+            m = onnx.load(tmp)
+            for k, v in metadata.items():
+                entry = m.metadata_props.add()
+                entry.key, entry.value = str(k), str(v)
+            onnx.save(m, tmp)
         onnx.checker.check_model(tmp, full_check=True)
 
     atomic_write_with(path, write)
     return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file ({} for other kinds or an unreadable file: its loader says why)."""
+    p = Path(path)
+    if _kind(p) != "onnx" or not p.is_file():
+        return {}
+    try:
+        import onnx
+
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX: load_runner reports it
+        return {}
+    return {e.key: e.value for e in m.metadata_props}
 
 
 # ---- loading artifacts and parity ------------------------------------------------------------------

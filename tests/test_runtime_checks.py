@@ -263,3 +263,20 @@ def test_train_out_that_is_a_file_is_a_diagnostic(capsys, tmp_path, where):
     out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
     code, _, err = run(capsys, "train", tmp_path / "t.cell", "--data", "synthetic:48", "--out", out)
     assert code == 2 and f"'{tmp_path / 'f'}' is a file, not a directory" in err and "Traceback" not in err, err
+
+
+# ---- item 6: an untrained export records its seed, verify-export reads it --------------------------
+def test_verify_export_takes_the_seed_an_onnx_file_records(capsys, tmp_path):
+    from nasir.compile import build, example_input, resolve
+    from nasir.targets import export
+
+    (tmp_path / "t.cell").write_text(TINY)
+    _, plan = resolve(tmp_path / "t.cell")
+    model = build(tmp_path / "t.cell", seed=7)
+    export.to_onnx(model, example_input(plan), tmp_path / "plain.onnx")
+    export.to_onnx(model, example_input(plan), tmp_path / "m.onnx", metadata={"nasir.seed": "7", "nasir.weights": "untrained"})
+    assert export.read_metadata(tmp_path / "m.onnx") == {"nasir.seed": "7", "nasir.weights": "untrained"}
+    code, out, err = run(capsys, "verify-export", tmp_path / "plain.onnx", "--spec", tmp_path / "t.cell")
+    assert code == 1 and "parity FAILED" in err  # seed 0 is another initialisation
+    code, out, err = run(capsys, "verify-export", tmp_path / "m.onnx", "--spec", tmp_path / "t.cell")
+    assert code == 0 and "seed 7 (recorded in" in out, (out, err)
