@@ -1,6 +1,6 @@
 """derive: a searched space plus scores per candidate op -> a derived cell pair, under the spec's constraints.
 
-Selection (DARTS, darts-slides "Deriving architectures"; methods.md): per mixed edge the candidate
+Selection (DARTS, darts-slides "Deriving architectures"; docs/methods.md): per mixed edge the candidate
 with the largest score; per node the `keep k` edges whose chosen op scores highest (all edges when
 the cell has no `keep`). `none` takes part in the argmax only where the cell has no `keep`: DARTS
 (`keep 2 inputs per node`) ranks the edges by their best op other than `none`, while the standard

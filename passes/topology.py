@@ -12,7 +12,7 @@ one merged factor per edge, Eq. 6 / 10 / 13).
   inputs included (the paper's beta~ = {beta~_i}, i = 1..N, and its example "node x_2 has 4 posterior
   nodes" is an input); its codes are the k-subsets of its successors. The last node has no successor
   and no row. A node with fewer than k successors (the second-to-last node under `outputs 2`) has
-  no code at all: the paper sizes the row |beta~_i| = |tau~_i| = C(N-i, 2), which is C(1, 2) = 0 for
+  no row either: the paper sizes the row |beta~_i| = |tau~_i| = C(N-i, 2), which is C(1, 2) = 0 for
   it, so no output edge of it exists (merged factor 0; it still enters the cell's concatenation).
   That is the reading under which the DARTS-sized cell "keeps the same edge number 8 as DARTS"
   (stretchable-cells, "Search without stretchable cells"): 4 deciding states x 2 edges; the earlier
@@ -73,8 +73,10 @@ def beta_rows(c: ir.Cell) -> tuple[ir.BetaRow, ...]:
             continue
         if t.kind == "any":
             codes = tuple(code for r in range(len(succ) + 1) for code in combinations(succ, r))
-        else:  # no code when k > |successors| (C(n, k) = 0, see the module docstring)
+        else:  # no code, so no row, when k > |successors| (C(n, k) = 0, see the module docstring)
             codes = tuple(combinations(succ, t.k or 0))
+            if not codes:
+                continue
         rows.append(ir.BetaRow(i, codes))
     return tuple(rows)
 

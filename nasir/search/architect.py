@@ -1,4 +1,4 @@
-"""The DARTS architecture step, first and second order (methods.md, "DARTS"; darts-slides "Approximation").
+"""The DARTS architecture step, first and second order (docs/methods.md, "DARTS"; darts-slides "Approximation").
 
 First order (xi = 0): alpha descends grad_alpha L_val(w, alpha).
 Second order: alpha descends
@@ -6,10 +6,10 @@ Second order: alpha descends
 with w' = one step of the weight optimiser from w on the training batch, w+- = w +- eps * grad_w' L_val(w', alpha),
 eps = 0.01 / ||grad_w' L_val(w', alpha)|| and xi the current weight learning rate.
 
-Which w': methods.md writes w' = w - xi * grad_w L_train(w, alpha); the DARTS reference code
+Which w': the slides write w' = w - xi * grad_w L_train(w, alpha); the DARTS reference code
 (architect.py, `_compute_unrolled_model`) unrolls the actual SGD step, momentum and weight decay
 included: w' = w - xi * (momentum * buf + grad_w L_train + wd * w). We take the code's reading: it is
-the weight step the search really takes next, and methods.md's is its special case momentum = wd = 0.
+the weight step the search really takes next, and the slides' is its special case momentum = wd = 0.
 The momentum and decay terms do not depend on alpha, so the finite-difference term is the same.
 
 The hypothetical weights w', w+ and w- are written into the live parameters and restored afterwards
@@ -126,7 +126,7 @@ class Architect:
         return self.criterion(logits, y), logits
 
     def first_order_grad(self, valid: Batch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """grad_alpha L_val(w, alpha) (methods.md, DARTS first order); also the loss and logits."""
+        """grad_alpha L_val(w, alpha) (docs/methods.md, DARTS first order); also the loss and logits."""
         alphas = self.model.arch_parameters()
         loss, logits = self._loss(valid)
         return self._grad(loss, alphas), loss.detach(), logits.detach()
@@ -152,7 +152,7 @@ class Architect:
         return out
 
     def second_order_grad(self, train: Batch, valid: Batch, xi: float) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The DARTS second-order gradient with the finite-difference Hessian-vector product (methods.md)."""
+        """The DARTS second-order gradient with the finite-difference Hessian-vector product (docs/methods.md)."""
         model = self.model
         params = model.weight_parameters()
         alphas = model.arch_parameters()
@@ -162,7 +162,7 @@ class Architect:
             loss, logits = self._loss(valid)
             g = self._grad(loss, alphas + params)
         d_alpha, d_w = list(g[: len(alphas)]), g[len(alphas) :]
-        # eps = 0.01 / ||grad_w' L_val(w', alpha)|| (methods.md; DARTS architect.py `r = 1e-2`).
+        # eps = 0.01 / ||grad_w' L_val(w', alpha)|| (docs/methods.md; DARTS architect.py `r = 1e-2`).
         norm = torch.sqrt(sum((v.double() ** 2).sum() for v in d_w))
         eps = float(self.fd_radius / norm) if norm > 0 else 0.0
         self.last_eps = eps

@@ -34,7 +34,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--adv-steps", type=int, metavar="N", help="SDARTS-ADV: PGD steps (default 7)")
     p.add_argument("--early-stop", type=int, metavar="C", help="stop once the derived architecture is unchanged for C epochs")
     p.add_argument("--hessian", action="store_true", default=None,
-                   help="record the dominant Hessian eigenvalue of L_val w.r.t. alpha each epoch (costs ~20 passes)")  # fmt: skip
+                   help="record the largest eigenvalue of the Hessian of L_val w.r.t. alpha each epoch (at most 20 Hessian-vector products)")  # fmt: skip
     p.add_argument("--warmup", type=int, metavar="E",
                    help="epochs of weight steps before the first architecture step (default: the spec's, else 15 "
                         "under pcdarts as its authors run it, else 0)")  # fmt: skip

@@ -1,6 +1,6 @@
 """The search job: supernet + data + DARTS steps per epoch, checkpoints, outputs (`nasir.search`).
 
-Per step (methods.md, DARTS; the reference's train_search.py order): an architecture step on a batch of
+Per step (docs/methods.md, DARTS; the reference's train_search.py order): an architecture step on a batch of
 the architecture half, then a weight step on a batch of the weight half. The papers' methods plug into
 that loop, combinable: the architecture step's rule (DARTS order 1 or 2, MiLeNAS), PC-DARTS' partial
 channels and stretchable cells' topology variables (in the supernet), SDARTS' perturbation (the weight
@@ -281,8 +281,6 @@ def _flag_error(message: str, hint: str | None = None) -> DiagnosticError:
 FLAGS = ("method", "order", "partial_channels", "select", "strength_window", "smooth", "adv_steps", "early_stop",
          "hessian", "epochs", "batch_size", "seed", "warmup", "w_lr", "w_lr_min", "momentum", "w_weight_decay",
          "a_lr", "a_weight_decay")  # fmt: skip
-_FLAG_NAMES = {"w_lr": "lr", "w_lr_min": "lr_min", "w_weight_decay": "weight_decay", "a_lr": "arch_lr",
-               "a_weight_decay": "arch_weight_decay"}  # fmt: skip
 
 
 def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limit_batches: int | None,
@@ -330,7 +328,7 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
         raise _flag_error(f"--limit-batches must be at least 1, got {limit_batches}")
     layout = {None: "auto", True: "channels_last", False: "contiguous"}[channels_last]
     if channels_last is None:
-        channels_last = device.type == "cpu"  # performance.md: NHWC runs the CPU supernet in ~0.63 x the time
+        channels_last = device.type == "cpu"  # docs/methods.md (DARTS, supernet conventions): NHWC runs the CPU supernet in ~0.63 x the time
     return Options(data=data, overrides=tuple(sorted(overrides.items())), limit_batches=limit_batches, layout=layout,
                    channels_last=channels_last, low_memory=low_memory, device=str(device), fp32_arch_grads=fp32_arch_grads,
                    deterministic=deterministic, **s)  # fmt: skip
@@ -559,7 +557,7 @@ class Search:
             train = self._batch(orders[0], self.step, 0)
             valid = self._batch(orders[1], self.step, 1)
             valid_beta = self._batch(orders[2], self.step, 2) if self.three_way else None
-            # 1. architecture step on the architecture data (after the warm-up), 2. weight step (methods.md, DARTS).
+            # 1. architecture step on the architecture data (after the warm-up), 2. weight step (docs/methods.md, DARTS).
             a_loss = None
             if self.epoch >= opt.warmup_epochs:
                 with dv.fp32_arch_grads(opt.fp32_arch_grads):  # TF32 off: the finite difference is sensitive (docs/gpu.md)

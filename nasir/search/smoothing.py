@@ -112,8 +112,9 @@ def adversarial(weights: Weights, loss_fn: Callable[[Weights], torch.Tensor], ep
         if reduce is not None:  # a distributed search ascends the loss of the global batch
             grads = reduce(grads)
         a = {k: proj(base[k] + (d[k].detach() + lr * g.sign() - base[k]).clamp(-eps, eps)) for k, g in zip(d, grads)}
-    if before is not None and bool(before > value(a)):
-        a = {k: w.clone() for k, w in base.items()}
+    if before is not None:  # chosen on the device: no host synchronisation per attack
+        worse = before > value(a)
+        a = {k: torch.where(worse, base[k], w) for k, w in a.items()}
     return pack(a)
 
 
@@ -122,7 +123,7 @@ class Eigenvalue(NamedTuple):
 
     value: float
     converged: bool
-    method: str  # "power" or "full"
+    method: str  # "full", "lanczos" or "power"
     products: int  # Hessian-vector products spent
 
 
@@ -138,22 +139,30 @@ def hessian_max_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence
     The SDARTS diagnostic (Sec. 4, after Zela et al. 2020a): the dominant eigenvalue of the full
     Hessian of L_val w.r.t. alpha on one batch, which the authors compute by forming the Hessian and
     taking its largest eigenvalue (docs/methods.md, "Hessian"). `method`:
-      full   form H by one Hessian-vector product per coordinate, symmetrise, eigvalsh: exact.
-      power  power iteration (at most `iters` products) finds the eigenvalue l1 of largest magnitude;
-             if l1 < 0, a second power iteration on H - l1 I (eigenvalues >= 0) finds l_max - l1. The
-             result is flagged not converged unless the relative residual ||Hv - l v|| / |l| <= tol.
-      auto   full when it needs no more products than power iteration would (n <= 2 * iters), else power.
+      full     form H by one Hessian-vector product per coordinate, symmetrise, eigvalsh: exact.
+      lanczos  at most `iters` products: Lanczos with full reorthogonalisation; the largest Ritz value
+               of the tridiagonal matrix, converged when its residual ||Hy - l y|| = beta_k |s_k| is
+               <= tol * |l| (else flagged). Converges to the algebraic top of the spectrum directly.
+      power    power iteration (at most `iters` products) finds the eigenvalue l1 of largest magnitude;
+               if l1 < 0, a second power iteration on H - l1 I (eigenvalues >= 0) finds l_max - l1.
+               Flagged unless the residual ||Hv - l v|| <= tol * |l|. Kept for comparison: it needs
+               many more products than Lanczos when the top eigenvalues are close.
+      auto     full when that needs no more products than the iterative method (n <= iters), else lanczos.
     """
     params = list(params)
     n = sum(p.numel() for p in params)
-    if method not in ("auto", "full", "power"):
-        raise ValueError(f"method must be auto, full or power, got {method!r}")
+    if method not in ("auto", "full", "lanczos", "power"):
+        raise ValueError(f"method must be auto, full, lanczos or power, got {method!r}")
     if method == "auto":
-        method = "full" if n <= 2 * iters else "power"
+        method = "full" if n <= iters else "lanczos"
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
+    device = params[0].device
+    products = 0
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
+        nonlocal products
+        products += 1
         parts, i = [], 0
         for p in params:
             parts.append(v[i : i + p.numel()].view_as(p).to(p.dtype))
@@ -161,23 +170,52 @@ def hessian_max_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence
         hv = torch.autograd.grad(grads, params, grad_outputs=parts, retain_graph=True, allow_unused=True)
         return _flat([torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params)]).double()
 
-    device = params[0].device
+    def start() -> torch.Tensor:
+        v = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+        return v / v.norm()
+
     if method == "full":
         eye = torch.eye(n, dtype=torch.float64, device=device)
         H = torch.stack([hvp(eye[i]) for i in range(n)])
         H = (H + H.T) / 2
-        return Eigenvalue(float(torch.linalg.eigvalsh(H.cpu())[-1]), True, "full", n)
+        return Eigenvalue(float(torch.linalg.eigvalsh(H.cpu())[-1]), True, "full", products)
 
-    products = 0
+    if method == "lanczos":
+        basis: list[torch.Tensor] = []
+        diag: list[float] = []
+        off: list[float] = []
+        v, prev, beta = start(), None, 0.0
+        theta, ok = 0.0, False
+        for _ in range(min(iters, n)):
+            w = hvp(v)
+            a = float(w @ v)
+            w = w - a * v - (beta * prev if prev is not None else 0.0)
+            basis.append(v)
+            diag.append(a)
+            for _twice in range(2):  # full reorthogonalisation, twice is enough in floating point
+                for u in basis:
+                    w = w - (w @ u) * u
+            T = torch.diag(torch.tensor(diag, dtype=torch.float64))
+            if off:
+                o = torch.tensor(off, dtype=torch.float64)
+                T = T + torch.diag(o, 1) + torch.diag(o, -1)
+            evals, evecs = torch.linalg.eigh(T)
+            theta = float(evals[-1])
+            beta = float(w.norm())
+            residual = beta * abs(float(evecs[-1, -1]))
+            ok = residual <= tol * max(abs(theta), 1e-12)
+            if ok or beta == 0.0:  # converged, or an invariant subspace: the Ritz value is exact
+                ok = True
+                break
+            off.append(beta)
+            prev, v = v, w / beta
+        return Eigenvalue(theta, ok, "lanczos", products)
 
     def power(shift: float) -> tuple[float, bool]:
-        nonlocal products
-        v = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
-        v = v / v.norm()
+        v = start()
         lam, ok = 0.0, False
         for _ in range(iters):
             hv = hvp(v) - shift * v
-            products += 1
             lam = float(hv @ v)  # the Rayleigh quotient of H - shift I at the unit vector v
             residual = float((hv - lam * v).norm())
             norm = float(hv.norm())

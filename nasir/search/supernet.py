@@ -7,14 +7,14 @@ per mixed edge (`Cell.alpha_rows`), shared by every stacked copy of that kind, a
 alpha_normal and alpha_reduce; they are initialised to 1e-3 * randn after the weights, as the DARTS
 reference does (model_search.py, `_initialize_alphas`).
 
-Supernet conventions (shared/design/ops.md): every BN inside a cell (ops and input preprocessing) is
+Supernet conventions (docs/methods.md, "DARTS"): every BN inside a cell (ops and input preprocessing) is
 affine=False, the stem's BN stays affine; in DARTS-style cells (two inputs) a pooling op is followed
 by BN(C, affine=False); NAS-Bench-201's search cells (one input) pool without BN. The mixed op is the
-softmax-weighted sum (methods.md, DARTS: o_bar(x) = sum_o softmax(alpha)_o o(x)); the candidates that
+softmax-weighted sum (docs/methods.md, DARTS: o_bar(x) = sum_o softmax(alpha)_o o(x)); the candidates that
 passes/zero_ops.py left out of `edge.computed` (`none`) are not run, but their alpha stays in the
 softmax.
 
-Options: `channels_last` (the whole supernet and its input in NHWC; performance.md measured about
+Options: `channels_last` (the whole supernet and its input in NHWC; docs/methods.md: measured about
 0.63 x the time of the contiguous layout) and `low_memory` (each mixed op is recomputed in the
 backward pass by torch.utils.checkpoint instead of keeping its op outputs).
 
@@ -181,7 +181,7 @@ class _FrozenBNStats:
 
 
 class MixedOp(nn.Module):
-    """One mixed edge: the softmax-weighted sum of its computed candidates (methods.md, DARTS).
+    """One mixed edge: the softmax-weighted sum of its computed candidates (docs/methods.md, DARTS).
 
     `forward(x, weights)` takes the whole softmax row of the edge (one weight per candidate, `none`
     included) and uses the entries of the candidates it computes.
@@ -344,7 +344,7 @@ class Supernet(nn.Module):
 
     # ---- selection -----------------------------------------------------------------------------
     def scores(self) -> dict[str, list[list[float]]]:
-        """softmax(alpha) per row: the scores of magnitude selection (methods.md, DARTS derivation)."""
+        """softmax(alpha) per row: the scores of magnitude selection (docs/methods.md, "Derivation")."""
         with torch.no_grad():
             return {k: F.softmax(a.detach().double(), dim=-1).tolist() for k, a in self.alphas.items()}
 

@@ -11,8 +11,8 @@ How the runtime plugs these in:
 - derivation: `Derive(scores, keep_edges={cell.name: most_likely_edges(cell, betas)},
   remove_nodes={cell.name: removed_nodes(cell, betas)})`; nodes left without inputs are then removed
   by dead-node elimination inside Derive.
-A row may have no code (`topology outputs k`, a node with fewer than k successors; passes/topology.py):
-its beta is empty and its edges' merged factor is 0.
+Under `topology outputs k` a node with fewer than k successors has no row (passes/topology.py): its
+searchable output edges never exist (merged factor 0, never kept).
 """
 
 from __future__ import annotations
@@ -25,19 +25,22 @@ import torch
 
 from nasir import ir
 
+NEVER = "never"  # `_decided_by` for an edge that no code can contain: `outputs k` from a node with < k successors
 
-def _decided_by(cell: ir.Cell) -> list[tuple[int, str] | None]:
-    """Per edge of `cell.edges`: (row index, the edge end that the row's codes name) or None."""
+
+def _decided_by(cell: ir.Cell) -> list[tuple[int, str] | str | None]:
+    """Per edge of `cell.edges`: (row index, the edge end that the row's codes name), None (fixed or
+    undecided: always exists) or NEVER (its source has no row under `outputs k`)."""
     rows = {r.node: k for k, r in enumerate(cell.beta_rows or ())}
     inputs = cell.topology is not None and cell.topology.kind == "inputs"
-    out: list[tuple[int, str] | None] = []
+    out: list[tuple[int, str] | str | None] = []
     for e in cell.edges:
         if not e.is_choice:
             out.append(None)
         elif inputs:  # node j chooses among its sources (Eq. 3)
             out.append((rows[e.dst], e.src) if e.dst in rows else None)
-        else:  # node i chooses among its successors (Eq. 7, 11)
-            out.append((rows[e.src], e.dst) if e.src in rows else None)
+        else:  # node i chooses among its successors (Eq. 7, 11); a source without a row picks none of them
+            out.append((rows[e.src], e.dst) if e.src in rows else NEVER)
     return out
 
 
@@ -74,6 +77,8 @@ def _plan(cell: ir.Cell, device: torch.device, dtype: torch.dtype) -> tuple[list
     for k, d in enumerate(decided):
         if d is None:
             base[k] = 1.0
+            continue
+        if d == NEVER:
             continue
         r, end = d
         for c, code in enumerate(rows[r].codes):
@@ -177,8 +182,8 @@ def most_likely_edges(cell: ir.Cell, betas: Sequence[torch.Tensor]) -> set[tuple
     rows = cell.beta_rows or ()
     keep = set()
     for e, d in zip(cell.edges, _decided_by(cell)):
-        if not e.is_choice:
+        if not e.is_choice or d == NEVER:
             continue
-        if d is None or d[1] in codes[rows[d[0]].node]:
+        if d is None or d[1] in codes[rows[d[0]].node]:  # type: ignore[index]
             keep.add((e.src, e.dst))
     return keep

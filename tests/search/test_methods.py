@@ -227,14 +227,14 @@ def test_hessian_eigenvalue_matches_the_full_hessian(tmp_path):
     H = torch.stack(rows).double()
     largest = float(torch.linalg.eigvalsh((H + H.T) / 2)[-1])  # the largest algebraic eigenvalue, as the authors report
     eig = runner.hessian_eigenvalue()
-    assert (eig.method, eig.converged) == ("full", True)  # 30 alphas: forming H is cheaper than power iteration
+    assert (eig.method, eig.converged) == ("lanczos", True) and eig.products <= 20  # 30 alphas: Lanczos beats forming H
     assert eig.value == pytest.approx(largest, rel=1e-4)
 
 
 def test_hessian_is_recorded_per_epoch(tmp_path):
     result = search(SPEC, out=tmp_path, epochs=2, hessian=True, **TINY)
     assert all(isinstance(m["hessian_eig"], float) and m["hessian_eig"] != 0.0 for m in result.metrics)
-    assert all(isinstance(m["hessian_converged"], bool) and m["hessian_method"] == "power" for m in result.metrics)
+    assert all(isinstance(m["hessian_converged"], bool) and m["hessian_method"] == "lanczos" for m in result.metrics)
 
 
 # ---- stretchable cells, MiLeNAS, PC-DARTS -------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_passive_aggressive_regulariser_enters_the_beta_gradient():
 def test_pcdarts_derives_from_edge_normalised_scores(tmp_path):
     from nasir.search.supernet import prepare
 
-    result = search(SPEC, out=tmp_path, epochs=1, method="pcdarts", partial_channels=2, **TINY)
+    result = search(SPEC, out=tmp_path, epochs=1, method="pcdarts", partial_channels=2, warmup=0, **TINY)
     a, g = _read(tmp_path, "alphas.json"), _read(tmp_path, "gammas.json")
     spec, _ = resolve(SPEC, ["C=4", "layers=3"])
     scores = {}

@@ -242,7 +242,7 @@ def largest(A: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(A)[-1])  # the largest algebraic eigenvalue, what SDARTS reports
 
 
-@pytest.mark.parametrize("method", ["power", "full"])
+@pytest.mark.parametrize("method", ["power", "lanczos", "full"])
 def test_hessian_eigenvalue_of_a_diagonal_quadratic(method):
     A = np.diag([1.0, 4.0, -0.5, 2.0])
     fn, params = quadratic(A)
@@ -250,7 +250,7 @@ def test_hessian_eigenvalue_of_a_diagonal_quadratic(method):
     assert eig.value == pytest.approx(4.0, rel=1e-6) and eig.converged and eig.method == method
 
 
-@pytest.mark.parametrize("method", ["power", "full"])
+@pytest.mark.parametrize("method", ["power", "lanczos", "full"])
 @pytest.mark.parametrize("eigs", [[5.0, 2.0, -1.0, 0.5, 0.1], [-6.0, 3.0, 1.0, 0.2]])
 def test_hessian_eigenvalue_is_the_largest_algebraic_one_even_when_a_negative_one_dominates(eigs, method):
     rng = np.random.default_rng(len(eigs))
@@ -262,19 +262,32 @@ def test_hessian_eigenvalue_is_the_largest_algebraic_one_even_when_a_negative_on
     assert eig.value == pytest.approx(max(eigs), rel=1e-4) and eig.converged  # 3.0, not -6.0, for the second
 
 
-def test_power_iteration_that_runs_out_of_products_is_flagged():
-    # Eigenvalues 1.0 and 0.99: two products cannot separate them.
-    A = np.diag([1.0, 0.99, 0.5])
+@pytest.mark.parametrize("method", ["power", "lanczos"])
+def test_an_iteration_that_runs_out_of_products_is_flagged(method):
+    # Eigenvalues 1.0, 0.99, ...: two products cannot separate them.
+    A = np.diag([1.0, 0.99, 0.5, 0.3, 0.1])
     fn, params = quadratic(A)
-    eig = hessian_max_eigenvalue(fn, params, iters=2, tol=1e-6, generator=torch.Generator().manual_seed(0), method="power")
+    eig = hessian_max_eigenvalue(fn, params, iters=2, tol=1e-6, generator=torch.Generator().manual_seed(0), method=method)
     assert not eig.converged and eig.products == 2
+
+
+def test_lanczos_finds_a_clustered_top_eigenvalue_that_power_iteration_misses_in_the_same_products():
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    eigs = np.concatenate([[2.0, 1.98], rng.uniform(-1.5, 1.5, size=58)])
+    A = Q @ np.diag(eigs) @ Q.T
+    fn, params = quadratic(A)
+    kw = dict(iters=30, tol=1e-4, generator=torch.Generator().manual_seed(0))
+    lanczos = hessian_max_eigenvalue(fn, params, method="lanczos", **kw)
+    assert lanczos.converged and lanczos.value == pytest.approx(2.0, rel=1e-6) and lanczos.products <= 30
+    assert not hessian_max_eigenvalue(fn, params, method="power", **kw).converged
 
 
 def test_auto_forms_the_hessian_when_that_is_cheaper():
     fn, params = quadratic(np.diag([1.0, 2.0, 3.0]))
-    assert hessian_max_eigenvalue(fn, params, iters=20).method == "full"  # 3 products < 40
+    assert hessian_max_eigenvalue(fn, params, iters=20).method == "full"  # 3 products < 20
     fn, params = quadratic(np.diag(np.linspace(0.1, 2.0, 50)))
-    assert hessian_max_eigenvalue(fn, params, iters=20, generator=torch.Generator().manual_seed(0)).method == "power"
+    assert hessian_max_eigenvalue(fn, params, iters=20, generator=torch.Generator().manual_seed(0)).method == "lanczos"
 
 
 def test_hessian_eigenvalue_of_a_softmax_mixed_loss_over_two_parameter_tensors():
@@ -294,7 +307,7 @@ def test_hessian_eigenvalue_of_a_softmax_mixed_loss_over_two_parameter_tensors()
 
     H = torch.autograd.functional.hessian(lambda z: loss_of(z[:3], z[3:]), torch.cat([a1, a2]).detach()).numpy()
     want = largest((H + H.T) / 2)
-    for method in ("power", "full"):
+    for method in ("power", "lanczos", "full"):
         got = hessian_max_eigenvalue(
             lambda: loss_of(a1, a2), [a1, a2], iters=500, tol=1e-9, generator=torch.Generator().manual_seed(0), method=method
         )

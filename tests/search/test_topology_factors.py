@@ -57,12 +57,12 @@ def brute_force_factors(c, betas: list[list[float]]) -> list[float]:
     rows = c.beta_rows
     probs = [softmax(b) for b in betas]
     usage = [0.0] * len(c.edges)
-    # A row without codes (outputs 2, one successor: C(1, 2) = 0) is no random choice: no output edge.
-    for combo in itertools.product(*(range(len(r.codes)) if r.codes else [None] for r in rows)):
-        p = math.prod(probs[r][k] for r, k in enumerate(combo) if k is not None)
-        chosen = {rows[r].node: set(rows[r].codes[k]) if k is not None else set() for r, k in enumerate(combo)}
+    # A node without a row (outputs 2, one successor: C(1, 2) = 0 codes) picks no output edge.
+    for combo in itertools.product(*(range(len(r.codes)) for r in rows)):
+        p = math.prod(probs[r][k] for r, k in enumerate(combo))
+        chosen = {rows[r].node: set(rows[r].codes[k]) for r, k in enumerate(combo)}
         for k, e in enumerate(c.edges):
-            exists = e.src in chosen[e.dst] if kind == "inputs" else e.dst in chosen[e.src]
+            exists = e.src in chosen.get(e.dst, ()) if kind == "inputs" else e.dst in chosen.get(e.src, ())
             usage[k] += p * exists
     out = []
     for k, e in enumerate(c.edges):
