@@ -313,7 +313,9 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
         if k in s and s[k] is not None and (not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < low):
             raise _flag_error(f"--{k.replace('_', '-')} must be a whole number >= {low}, got {s[k]}")
     for name, (option, test, what) in _NUMBERS.items():
-        if option in s and (isinstance(s[option], bool) or not isinstance(s[option], int | float) or not test(s[option])):
+        # NaN fails every test, but inf passes `> 0`: a setting must also be finite (issue 14, item 2)
+        if option in s and (isinstance(s[option], bool) or not isinstance(s[option], int | float) or not test(s[option])
+                            or not math.isfinite(s[option])):  # fmt: skip
             raise _flag_error(f"--{name.replace('_', '-')} must be {what}, got {s[option]}")
         if option in s:
             s[option] = float(s[option])
@@ -636,12 +638,13 @@ class Search:
                     self.save()
                     raise SearchInterrupted(self.out, self.epoch, self.step)
                 self.stop.requested = True  # the epoch is complete: finish it, then stop
-        self.check_finite()
-        if not finite.state_is_finite(model.state_dict()):
-            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + 1}")
         t0 = time.perf_counter()
         valid_loss, valid_acc = self.evaluate(self.a_idx)
         eval_s = time.perf_counter() - t0
+        # After the evaluation (its one host read ends the epoch's queue), before anything is written.
+        self.check_finite()
+        if not finite.state_is_finite(model.state_dict()):
+            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + 1}")
         self.sched.step()
         sums = {k: float(v) for k, v in sums.items()}
         seen = max(sums["seen"], 1.0)

@@ -160,7 +160,7 @@ def test_bad_input_is_a_diagnostic(reference, tmp_path):
         (dict(epochs=0), "--epochs must be a whole number >= 1, got 0"),
         (dict(select="bogus"), "--select must be one of magnitude, strength, strength-star, naive, got 'bogus'"),
         (dict(out=reference.out), "already holds a search"),
-        (dict(out=reference.out, resume=True, seed=1), r"ran with other settings: seed \(0 then, 1 now\)"),
+        (dict(out=reference.out, resume=True, seed=1), r"was made from something else: seed: 0 then, 1 now"),
         (dict(resume=True), "no checkpoint in"),
     ]
     for kw, message in cases:
@@ -191,7 +191,7 @@ def test_cli_prints_the_derived_cell_and_the_files(tmp_path, capsys):
         parser.parse_args([*argv, "--order", "3"])
     assert info.value.code == 2
     with pytest.raises(DiagnosticError, match="does not exist"):
-        run_search(parser.parse_args([*argv, "--data", "folder:/no/such/folder"]))
+        run_search(parser.parse_args([*argv, "--data", "folder:/no/such/folder", "--out", str(tmp_path / "run2")]))
 
 
 # ---- the GPU path, simulated on the CPU (issue 17; docs/gpu.md) --------------------------------------
@@ -499,3 +499,11 @@ def test_stale_checkpoint_temporaries_are_removed_on_the_next_run(tmp_path):
     stale.write_bytes(b"\0" * 1024)
     search(SPEC, out=tmp_path, resume=True, **TINY)
     assert not stale.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("flag, value", [("w_lr", float("inf")), ("w_weight_decay", float("inf")), ("a_lr", float("nan")),
+                                         ("w_lr_min", float("inf"))])  # fmt: skip
+def test_search_settings_must_be_finite(tmp_path, flag, value):
+    with pytest.raises(DiagnosticError, match=r"must be .*got (inf|nan)"):
+        search(SPEC, out=tmp_path, **{**TINY, flag: value})
+    assert not (tmp_path / "checkpoint.pt").exists()
