@@ -1,5 +1,5 @@
 """Provenance: what a run directory or checkpoint was made from, and the check that refuses a mismatch
-(issue 14, item 3; docs/provenance.md says what it promises).
+(issue 14, item 3; README.md, "What provenance promises", says what it promises).
 
 One record, used by search and training alike: the spec (a SHA-256 of its canonical text, and the
 text itself, so that a mismatch can say which line differs), the `--set` overrides, the seed, the data
