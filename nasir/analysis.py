@@ -255,6 +255,9 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
     """Everything `nasir info` shows, as JSON-serialisable data (see the module docstring)."""
     from nasir.compile import resolve
 
+    recurrent = _recurrent_spec(spec, overrides)
+    if recurrent is not None:
+        return recurrent_info(*recurrent)
     spec, plan = resolve(spec, overrides)
     kinds = _cell_kinds(spec, plan)
     counts = {c.name: sum(b.cell == c.name for b in plan.cells) for c in kinds}
@@ -302,6 +305,57 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
     return out
 
 
+def _recurrent_spec(spec: ir.Spec | str | Path, overrides: Any) -> tuple[ir.Spec, dict[str, Any]] | None:
+    """(verified spec, override values) when the spec is a language model (docs/recurrent.md), else None."""
+    from nasir.api import load
+    from nasir.macro import parse_overrides
+    from nasir.rnn.lower import is_recurrent
+
+    values = dict(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides))[0] if overrides else {}
+    loaded = spec if isinstance(spec, ir.Spec) else load(spec, overrides=list(overrides) if isinstance(overrides, list | tuple) else values or None)
+    return (loaded, values) if is_recurrent(loaded) else None
+
+
+def recurrent_info(spec: ir.Spec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`nasir info` of a language model: parameters with the tied decoder counted once (the authors' count)
+    and with it counted separately, MACs per token, the cell's depth; for a space its size (nasir/rnn/info.py)."""
+    from nasir.rnn.info import lm_info
+    from nasir.rnn.lower import env_of, lower
+
+    low = lower(spec, overrides)
+    d = lm_info(low.lm, low.genotype if low.genotype is not None else low.space)  # type: ignore[arg-type]
+    c = low.cell
+    space = low.space is not None
+    entry: dict[str, Any] = {"name": c.name, "recurrent": True, "nodes": len(c.nodes), "edges": len(c.edges),
+                             "mixed_edges": mixed_edges(c), "op_variables": op_variables(c), "depth": d["depth"]}  # fmt: skip
+    out: dict[str, Any] = {"file": spec.file, "network": low.network.name, "parameters": env_of(low.network, overrides),
+                           "kind": "recurrent", "search_space": space, "cells": [entry]}  # fmt: skip
+    out.update({k: d[k] for k in ("tokens", "ninp", "nhid", "params", "params_untied", "params_no_embedding", "macs_per_token", "depth")})
+    if space:
+        live = sum(o != "none" for o in low.space.ops)  # type: ignore[union-attr]
+        out["space"] = {"mixed_edges": entry["mixed_edges"], "architecture_variables": entry["op_variables"],
+                        "supernet_weight_params": d["params"],
+                        "candidates": math.prod(i * live for i in range(1, len(c.nodes) + 1))}  # k = 1 per node  # fmt: skip
+    return out
+
+
+def _render_recurrent(d: dict[str, Any]) -> str:
+    env = ", ".join(f"{k} = {v}" for k, v in d["parameters"].items())
+    lines = [f"{d['file']}: network {d['network']}({env}), language model, vocabulary {d['tokens']}, "
+             f"ninp = nhid = {d['nhid']}" + (", search space" if d["search_space"] else "")]  # fmt: skip
+    what = "supernet parameters" if d["search_space"] else "parameters    "
+    lines.append(f"  {what} {_n(d['params'])} ({_short(d['params'])}), the tied decoder counted once")
+    lines.append(f"  untied         {_n(d['params_untied'])} ({_short(d['params_untied'])}), the decoder weight counted separately")
+    lines.append(f"  MACs per token {_n(d['macs_per_token'])} ({_short(d['macs_per_token'])})")
+    for c in d["cells"]:
+        shape = f"depth {c['depth']}" if c["depth"] is not None else f"{c['mixed_edges']} mixed edges, {c['op_variables']} alphas"
+        lines.append(f"  cell {c['name']} (recurrent): {c['nodes']} nodes, {shape}")
+    s = d.get("space")
+    if s:
+        lines.append(f"  candidates     {_count(s['candidates'])} (k = 1 input per node)")
+    return "\n".join(lines)
+
+
 def _n(x: int) -> str:
     return f"{x:,}"
 
@@ -327,6 +381,8 @@ def _short(x: float) -> str:
 
 def render(d: dict[str, Any]) -> str:
     """The text `nasir info` prints."""
+    if d.get("kind") == "recurrent":
+        return _render_recurrent(d)
     env = ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in d["parameters"].items())
     shape = "x".join(map(str, d["input"]))
     lines = [f"{d['file']}: network {d['network']}({env}), input {shape}" + (", search space" if d["search_space"] else "")]

@@ -396,6 +396,11 @@ def cmd_train(args) -> int:
     from nasir.train import TrainConfig, TrainInterrupted, train
 
     detection = args.task == "detection"
+    if not detection:  # a derived recurrent cell trains as a language model (nasir/rnn)
+        from nasir.rnn.hooks import train_cli
+
+        if (rc := train_cli(args)) is not None:
+            return rc
     data = args.data or "digits"
     if detection:
         from nasir.train import coco_path

@@ -21,7 +21,12 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from nasir import ir, limits, ops
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
+from nasir.rnn.space import PRIMITIVES as RECURRENT_OPS
 from nasir.source import SourceFile, Span
+
+# Op names a set or an edge may use: the convolutional registry and the recurrent ops (docs/recurrent.md);
+# the verifier checks that each cell uses the ops of its kind.
+KNOWN_OPS = frozenset(ops.REGISTRY) | frozenset(RECURRENT_OPS)
 
 
 @cache
@@ -289,6 +294,12 @@ def _build_transformer(source: SourceFile) -> Transformer:
         def output_node(self, meta, c):
             return Stmt("output", ("node", (("one", node(c[0])),)), sp(meta))
 
+        def output_mean(self, meta, c):
+            return Stmt("output", ("mean", c[0]), sp(meta))
+
+        def recurrent(self, meta, c):
+            return Stmt("recurrent", (), sp(meta))
+
         def keep(self, meta, c):
             return Stmt("keep", (int(c[0]),), sp(meta))
 
@@ -345,6 +356,10 @@ def _build_transformer(source: SourceFile) -> Transformer:
 
         def auxiliary(self, meta, c):
             return Stmt("auxiliary", (ir.Auxiliary(str(c[0]), c[1], c[2], span=sp(meta)), tsp(c[0])), sp(meta))
+
+        def language_model(self, meta, c):
+            name, *args = c
+            return Stmt("language_model", (ir.LanguageModel(str(name), tuple(a for a in args if a is not None), span=sp(meta)),), sp(meta))
 
         # search
         def search(self, meta, c):
@@ -470,14 +485,14 @@ class Resolver:
         if e.kind == "ref":
             if e.name in self.opsets:
                 return self.opsets[e.name].ops
-            if e.name in ops.REGISTRY:
+            if e.name in KNOWN_OPS:
                 return (e.name,)
-            self.bag.error(e.span, f"unknown op or op set '{e.name}'", did_you_mean(e.name, [*self.opsets, *ops.REGISTRY]))
+            self.bag.error(e.span, f"unknown op or op set '{e.name}'", did_you_mean(e.name, [*self.opsets, *ops.REGISTRY, *RECURRENT_OPS]))
             return None
         if e.kind == "lit":
             out: list[str] = []
             for name, span in e.items:
-                if name not in ops.REGISTRY:
+                if name not in KNOWN_OPS:
                     self.bag.error(span, f"unknown op '{name}'", ops.unknown_op_hint(name))
                 elif name in out:
                     self.bag.error(span, f"op '{name}' listed twice")
@@ -495,7 +510,7 @@ class Resolver:
         return a + tuple(x for x in b if x not in a)
 
     def opset(self, name: str, expr: SetExpr, span: Span | None, name_span: Span) -> ir.OpSet | None:
-        if name in ops.REGISTRY:
+        if name in KNOWN_OPS:
             self.bag.error(name_span, f"op set '{name}' has the name of an op")
         result = self.eval_set(expr)
         if result is None:
@@ -553,7 +568,7 @@ class Resolver:
             return ir.Cell(raw.name, (), (), (), None, span=raw.span)
         singles: dict[str, Stmt] = {}
         for s in stmts:
-            if s.kind in ("inputs", "output", "keep", "stride", "topology"):
+            if s.kind in ("inputs", "output", "keep", "stride", "topology", "recurrent"):
                 if s.kind in singles and s in raw.stmts and singles[s.kind] in raw.stmts:
                     self.bag.error(s.span, f"cell '{raw.name}' has a second '{s.kind}' statement")
                 singles[s.kind] = s
@@ -583,7 +598,7 @@ class Resolver:
                     continue
                 defined_by_equation[target.name] = target.span
                 for op_name, op_span, src, src_span, term_span in terms:
-                    if op_name not in ops.REGISTRY:
+                    if op_name not in KNOWN_OPS:
                         self.bag.error(op_span, f"unknown op '{op_name}'", ops.unknown_op_hint(op_name))
                         continue
                     if src not in states:
@@ -600,7 +615,8 @@ class Resolver:
                     self.bag.error(n.span, f"output names unknown node '{n.name}'", did_you_mean(n.name, states))
             output = ir.Output(kind, tuple(n.name for n in names), span=s.span)
         else:
-            self.bag.error(raw.span, f"cell '{raw.name}' has no output", "add 'output concat(...)' or 'output NODE'")
+            hint = "add 'output mean(...)'" if "recurrent" in singles else "add 'output concat(...)' or 'output NODE'"
+            self.bag.error(raw.span, f"cell '{raw.name}' has no output", hint)
         keep = singles.get("keep")
         stride = singles.get("stride")
         if stride is not None and stride.args[0] not in (1, 2):
@@ -615,7 +631,7 @@ class Resolver:
             raw.name, inputs, tuple(nodes), tuple(edges), output,
             reduction=stride is not None and stride.args[0] == 2,
             keep=keep.args[0] if keep else None, keep_span=keep.span if keep else None,
-            topology=topo.args[0] if topo else None, span=raw.span,
+            topology=topo.args[0] if topo else None, recurrent="recurrent" in singles, span=raw.span,
         )  # fmt: skip
 
     def edge_pattern(self, s: Stmt, inputs, node_names: list[str], states: list[str]) -> list[ir.Edge]:
@@ -652,7 +668,7 @@ class Resolver:
         else:
             choice = None
             fixed = op[1]
-            if fixed not in ops.REGISTRY:
+            if fixed not in KNOWN_OPS:
                 hint = f"'{fixed}' is an op set; write choice({fixed})" if fixed in self.opsets else ops.unknown_op_hint(fixed)
                 self.bag.error(op[2], f"unknown op '{fixed}'", hint)
                 fixed = None
@@ -711,15 +727,25 @@ def _network(bag: DiagnosticBag, name: str, params, stmts, span, name_span) -> i
             body.append(attrs.evolve(st, span=s.span))
         elif s.kind == "residual":
             body.append(s.args[0])
-    if len(stems) > 2:
+        elif s.kind == "language_model":
+            if "language_model" in singles:
+                bag.error(s.span, f"network '{name}' has a second 'language_model' statement")
+            singles["language_model"] = s
+    lm = singles.get("language_model")
+    if lm is not None:  # a language model (docs/recurrent.md): the recurrent cell is the whole body
+        for other in [x for x in stmts if x.kind != "language_model"]:
+            bag.error(other.span, f"a language-model network has no '{other.kind}' statement",
+                      "the language_model statement is the whole network: embedding, recurrent cell, tied decoder")  # fmt: skip
+    elif len(stems) > 2:
         bag.error(span, f"network '{name}' has {len(stems)} stems; at most two (CIFAR: one, ImageNet: two)")
-    if not body:
+    if not body and lm is None:
         bag.error(name_span, f"network '{name}' stacks no cells", "add e.g. 'stack layers cells(C): normal, reduce at 1/3, 2/3'")
     inp = singles.get("input")
     aux = singles.get("auxiliary")
     return ir.Network(
         name, tuple(params), tuple(inp.args) if inp else None, tuple(stems), tuple(body),
-        aux.args[0] if aux else None, tuple(singles["head"].args) if "head" in singles else (), span=span,
+        aux.args[0] if aux else None, tuple(singles["head"].args) if "head" in singles else (),
+        language_model=lm.args[0] if lm is not None else None, span=span,
     )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import attrs
 from lark import Lark, Token, Transformer, v_args
@@ -82,6 +82,21 @@ class NB201Arch:
 
     def __str__(self) -> str:
         return "+".join("|" + "".join(f"{op}~{i}|" for op, i in node) for node in self.nodes)
+
+
+@attrs.frozen
+class RecurrentGenotype:
+    """A derived DARTS recurrent cell: `Genotype(recurrent=[(op, predecessor), ...], concat=...)`
+    (docs/recurrent.md); `cell` is the runtime's form (nasir/rnn/space.py)."""
+
+    cell: Any  # nasir.rnn.space.Genotype
+    span: Span | None = span_field()
+
+    def __str__(self) -> str:
+        return str(self.cell)
+
+
+AnyGenotype = Union["Genotype", NB201Arch, RecurrentGenotype]
 
 
 # ---- syntax ---------------------------------------------------------------------------------------
@@ -540,7 +555,62 @@ def _check_cell(bag: DiagnosticBag, field: str, nodes: list[list[_Pair]], concat
                       "DARTS would compute it and discard it; a .cell cell may not have dead nodes")  # fmt: skip
 
 
-def _genotype_from_call(call: _Py) -> Genotype:
+def _recurrent_from_call(call: _Py) -> RecurrentGenotype:
+    """`Genotype(recurrent=[...], concat=...)` of the DARTS recurrent cells (the authors' rnn/genotypes.py)."""
+    from nasir.rnn.space import ACTIVATIONS
+    from nasir.rnn.space import Genotype as Cell
+
+    bag = DiagnosticBag()
+    fields: dict[str, _Arg] = {}
+    names = ("recurrent", "concat")
+    for i, a in enumerate(x for x in call.args if x.name is None):
+        if i < 2:
+            fields[names[i]] = a
+        else:
+            bag.error(a.value.span, "a recurrent Genotype(...) takes two fields, recurrent and concat")
+    for a in call.args:
+        if a.name is None:
+            continue
+        if a.name in fields:
+            bag.error(a.name_span, f"field '{a.name}' is given twice")
+        elif a.name not in names:
+            bag.error(a.name_span, f"a recurrent Genotype(...) has no field '{a.name}'", "its fields are recurrent and concat")
+        else:
+            fields[a.name] = a
+    for f in names:
+        if f not in fields:
+            bag.error(call.name_span, f"Genotype(...) has no field '{f}'", "a recurrent genotype has the fields recurrent, concat")
+    pairs: list[tuple[str, int]] = []
+    if "recurrent" in fields:
+        v = fields["recurrent"].value
+        if v.kind not in ("list", "tuple") or not v.value:
+            bag.error(v.span, f"'recurrent' must be a non-empty list of (op, predecessor) pairs, found {_describe(v)}")
+        else:
+            if len(v.value) > limits.MAX_NODES_PER_CELL:
+                bag.error(v.span, f"'recurrent' has {len(v.value):,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}")
+            for i, item in enumerate(v.value, start=1):
+                p = _read_pair(bag, item)
+                if p is None:
+                    continue
+                if p.op not in ACTIVATIONS:
+                    bag.error(p.op_span, f"'{p.op}' is not a recurrent op", f"a derived recurrent cell uses {', '.join(ACTIVATIONS)}")
+                if not 0 <= p.index < i:
+                    bag.error(p.index_span, f"index {p.index} is out of range: node {i} reads one of the states 0..{i - 1}")
+                pairs.append((p.op, p.index))
+    concat = _read_concat(bag, "concat", fields["concat"].value) if "concat" in fields else None
+    if concat is not None and pairs and len(pairs) == len(fields["recurrent"].value.value):
+        for c, span in concat:
+            if not 0 <= c <= len(pairs):
+                bag.error(span, f"concat index {c} is out of range: the cell has states 0..{len(pairs)}")
+        if not concat:
+            bag.error(fields["concat"].value.span, "'concat' is empty")
+    bag.check()
+    return RecurrentGenotype(Cell(tuple(pairs), tuple(c for c, _ in concat or ())), span=call.span)
+
+
+def _genotype_from_call(call: _Py) -> Genotype | RecurrentGenotype:
+    if any(a.name == "recurrent" for a in call.args):
+        return _recurrent_from_call(call)
     bag = DiagnosticBag()
     fields: dict[str, _Arg] = {}
     positional = [a for a in call.args if a.name is None]
@@ -602,7 +672,7 @@ def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: 
     return NB201Arch([[(p.op, p.index) for p in edges] for edges, _ in nodes], span=span)
 
 
-def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<stdin>") -> Genotype | NB201Arch:
+def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<stdin>") -> AnyGenotype:
     """Genotype text -> `Genotype` or `NB201Arch`, without evaluating anything.
 
     `text` is a DARTS-style `Genotype(...)` (flat or node-pair form, optionally assigned to a name, possibly
@@ -629,7 +699,7 @@ def _parse_genotype(text: str, name: str | None, source_name: str) -> Genotype |
     return _genotype_from_call(value)
 
 
-def read_genotype(path: str | Path, name: str | None = None) -> Genotype | NB201Arch:
+def read_genotype(path: str | Path, name: str | None = None) -> AnyGenotype:
     """`parse_genotype` of a file; `-` reads standard input (reported as `<stdin>`)."""
     if str(path) == "-":
         return parse_genotype(sys.stdin.read(), name, source_name="<stdin>")
@@ -681,8 +751,14 @@ def genotype_cells(g: Genotype | NB201Arch) -> tuple[ir.Cell, ...]:
 def genotype_to_spec_text(g: Genotype | NB201Arch, macro: str | None = None, source_name: str | None = None) -> str:
     """A complete `.cell` text: the genotype's cells in the macro network `macro` (see `nasir.macros`).
 
-    `macro` defaults to `cifar` for a DARTS genotype and `nb201` for a NAS-Bench-201 string.
+    `macro` defaults to `cifar` for a DARTS genotype and `nb201` for a NAS-Bench-201 string. A recurrent
+    genotype goes into the authors' language model at evaluation size (docs/recurrent.md); it has no macro.
     """
+    if isinstance(g, RecurrentGenotype):
+        if macro is not None:
+            raise error_at(g.span, f"a recurrent genotype is imported into a language model, not the '{macro}' network",
+                           "drop --macro (sizes: --set size=..., --set tokens=...)")  # fmt: skip
+        return recurrent_spec_text(g, source_name)
     nb201 = isinstance(g, NB201Arch)
     macro = macro if macro is not None else ("nb201" if nb201 else "cifar")
     network = macro_text(macro)
@@ -696,6 +772,27 @@ def genotype_to_spec_text(g: Genotype | NB201Arch, macro: str | None = None, sou
     origin = f" from {source_name}" if source_name else ""
     header = f"# Imported{origin} by nasir into the '{macro}' network:\n# {g}\n"
     return header + "\n\n".join(printer.cell(c) for c in cells) + "\n\n" + network
+
+
+def recurrent_cell(g: RecurrentGenotype, name: str = "rnn") -> ir.Cell:
+    """The derived recurrent cell: input s0, nodes s1..sN, one edge into each node, output mean(concat)."""
+    from nasir.rnn.lower import RECURRENT_INPUT
+
+    n = g.cell.nodes
+    states = (RECURRENT_INPUT,) + tuple(f"s{i}" for i in range(1, n + 1))
+    edges = tuple(ir.Edge(states[p], states[i], op=op) for i, (op, p) in enumerate(g.cell.recurrent, start=1))
+    return ir.Cell(name, (ir.Node(states[0]),), tuple(ir.Node(s) for s in states[1:]), edges,
+                   ir.Output("mean", tuple(states[i] for i in g.cell.concat)), recurrent=True)  # fmt: skip
+
+
+def recurrent_spec_text(g: RecurrentGenotype, source_name: str | None = None) -> str:
+    """A recurrent genotype in the language model at evaluation size (850/850, 10,000 words, the authors' dropouts)."""
+    from nasir.rnn.space import EVAL_SIZE
+    from nasir.rnn.text import network_text
+
+    origin = f" from {source_name}" if source_name else ""
+    header = f"# Imported{origin} by nasir into the language model at evaluation size:\n# {g}\n"
+    return header + printer.cell(recurrent_cell(g)) + "\n\n" + network_text(EVAL_SIZE)
 
 
 # ---- .cell -> genotype ---------------------------------------------------------------------------
@@ -775,7 +872,11 @@ def genotype_from_spec(spec: ir.Spec) -> Genotype:
 
 
 def spec_to_genotype(spec: ir.Spec) -> str:
-    """The DARTS genotype string of a derived cell pair, as DARTS prints it."""
+    """The DARTS genotype string of a derived cell pair (or recurrent cell), as DARTS prints it."""
+    from nasir.rnn.lower import genotype_of, is_recurrent
+
+    if is_recurrent(spec):
+        return str(genotype_of(spec))
     return str(genotype_from_spec(spec))
 
 
@@ -816,5 +917,11 @@ def nb201_from_spec(spec: ir.Spec) -> NB201Arch:
 
 
 def spec_to_nb201(spec: ir.Spec) -> str:
-    """The NAS-Bench-201 string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` of a derived cell."""
+    """The NAS-Bench-201 string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` of a derived cell.
+
+    A recurrent spec (also one input per cell) answers with its recurrent Genotype instead."""
+    from nasir.rnn.lower import is_recurrent
+
+    if is_recurrent(spec):
+        return spec_to_genotype(spec)
     return str(nb201_from_spec(spec))

@@ -122,7 +122,7 @@ class Edge:
 
 @attrs.frozen
 class Output:
-    kind: str  # "concat" | "node"
+    kind: str  # "concat" | "node" | "mean" (a recurrent cell: the mean of the states, docs/recurrent.md)
     nodes: tuple[str, ...]
     span: Span | None = span_field()
 
@@ -164,6 +164,9 @@ class Cell:
     # stacked copy of this cell kind (DARTS shares alpha_normal / alpha_reduce the same way).
     alpha_rows: tuple[tuple[str, ...], ...] | None = None
     beta_rows: tuple[BetaRow, ...] | None = None
+    # `recurrent`: DARTS' recurrent cell (docs/recurrent.md): one input s0 computed from x_t and
+    # h_(t-1), gated edges s_p + sigmoid(c) * (f(g) - s_p), ops from nasir/rnn/space.py, mean output.
+    recurrent: bool = False
     span: Span | None = span_field()
 
     @property
@@ -266,6 +269,16 @@ class Auxiliary:
 
 
 @attrs.frozen
+class LanguageModel:
+    """`language_model CELL(tokens = .., ninp = .., nhid = .., dropout = .., ...)`: embedding, the recurrent
+    cell unrolled over the sequence, decoder tied to the embedding (docs/recurrent.md)."""
+
+    cell: str
+    args: tuple[Arg, ...] = ()
+    span: Span | None = span_field()
+
+
+@attrs.frozen
 class Network:
     name: str
     params: tuple[Param, ...]
@@ -274,6 +287,7 @@ class Network:
     body: tuple[Stack | Residual, ...]
     auxiliary: Auxiliary | None
     head: tuple[Layer, ...]
+    language_model: LanguageModel | None = None  # a language-model network has this and no stems/stacks/head
     span: Span | None = span_field()
 
     def param(self, name: str) -> Param | None:

@@ -146,11 +146,10 @@ def parse_overrides(items: list[str] | None) -> tuple[dict[str, Any], dict[str, 
     return values, spans
 
 
-def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | None = None,
-              override_spans: dict[str, Span] | None = None, bag: DiagnosticBag | None = None) -> Plan | None:  # fmt: skip
-    """Bind parameters and expand the macro. Reports into `bag` (raises if none given)."""
-    own = bag is None
-    bag = bag if bag is not None else DiagnosticBag()
+def bind_params(network: ir.Network, overrides: dict[str, Any] | None, override_spans: dict[str, Span] | None,
+                bag: DiagnosticBag) -> dict[str, Any] | None:  # fmt: skip
+    """The network's parameters: defaults, then overrides (unknown names are errors); None after an error."""
+    before = bag.error_count
     overrides = dict(overrides or {})
     env: dict[str, Any] = {}
     for p in network.params:
@@ -171,7 +170,16 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
     for p in network.params:
         if env.get(p.name) is None and p.default is None:
             bag.error(p.span, f"parameter '{p.name}' has no value", f"give it a default or pass --set {p.name}=VALUE")
-    if bag.errors:
+    return env if bag.error_count == before else None
+
+
+def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | None = None,
+              override_spans: dict[str, Span] | None = None, bag: DiagnosticBag | None = None) -> Plan | None:  # fmt: skip
+    """Bind parameters and expand the macro. Reports into `bag` (raises if none given)."""
+    own = bag is None
+    bag = bag if bag is not None else DiagnosticBag()
+    env = bind_params(network, overrides, override_spans, bag)
+    if env is None or bag.errors:
         if own:
             bag.check()
         return None

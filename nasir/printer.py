@@ -75,7 +75,7 @@ def _equation_form(c: ir.Cell) -> bool:
 
 
 def cell(c: ir.Cell) -> str:
-    lines = [f"cell {c.name} {{", f"  inputs {', '.join(c.input_names)}"]
+    lines = [f"cell {c.name} {{"] + (["  recurrent"] if c.recurrent else []) + [f"  inputs {', '.join(c.input_names)}"]
     if c.reduction:
         lines.append("  stride 2 from inputs")
     if _equation_form(c):
@@ -106,7 +106,10 @@ def cell(c: ir.Cell) -> str:
         lines.append(f"  topology {t.kind} {t.k}" if t.kind != "any" else "  topology outputs any")
     if c.output is not None:
         o = c.output
-        lines.append(f"  output concat({names(o.nodes)})" if o.kind == "concat" else f"  output {o.nodes[0]}")
+        if o.kind in ("concat", "mean"):
+            lines.append(f"  output {o.kind}({names(o.nodes)})")
+        else:
+            lines.append(f"  output {o.nodes[0]}")
     if c.keep is not None:
         lines.append(f"  keep {c.keep} inputs per node")
     lines.append("}")
@@ -135,6 +138,8 @@ def network(n: ir.Network) -> str:
         lines.append(f"  auxiliary {a.style} at {frac(a.at)}" + (f" if {expr(a.when)}" if a.when is not None else ""))
     if n.head:
         lines.append("  head " + ", ".join(layer(x) for x in n.head))
+    if n.language_model is not None:
+        lines.append(f"  language_model {n.language_model.cell}({args(n.language_model.args)})")
     lines.append("}")
     return "\n".join(lines)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from nasir import ir, ops
 from nasir.diagnostics import DiagnosticBag, did_you_mean
-from nasir.macro import elaborate
+from nasir.macro import bind_params, elaborate
+from nasir.rnn import lower as recurrent
 from nasir.source import Span
 
 # name -> allowed values (None: any value of the right kind). One place, also read by the search runtime.
@@ -36,6 +37,7 @@ SEARCH_SETTINGS: dict[str, tuple[str, ...] | None] = {
     "weight_decay": None,
     "arch_lr": None,
     "arch_weight_decay": None,
+    "bptt": None,  # recurrent searches: the truncated-BPTT length (docs/recurrent.md)
 }
 BUDGET_KINDS = ("params", "macs")
 
@@ -80,8 +82,11 @@ def verify_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
                 bag.error(e.span, f"edge names unknown node '{end}'", did_you_mean(end, states))
         if e.choice is not None and not e.choice.ops:
             bag.error(e.choice.span or e.span, "the op set of this choice is empty")
-        for name in e.candidates:
-            if name is not None and name not in ops.REGISTRY:
+        for name in e.candidates if not c.recurrent else ():  # a recurrent cell's ops: recurrent.check_cell
+            if name in recurrent.RECURRENT_ONLY_OPS:
+                bag.error(e.span, f"'{name}' is a recurrent op; it exists only in a 'recurrent' cell",
+                          "add 'recurrent' to the cell, or use the convolutional ops")  # fmt: skip
+            elif name is not None and name not in ops.REGISTRY:
                 bag.error(e.span, f"unknown op '{name}'", ops.unknown_op_hint(name))
     pairs = Counter((e.src, e.dst) for e in c.edges if e.is_choice)
     for e in c.edges:
@@ -114,7 +119,9 @@ def verify_cell(c: ir.Cell, bag: DiagnosticBag) -> None:
             bag.error(n.span, f"node '{n.name}' does not reach the output of cell '{c.name}'", "use it in the output or as an input of a later node")
     if c.output.kind == "node" and c.output.nodes and c.output.nodes[0] in inputs:
         bag.error(c.output.span, "the cell output is one of its inputs")
-    _constraints(c, pred, bag)
+    recurrent.check_cell(c, bag)
+    if not c.recurrent:
+        _constraints(c, pred, bag)
 
 
 def _walk(start, edges: dict[str, set[str]]) -> set[str]:
@@ -156,6 +163,11 @@ def _constraints(c: ir.Cell, pred: dict[str, set[str]], bag: DiagnosticBag) -> N
 
 
 def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, override_spans, skip_cells) -> None:
+    if n.language_model is not None:  # docs/recurrent.md
+        env = bind_params(n, overrides, override_spans, bag)
+        if env is not None and n.language_model.cell not in skip_cells:
+            recurrent.check_network(spec, n, env, bag)
+        return
     cells = {c.name: c for c in spec.cells}
     for b in n.body:
         if not isinstance(b, ir.Stack):

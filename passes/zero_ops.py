@@ -13,6 +13,12 @@ from nasir import ir, ops
 from nasir.pipeline import Pass, PassResult
 
 
+def _is_zero(op: str) -> bool:
+    """The registry's zero op; a recurrent cell's ops (docs/recurrent.md) are not in the registry, and its zero is `none`."""
+    d = ops.REGISTRY.get(op)
+    return d.is_zero if d is not None else op == "none"
+
+
 class ZeroOps(Pass):
     name = "zero_ops"
     requires = frozenset({"mixed_ops"})
@@ -25,7 +31,7 @@ class ZeroOps(Pass):
             edges = []
             for e in c.edges:
                 if e.alpha is not None:
-                    computed = tuple(o for o in e.candidates if not ops.REGISTRY[o].is_zero)
+                    computed = tuple(o for o in e.candidates if not _is_zero(o))
                     if computed != e.candidates:
                         modified = True
                     e = attrs.evolve(e, computed=computed)

@@ -66,7 +66,11 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    from nasir.rnn.hooks import search_cli
     from nasir.search.runner import SearchInterrupted, keep_freed_memory, search
+
+    if (rc := search_cli(args)) is not None:  # a recurrent space: the language-model search (nasir/rnn)
+        return rc
 
     if not args.device.startswith("cuda"):
         keep_freed_memory()  # a whole process for one search: keep its activations' pages between steps

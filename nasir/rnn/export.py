@@ -1,0 +1,190 @@
+"""Targets of a derived recurrent language model: PyTorch source, TorchScript, ONNX, and ONNX Runtime parity.
+
+Every target is the inference graph (eval mode: no dropout) of `RNNLM` with a derived cell,
+    (words [T, B] int64, hidden [B, H]) -> (log_probs [T, B, V], next hidden [B, H])
+with T and B dynamic. The cell's time step is traced (the genotype is unrolled into straight-line code,
+no data-dependent control flow); the loop over time is scripted around it, so TorchScript and ONNX (a
+`Loop` over T) take any sequence length. Files are written atomically (`nasir.io`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasir.io import atomic_write, atomic_write_with
+from nasir.rnn.cell import RNNLM, DerivedCell
+from nasir.rnn.space import Genotype
+
+INPUTS = ("words", "hidden")
+OUTPUTS = ("log_probs", "next_hidden")
+OPSET = 17
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The deprecation notices of torch.jit and the TorchScript ONNX exporter: they are the tools chosen here."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+class _Step(nn.Module):
+    """One time step of a derived cell in eval mode: (x [B, ninp], h [B, nhid]) -> next h."""
+
+    def __init__(self, cell: DerivedCell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.cell.step(x, h, None, None)
+
+
+class _Loop(nn.Module):
+    def __init__(self, step: torch.jit.ScriptModule, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.step = step
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, words: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = F.embedding(words, self.weight)
+        h = hidden
+        outs = torch.zeros(words.size(0), words.size(1), hidden.size(1), dtype=hidden.dtype)
+        for t in range(words.size(0)):
+            h = self.step(emb[t], h)
+            outs[t] = h
+        logits = torch.matmul(outs, self.weight.t()) + self.bias
+        return F.log_softmax(logits, dim=-1), h
+
+
+def scripted(model: RNNLM) -> torch.jit.ScriptModule:
+    """The TorchScript module of `model` (eval mode; dynamic T and B)."""
+    if not isinstance(model.cell, DerivedCell):
+        raise TypeError("only a derived recurrent cell exports (the search supernet is not a target)")
+    was = model.training
+    model.eval()
+    try:
+        H, ninp = model.lm.nhid, model.lm.ninp
+        with torch.no_grad(), _quiet():
+            step = torch.jit.trace(_Step(model.cell), (torch.zeros(2, ninp), torch.zeros(2, H)), check_trace=False)
+            return torch.jit.script(_Loop(step, model.encoder.weight, model.decoder.bias))
+    finally:
+        model.train(was)
+
+
+def to_torchscript(model: RNNLM, path: str | Path) -> Path:
+    script = scripted(model)
+    path = Path(path)
+    with _quiet():
+        atomic_write_with(path, lambda tmp: torch.jit.save(script, str(tmp)))
+    return path
+
+
+def to_onnx(model: RNNLM, path: str | Path) -> Path:
+    """ONNX of the language model with dynamic sequence length and batch (opset 17, a Loop over time)."""
+    script = scripted(model)
+    buf = io.BytesIO()
+    example = (torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, model.lm.nhid))
+    with _quiet():
+        torch.onnx.export(script, example, buf, dynamo=False, opset_version=OPSET, input_names=list(INPUTS),
+                          output_names=list(OUTPUTS),
+                          dynamic_axes={"words": {0: "sequence", 1: "batch"}, "hidden": {0: "batch"},
+                                        "log_probs": {0: "sequence", 1: "batch"}, "next_hidden": {0: "batch"}})  # fmt: skip
+    path = Path(path)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def onnx_parity(model: RNNLM, path: str | Path, lengths: Sequence[int] = (5, 17), batch: int = 3, seed: int = 0) -> float:
+    """The largest |ONNX Runtime - PyTorch| over both outputs at each sequence length (random words and state)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    was = model.training
+    model.eval()
+    try:
+        for T in lengths:
+            words = torch.randint(0, model.lm.tokens, (T, batch), generator=g)
+            hidden = 0.1 * torch.randn(batch, model.lm.nhid, generator=g)
+            with torch.no_grad():
+                lp, h = model(words, hidden)
+            got = sess.run(list(OUTPUTS), {"words": words.numpy(), "hidden": hidden.numpy()})
+            worst = max(worst, float(np.abs(got[0] - lp.numpy()).max()), float(np.abs(got[1] - h.numpy()).max()))
+    finally:
+        model.train(was)
+    return worst
+
+
+# ---- generated PyTorch source ----------------------------------------------------------------------------
+_ACT_SRC = {"tanh": "torch.tanh({})", "relu": "torch.relu({})", "sigmoid": "torch.sigmoid({})", "identity": "{}"}
+
+
+def torch_source(genotype: Genotype, tokens: int, ninp: int, nhid: int, class_name: str = "RecurrentLM") -> str:
+    """A standalone PyTorch module (inference: no dropout) whose state_dict keys match `RNNLM`'s.
+
+    Load trained weights with `model.load_state_dict(trained.state_dict())`.
+    """
+    n = genotype.nodes
+    lines = [
+        f'"""Generated by nasir from {genotype}. Inference graph of the language model (no dropout)."""',
+        "",
+        "import torch",
+        "import torch.nn.functional as F",
+        "from torch import nn",
+        "",
+        "",
+        f"class {class_name}(nn.Module):",
+        f"    tokens, ninp, nhid = {tokens}, {ninp}, {nhid}",
+        "",
+        "    def __init__(self):",
+        "        super().__init__()",
+        "        self.encoder = nn.Embedding(self.tokens, self.ninp)",
+        "        self.cell = nn.Module()",
+        "        self.cell.W0 = nn.Parameter(torch.empty(self.ninp + self.nhid, 2 * self.nhid).uniform_(-0.04, 0.04))",
+        f"        self.cell.Ws = nn.ParameterList([nn.Parameter(torch.empty(self.nhid, 2 * self.nhid).uniform_(-0.04, 0.04)) for _ in range({n})])",
+        "        self.decoder = nn.Linear(self.ninp, self.tokens)",
+        "        self.decoder.weight = self.encoder.weight",
+        "",
+        "    def step(self, x, h):",
+        "        c0, g0 = torch.split(torch.cat([x, h], dim=-1).mm(self.cell.W0), self.nhid, dim=-1)",
+        "        s0 = h + torch.sigmoid(c0) * (torch.tanh(g0) - h)",
+    ]
+    for i, (op, p) in enumerate(genotype.recurrent, start=1):
+        lines.append(f"        c, g = torch.split(s{p}.mm(self.cell.Ws[{i - 1}]), self.nhid, dim=-1)")
+        lines.append(f"        s{i} = s{p} + torch.sigmoid(c) * ({_ACT_SRC[op].format('g')} - s{p})")
+    lines += [
+        f"        return ({' + '.join(f's{j}' for j in genotype.concat)}) / {len(genotype.concat)}",
+        "",
+        "    def forward(self, words, hidden):",
+        '        """words [T, B] int64, hidden [B, nhid] -> log-probabilities [T, B, tokens], next hidden."""',
+        "        emb = self.encoder(words)",
+        "        outs = []",
+        "        h = hidden",
+        "        for t in range(words.size(0)):",
+        "            h = self.step(emb[t], h)",
+        "            outs.append(h)",
+        "        return F.log_softmax(self.decoder(torch.stack(outs)), dim=-1), h",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_torch_source(model: RNNLM, path: str | Path) -> Path:
+    cell = model.cell
+    if not isinstance(cell, DerivedCell):
+        raise TypeError("only a derived recurrent cell has a PyTorch source target")
+    path = Path(path)
+    atomic_write(path, torch_source(cell.genotype, model.lm.tokens, model.lm.ninp, model.lm.nhid))
+    return path
