@@ -7,6 +7,7 @@ No Python traceback unless --debug.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -76,6 +77,36 @@ def _levels(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated level positions such as 1,2, got '{text}'") from None
 
 
+def _tolerance(text: str) -> float:
+    """A finite number >= 0 (NaN would pass every comparison: `diff > nan` is false)."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"the tolerance must be a finite number >= 0, got '{text}'")
+    return v
+
+
+def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], fields=None) -> None:
+    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py)."""
+    from nasir import provenance as prov
+
+    if weights is None:
+        return
+    then = prov.read(weights)
+    if then is None:  # a bare state_dict: nothing recorded to compare
+        return
+    from nasir.compile import resolve
+
+    spec, plan = resolve(spec_path, overrides)
+    now = prov.record(spec, kind=then.get("kind", ""), overrides=overrides, plan=plan)
+    prov.require_same(then, now, fields or prov.ARCHITECTURE, f"--weights '{weights}'",
+                      hint="pass the spec and --set values the weights were trained with")  # fmt: skip
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", metavar="NAME=VALUE", default=[], help="override a network parameter")
 
@@ -137,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classification (default), or detection: the network as a RetinaNet backbone")  # fmt: skip
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--weight-decay", float), ("--cutout", int),
                        ("--drop-path", float), ("--auxiliary-weight", float), ("--grad-clip", float),
-                       ("--label-smoothing", float), ("--seed", int), ("--limit-batches", int)):  # fmt: skip
-        tr.add_argument(flag, type=kind)
+                       ("--label-smoothing", float), ("--seed", limits.seed), ("--limit-batches", int)):  # fmt: skip
+        tr.add_argument(flag, type=kind, help="0: no clipping" if flag == "--grad-clip" else None)
     det = tr.add_argument_group("detection (--task detection)")
     det.add_argument("--min-size", type=int, help="resize images so the short side is this long (detection preset 320)")
     det.add_argument("--max-size", type=int, help="... and the long side at most this (detection preset 512)")
@@ -149,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--workers", type=int, help="DataLoader processes that read the images (default: 0 on the CPU, up to 4 per GPU)")
     det.add_argument("--backbone-weights", type=Path, metavar="CKPT", help="start the backbone from a classification checkpoint")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same spec, --set, --seed and --data)")
+    tr.add_argument("--overwrite", action="store_true", help="replace the run in --out (its checkpoints and metrics)")
     tr.add_argument("--deterministic", action="store_true",
                     help="deterministic algorithms (cuDNN, cuBLAS workspace): on a GPU, the same weights on every run and resume; slower")  # fmt: skip
     _add_set(tr)
@@ -157,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy of a trained network")
     ev.add_argument("file", type=Path)
     ev.add_argument("--weights", required=True, type=Path, metavar="CKPT")
-    ev.add_argument("--data", default="digits")
+    ev.add_argument("--data", help="the data it was trained on (default: the checkpoint's, else digits)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--seed", type=int, default=0, help="the seed of the held-out split used in training")
+    ev.add_argument("--seed", type=limits.seed, help="the seed of the held-out split used in training (default: the checkpoint's, else 0)")
     _add_set(ev)
 
     try:
@@ -173,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("model", type=Path, metavar="MODEL", help="MODEL.onnx, a TorchScript file (.pt/.ts) or MODEL.pt2")
     ve.add_argument("--spec", required=True, type=Path, help="the .cell file the model was compiled from")
     ve.add_argument("--weights", type=Path, metavar="CKPT", help="the weights it was compiled with")
-    ve.add_argument("--seed", type=int, default=0, help="the seed it was compiled with, without --weights (default 0)")
-    ve.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
+    ve.add_argument("--seed", type=limits.seed, help="the seed it was compiled with, without --weights "
+                    "(default: the seed the file records, as the search's derived.onnx does; else 0)")  # fmt: skip
+    ve.add_argument("--tolerance", type=_tolerance, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
     _add_include_flag(sub)
     return p
@@ -284,6 +317,8 @@ def cmd_compile(args) -> int:
     if args.output is None:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
 
+    # A detector's checkpoint carries its network parameters (compile checks those): compare the spec only.
+    _check_weights(args.file, args.weights, args.overrides, ("spec",) if args.target == "retinanet" else None)
     out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
     print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
@@ -327,14 +362,28 @@ def cmd_export_genotype(args) -> int:
 
 def cmd_verify_export(args) -> int:
     from nasir.compile import verify_export
+    from nasir.targets.export import read_metadata
 
-    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    _check_weights(args.spec, args.weights, args.overrides)
+    seed = args.seed
+    if seed is None and args.weights is None:
+        recorded = read_metadata(args.model).get("nasir.seed")  # an untrained export records its initialisation seed
+        seed = int(recorded) if recorded is not None and recorded.isdigit() and int(recorded) <= limits.MAX_SEED else 0
+        if recorded is not None:
+            print(f"seed {seed} (recorded in {args.model})")
+    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides)
     provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
     if provider:
         print(f"ran on {provider}")
     for batch, diff in diffs.items():
         print(f"batch {batch}: max abs diff {diff:.3g}")
     worst = max(diffs.values())
+    nonfinite = getattr(diffs, "nonfinite", ())
+    if nonfinite or not math.isfinite(worst):  # NaN > tol is false: a NaN output would otherwise pass
+        for problem in nonfinite:
+            print(f"nasir: {problem}", file=sys.stderr)
+        print(f"nasir: parity FAILED: not finite (max abs diff {worst:.3g})", file=sys.stderr)
+        return 1
     if worst > args.tolerance:
         print(f"nasir: parity FAILED: {worst:.3g} > {args.tolerance:g}", file=sys.stderr)
         return 1
@@ -375,7 +424,8 @@ def cmd_train(args) -> int:
         raise DiagnosticError([Diagnostic("--backbone-weights is for --task detection")])
     options = {"task": "detection", "workers": args.workers, "backbone_weights": args.backbone_weights} if detection else {}
     try:
-        last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume, deterministic=args.deterministic, **options)
+        last = train(spec, data, args.out, cfg, device=args.device, resume=args.resume, deterministic=args.deterministic,
+                     overwrite=args.overwrite, **options)  # fmt: skip
     except TrainInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130

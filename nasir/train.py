@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from nasir import device as dv
-from nasir import ir
+from nasir import finite, ir, limits
+from nasir import provenance as prov
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write_with
 from nasir.search import data as data_mod
@@ -104,14 +105,17 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 errors.append(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v}")
-        for name in ("cutout", "seed", "lr", "weight_decay", "auxiliary_weight", "grad_clip"):
-            v = getattr(self, name)
-            if v < 0:
-                errors.append(f"--{name.replace('_', '-')} must be >= 0, got {v}")
-        for name in ("drop_path", "label_smoothing", "hflip"):
-            v = getattr(self, name)
-            if v > 1 or v < 0:
-                errors.append(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
+        if self.cutout is not None and self.cutout < 0:
+            errors.append(f"--cutout must be >= 0, got {self.cutout}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= limits.MAX_SEED:
+            errors.append(f"--seed must be a whole number in 0..{limits.MAX_SEED}, got {self.seed}")
+        # NaN is not `< 0`: every float setting must also be finite (issue 14, item 2). --grad-clip 0
+        # means no clipping (clipping every gradient to norm 0 would zero them all).
+        errors += finite.check_settings(attrs.asdict(self), nonnegative=("lr", "weight_decay", "auxiliary_weight", "grad_clip",
+                                                                         "momentum", "lr_min"),
+                                        positive=("gamma",), unit=("drop_path", "label_smoothing", "hflip"))  # fmt: skip
+        if not (0 < self.holdout < 1):
+            errors.append(f"the held-out fraction must be between 0 and 1 (exclusive), got {self.holdout}")
         if errors:
             raise DiagnosticError([Diagnostic(m) for m in dict.fromkeys(errors)])
 
@@ -232,6 +236,7 @@ class _Task:
     batches: Callable[[list[torch.Tensor]], Iterable[Any]] = iter
     fixed_shapes: bool = False  # every batch has one shape: let cuDNN autotune (nasir.device.fixed_shapes)
     extra: dict[str, Any] = attrs.Factory(dict)  # saved in last.pt beside the weights
+    provenance: dict[str, Any] | None = None  # nasir/provenance.py: in provenance.json, last.pt and best.pt
 
 
 def _device(device: str) -> tuple[torch.device, Dist]:
@@ -280,6 +285,9 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
     net: torch.nn.Module = model
     if d.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if d.main and task.provenance is not None:
+        # After DDP's construction (a collective): every rank has checked --out before this is written.
+        prov.write(out, task.provenance)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # fp16 autocast on CUDA needs loss scaling; the scaler's state (scale, growth tracker) is part of
     # last.pt, so a resumed run scales and skips exactly the steps an uninterrupted one does.
@@ -291,6 +299,9 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
         if ck.get("task", "classification") != task.name:
             raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' is from a {ck.get('task', 'classification')} run, not {task.name}",
                                               hint="resume with the same --task, or train into another --out")])  # fmt: skip
+        if task.provenance is not None:
+            prov.require_same(prov.of(ck), task.provenance, prov.RESUME, f"--resume: '{out / 'last.pt'}'",
+                              hint="resume with the spec, --set values, --seed and --data the run started with, or train into another --out")  # fmt: skip
         try:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -319,7 +330,20 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
     stop = dv.StopFlag()
     benchmark = dv.fixed_shapes(dev) if task.fixed_shapes else False
 
+    watch = finite.FiniteWatch()  # the first step whose loss was not finite, kept on the device (nasir/finite.py)
+
+    def check_losses(epoch: int) -> None:
+        """Stop at the first non-finite loss, naming its step; nothing of the diverged run is saved."""
+        bad = watch.first(distributed=d.world > 1, device=dev)
+        if bad is not None:
+            g, value = bad
+            raise _diverged(out, f"the training loss is {finite.describe(value)} at epoch {g // steps + 1}, step {g % steps + 1} "
+                                 f"(of {steps})", g)  # fmt: skip
+
     def save() -> None:
+        if not finite.state_is_finite(task.model.state_dict()):
+            raise _diverged(out, f"the weights are not finite after epoch {state['epoch'] + (state['step'] == 0)}, "
+                                 f"step {state['step'] or steps}", None)  # fmt: skip
         _save(out, task, opt, scaler, state, sums, d)
 
     try:
@@ -338,10 +362,14 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                     g = data_mod.batch_generator(cfg.seed, epoch, state["step"], d.rank)
                     with torch.autocast(dev.type, enabled=amp):
                         loss, add = task.step(net, batch, g)
+                    watch.observe(loss, epoch * steps + state["step"])
+                    if dev.type == "cpu":
+                        check_losses(epoch)  # nothing to wait for on the CPU: stop at once
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    if cfg.grad_clip > 0:  # 0: no clipping
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     scaler.step(opt)
                     scaler.update()
                     _add(sums, add)
@@ -350,11 +378,22 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                     if bar is not None:
                         bar.update(1)
                         if state["step"] % 50 == 1 or state["step"] == steps:  # reading the loss waits for the GPU
+                            if d.world == 1:  # (under torchrun every rank checks at the same points, below)
+                                check_losses(epoch)
                             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{float(sums['loss']) / max(1.0, float(sums['seen'])):.3f}")
                     if stop.agreed() or (stop_after_steps is not None and done >= stop_after_steps):
+                        check_losses(epoch)
                         save()
                         raise TrainInterrupted(out, epoch, state["step"])
+                check_losses(epoch)
+                if not finite.state_is_finite(model.state_dict()):
+                    raise _diverged(out, f"the weights are not finite after epoch {epoch + 1} (its last step, {steps}, "
+                                         "updated them to NaN or inf)", None)  # fmt: skip
                 valid = task.evaluate()
+                nonfinite = [k for k, v in valid.items() if isinstance(v, float) and not math.isfinite(v)]
+                if nonfinite:
+                    raise _diverged(out, f"the held-out {nonfinite[0].removeprefix('valid_')} is {finite.describe(valid[nonfinite[0]])} "
+                                         f"after epoch {epoch + 1}", None)  # fmt: skip
                 last = {"epoch": epoch + 1, **task.summary(_host(sums)), **valid, "lr": opt.param_groups[0]["lr"],
                         "seconds": time.perf_counter() - t0}  # fmt: skip
                 if amp:
@@ -370,7 +409,7 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                 sums = {}
                 if d.main:
                     if improved:
-                        best = task.best_payload(last)
+                        best = {**task.best_payload(last), "provenance": task.provenance}
                         atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
                     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                         f.write(json.dumps(last) + "\n")
@@ -388,12 +427,24 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
     return last
 
 
+def _diverged(out: Path, what: str, step: int | None) -> finite.NonFiniteError:
+    """The error that stops a diverged run: what went non-finite where, and what is kept."""
+    kept = load_checkpoint(out / "last.pt").get("state") if (out / "last.pt").is_file() else None
+    if kept is None:
+        where = "no checkpoint was written (none was finite)"
+    else:
+        at = f"epoch {kept['epoch'] + 1}, step {kept['step']}" if kept.get("step") else f"the end of epoch {kept['epoch']}"
+        where = f"{out / 'last.pt'} keeps the last finite state (at {at})"
+    return finite.NonFiniteError(f"training stopped: {what}; {where}",
+                                 hint="a smaller --lr, or --grad-clip, usually keeps the loss finite", step=step)  # fmt: skip
+
+
 def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
     """last.pt, written by rank 0; every rank calls it (the RNG states of all ranks are gathered)."""
     rng = dv.rng_state()
     if not d.main:
         return
-    ck = {"task": task.name, **task.extra, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
+    ck = {"task": task.name, **task.extra, "provenance": task.provenance, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
           "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng}  # fmt: skip
     atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
 
@@ -401,8 +452,11 @@ def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
 def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",
           resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
           callback: Callable[[dict[str, Any]], None] | None = None, amp: bool | None = None,
-          deterministic: bool = False, **options: Any) -> dict[str, Any]:  # fmt: skip
+          deterministic: bool = False, overwrite: bool = False, **options: Any) -> dict[str, Any]:  # fmt: skip
     """Train `spec`'s network on `data`; returns the final metrics. Writes last.pt, best.pt, metrics.jsonl in `out`.
+
+    An `out` that holds a run is refused unless `resume` (continue it: its provenance must match) or
+    `overwrite` (its run files are removed first); see `claim_out`.
 
     `task="detection"` trains a RetinaNet on it (`train_detection`, which takes the `options`).
     `amp`: autocast with a GradScaler (None: on CUDA, fp16; on the CPU autocast means bfloat16).
@@ -412,12 +466,54 @@ def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: 
     """
     if task not in ("classification", "detection"):
         raise ValueError(f"unknown task '{task}'")
+    claim_out(Path(out), resume=resume, overwrite=overwrite)
     with dv.deterministic_mode(deterministic):
         if task == "detection":
             return train_detection(spec, data, out, cfg, device=device, resume=resume, progress=progress,
                                    stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
         return _train_classifier(spec, data, out, cfg, device=device, resume=resume, progress=progress,
                                  stop_after_steps=stop_after_steps, callback=callback, amp=amp, **options)  # fmt: skip
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", prov.FILE)
+
+
+def _out_error(message: str, hint: str | None = None) -> DiagnosticError:
+    return DiagnosticError([Diagnostic(message, hint=hint)])
+
+
+def claim_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check the run directory before any work (issue 14, items 7 and 16): a directory nasir can write,
+    not holding another run unless `resume` or `overwrite`. `overwrite` removes the run files; stale
+    temporary files of an interrupted atomic write (`.last.pt.*.tmp`) are removed in any case.
+    Messages start with --out so that the CLI points them at the flag."""
+    if resume and overwrite:
+        raise _out_error("--overwrite and --resume contradict each other", "--resume continues the run in --out; --overwrite replaces it")
+    blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise _out_error(f"--out '{out}': '{blocker}' is a file, not a directory", "choose a directory for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _out_error(f"--out '{out}': cannot create the directory: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _out_error(f"--out '{out}': the directory is not writable", "choose a directory you can write")
+    present = [f for f in RUN_FILES if (out / f).exists()]
+    if resume:
+        if present and not (out / "last.pt").exists():
+            raise _out_error(f"--resume: '{out}' holds a run ({', '.join(present)}) but no last.pt to continue from",
+                             "train into another --out, or replace the run with --overwrite")  # fmt: skip
+    elif present:
+        if not overwrite:
+            raise _out_error(f"--out '{out}' already holds a training run ({', '.join(present)})",
+                             "continue it with --resume, replace it with --overwrite, or choose another --out")  # fmt: skip
+        if int(os.environ.get("RANK", "0")) == 0:
+            for f in present:
+                (out / f).unlink()
+    if int(os.environ.get("RANK", "0")) == 0:
+        for f in RUN_FILES:
+            for tmp in out.glob(f".{f}.*.tmp"):  # left by a kill during nasir.io.atomic_write_with
+                tmp.unlink(missing_ok=True)
 
 
 def _train_classifier(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str, resume: bool,
@@ -467,8 +563,16 @@ def _train_classifier(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfi
 
     t = _Task("classification", model, train_idx, step, summary, evaluate_,
               lambda rec: {"model": model.state_dict(), "epoch": rec["epoch"], "valid_acc": rec["valid_acc"]},
-              score="valid_acc", higher=True, fixed_shapes=True)  # fmt: skip
+              score="valid_acc", higher=True, fixed_shapes=True,
+              provenance=run_provenance(spec, p, "classification", cfg, data))  # fmt: skip
     return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
+
+
+def run_provenance(spec: ir.Spec, plan, kind: str, cfg: TrainConfig, data: str) -> dict[str, Any]:
+    """The provenance record of a training run (nasir/provenance.py): spec, overrides, network, seed,
+    data, and the held-out split (a `holdout` fraction drawn with `seed`)."""
+    return prov.record(spec, kind=kind, overrides=list(cfg.set), plan=plan, seed=cfg.seed, data=data,
+                       split={"holdout": cfg.holdout, "seed": cfg.seed})  # fmt: skip
 
 
 # ---- detection ------------------------------------------------------------------------------------
@@ -531,6 +635,10 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
                                               hint="add images, or a PATH/val split with annotations/instances_val.json")])  # fmt: skip
         test_set = train_set
         train_idx, test_idx = _split(len(train_set), cfg.holdout, cfg.seed)
+    if test_set is not train_set and test_set.labels_of != train_set.labels_of:
+        raise DiagnosticError([Diagnostic(f"{path}: the training and held-out annotations define other categories "
+                                          f"({sorted(train_set.labels_of)} vs {sorted(test_set.labels_of)})",
+                                          hint="both splits must list the same categories: labels are numbered by category id")])  # fmt: skip
     levels = list(cfg.levels) if cfg.levels is not None else detection.default_levels(spec, p)
     config = {"num_classes": max(train_set.num_classes, test_set.num_classes), "network": None, "overrides": overrides,
               "min_size": cfg.min_size, "max_size": cfg.max_size, "levels": levels, "fpn_channels": cfg.fpn_channels}  # fmt: skip
@@ -542,6 +650,8 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     if backbone_weights is not None and not (resume and (out / "last.pt").exists()):
         from nasir.compile import load_checkpoint as load_state_dict
 
+        prov.require_same(prov.read(backbone_weights), prov.record(spec, kind="detection"), ("spec",),
+                          f"--backbone-weights '{backbone_weights}'", hint="start from a checkpoint of this spec's network")  # fmt: skip
         detection.load_backbone(model, load_state_dict(backbone_weights), backbone_weights)
     model.to(dev)
 
@@ -579,10 +689,12 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
                 _add(s, terms(detection.losses(model, *to_dev(images, targets)), len(images)))
         return averages(_host(s), "valid")
 
-    meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config}
+    # label k (1..K) of the detector's output is category id categories[k - 1]
+    meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config, "categories": sorted(train_set.labels_of)}
     t = _Task("detection", model, train_idx, step, lambda s: averages(s, "train"), evaluate_,
               lambda rec: {**meta, "state_dict": model.state_dict(), "epoch": rec["epoch"], "valid_loss": rec["valid_loss"]},
-              score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config})  # fmt: skip
+              score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config},
+              provenance=run_provenance(spec, p, "detection", cfg, data))  # fmt: skip
     return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
 
 
@@ -596,12 +708,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DiagnosticError([Diagnostic(f"'{path}' is not a readable nasir checkpoint: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]) from None
 
 
-def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str, *, overrides=None, device: str = "auto",
-                        seed: int = 0, holdout: float = 0.2) -> tuple[float, float, int]:  # fmt: skip
-    """`nasir eval`: (loss, accuracy, images) of a checkpoint on the held-out split `train` used."""
+def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str | None = None, *, overrides=None, device: str = "auto",
+                        seed: int | None = None, holdout: float | None = None) -> tuple[float, float, int]:  # fmt: skip
+    """`nasir eval`: (loss, accuracy, images) of a checkpoint on the held-out split `train` used.
+
+    The checkpoint's provenance (nasir/provenance.py) supplies the data, seed and held-out fraction
+    left as None, and is compared with what is given: another spec, other --set values, other data or
+    another split seed is refused (another seed would score training images as held-out ones).
+    A checkpoint without provenance is evaluated with the defaults: digits, seed 0, a fifth held out.
+    """
     from nasir.compile import build_from_plan, resolve
 
     spec, p = resolve(spec_or_path, overrides)
+    then = prov.read(weights)
+    split = (then or {}).get("split") or {}
+    if data is None:
+        data = (then or {}).get("data") or "digits"
+    seed = seed if seed is not None else split.get("seed", 0)
+    holdout = holdout if holdout is not None else split.get("holdout", 0.2)
+    if then is not None:
+        now = prov.record(spec, kind=then.get("kind", "classification"), overrides=overrides, plan=p, seed=seed, data=data,
+                          split={"holdout": holdout, "seed": seed})  # fmt: skip
+        prov.require_same(then, now, prov.HELD_OUT, f"'{weights}'",
+                          hint="leave --data and --seed out to use the checkpoint's; pass the --set values it was trained with")  # fmt: skip
     dev = dv.select_device(device)
     model = build_from_plan(spec, p, weights, seed).to(dev)
     raw = data_mod.load_data(data, p.input, p.classes)

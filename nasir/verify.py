@@ -195,7 +195,10 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
             bag.error(b.span, "a reduction cell needs positions, e.g. 'at 1/3, 2/3'")
     if not n.head or not any(x.name == "linear" for x in n.head):
         bag.error(n.span, f"network '{n.name}' has no classifier", "add e.g. 'head global_avg_pool, linear(classes)'")
-    elaborate(spec, n, overrides, override_spans, bag)
+    plan = elaborate(spec, n, overrides, override_spans, bag)
+    if plan is not None:
+        for d in search_space_problems(spec, plan, n):
+            bag.items.append(d)
 
 
 def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
@@ -235,3 +238,49 @@ def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
             bag.error(b.span, f"unknown budget '{b.kind}'", did_you_mean(b.kind, BUDGET_KINDS) or "known: params, macs")
         if b.value.value <= 0:
             bag.error(b.value.span, "a budget must be positive")
+
+
+def search_space_problems(spec: ir.Spec, plan, network: ir.Network | None = None) -> list:
+    """Problems of an elaborated network that would otherwise surface as a failure at the first step
+    (issue 14, item 9), as diagnostics: a network input too small for its reductions (a factorized
+    reduction of a 1-pixel map has nothing to read); and, for a search space, a searchable cell kind
+    the network does not use (`--set layers=2` can drop the reduction cells: their architecture
+    variables would never learn) and an auxiliary head (the supernet has none)."""
+    from nasir.diagnostics import Diagnostic
+
+    network = network if network is not None else spec.network()
+    span = network.span if network is not None else None
+    out: list[Diagnostic] = []
+    h, w = plan.input[1], plan.input[2]
+    for lp in plan.stems[0] if plan.stems else ():
+        stride = lp.kw("stride", 1)
+        if isinstance(stride, int) and stride > 1:
+            h, w = -(-h // stride), -(-w // stride)
+    k = 0
+    for b in plan.body:
+        reduces = getattr(b, "reduction", False) or (getattr(b, "C_in", None) is not None)
+        if not reduces:
+            continue
+        k += 1
+        if min(h, w) < 2:
+            out.append(Diagnostic(f"the input {plan.input} is too small for the network's reductions: reduction {k} would get a "
+                                  f"{h}x{w} feature map (a reduction needs at least 2x2)", span,
+                                  "use a larger input or fewer reductions (layers, or the 'at' positions)"))  # fmt: skip
+            break
+        h, w = -(-h // 2), -(-w // 2)
+    if spec.is_search_space:
+        used = {c.cell for c in plan.cells}
+        stacked = {name for b in (network.body if network is not None else ()) if isinstance(b, ir.Stack) for name in (b.cell, b.reduce) if name}
+        for name in sorted(stacked - used):
+            c = spec.cell(name)
+            if c is not None and c.is_search_space:
+                env = ", ".join(f"{k_}={v}" for k_, v in plan.env)
+                out.append(Diagnostic(f"cell '{name}' is searchable but the network with {env} stacks none of it: "
+                                      "its architecture variables would never learn", span,
+                                      "stack at least one (e.g. more layers), or search a space without it"))  # fmt: skip
+        if plan.aux_after is not None:
+            aux = next((b for b in (network.body if network is not None else ()) if isinstance(b, ir.Auxiliary)), None)
+            out.append(Diagnostic("a search space's network cannot have an auxiliary head: the supernet has none",
+                                  aux.span if aux is not None else span,
+                                  "switch it off for the search (e.g. --set auxiliary=false) and train the derived network with it"))  # fmt: skip
+    return out

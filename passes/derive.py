@@ -137,21 +137,35 @@ class Derive(Pass):
             return attrs.evolve(spec, cells=cells, search=None, properties=frozenset())
 
         derived = build()
+        cap = {lim.op: lim.max for lim in limits}  # limits are per cell; the tightest of repeated ones holds
+        for lim in limits:
+            cap[lim.op] = min(cap[lim.op], lim.max)
+
+        def allowed(name: str, p: Pick) -> tuple[str, float] | None:
+            """The best parameter-free candidate of `p` that no `limit` forbids in cell `name`."""
+            used = {op: sum(isinstance(x, Pick) and x.op == op for x in chosen[name]) for op in cap}
+            return next(((o, s) for o, s in p.ranking if ops.REGISTRY[o].parameter_free and used.get(o, -1) < cap.get(o, 1 << 30)), None)
+
         for b in budgets:
             if self.cost is None:
                 continue
             while (value := self.cost(derived)[b.kind]) > b.value.value:
-                # The cheapest move in score: the lowest-scoring parametric op goes parameter-free.
+                # The cheapest move in score: the lowest-scoring parametric op goes parameter-free, to
+                # a candidate the limits still allow (issue 14, item 4: a budget must not break a limit).
                 cands = [
                     (p.score, name, i) for name, sel in chosen.items() for i, p in enumerate(sel)
-                    if isinstance(p, Pick) and not ops.REGISTRY[p.op].parameter_free
-                    and any(ops.REGISTRY[o].parameter_free for o, _ in p.ranking)
+                    if isinstance(p, Pick) and not ops.REGISTRY[p.op].parameter_free and allowed(name, p) is not None
                 ]  # fmt: skip
                 if not cands:
-                    raise error_at(b.span, f"budget cannot be met: the network needs {value:,.0f} {b.kind} with every op it can spare made parameter-free")
+                    under = f" under {', '.join(f'limit {o} <= {n}' for o, n in cap.items())}" if cap else ""
+                    raise error_at(b.span, f"budget cannot be met{under}: the network needs {value:,.0f} {b.kind} "
+                                           "with every op it can spare made parameter-free")  # fmt: skip
                 _, name, i = min(cands)
                 p = chosen[name][i]
-                op, s = next((o, s) for o, s in p.ranking if ops.REGISTRY[o].parameter_free)
+                op, s = allowed(name, p)  # type: ignore[misc]
                 chosen[name][i] = attrs.evolve(p, op=op, score=s)
                 derived = build()
+        for name, sel in chosen.items():  # every constraint holds, or derivation said which could not be met
+            for op, n in cap.items():
+                assert sum(isinstance(x, Pick) and x.op == op for x in sel) <= n, (name, op)
         return PassResult(derived, True)

@@ -94,8 +94,12 @@ def to_export(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path
     return Path(path)
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = MIN_OPSET) -> Path:
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = MIN_OPSET,
+            metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Export to ONNX: input `image` and output `logits` with a dynamic batch axis, checked in full.
+
+    `metadata`: key/value strings stored in the model's `metadata_props` (`read_metadata` reads them
+    back), e.g. {"nasir.seed": "2", "nasir.weights": "untrained"}: what the file is and how to check it.
 
     Uses the TorchScript-based exporter (`dynamo=False`): it needs no onnxscript, which the pinned
     packages lack. BatchNorm is folded into the preceding convolutions (eval mode, constant folding).
@@ -114,10 +118,30 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
                 do_constant_folding=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )  # fmt: skip
+        if metadata:
+            m = onnx.load(tmp)
+            for k, v in metadata.items():
+                entry = m.metadata_props.add()
+                entry.key, entry.value = str(k), str(v)
+            onnx.save(m, tmp)
         onnx.checker.check_model(tmp, full_check=True)
 
     atomic_write_with(path, write)
     return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file ({} for other kinds or an unreadable file: its loader says why)."""
+    p = Path(path)
+    if _kind(p) != "onnx" or not p.is_file():
+        return {}
+    try:
+        import onnx
+
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX: load_runner reports it
+        return {}
+    return {e.key: e.value for e in m.metadata_props}
 
 
 # ---- loading artifacts and parity ------------------------------------------------------------------
@@ -133,9 +157,15 @@ class Runner:
 
 
 class Parity(dict):
-    """{batch size: max-abs difference}, and the `provider` the exported model ran on."""
+    """{batch size: max-abs difference}, the `provider` the exported model ran on, and `nonfinite`:
+    which outputs held NaN or inf (a comparison with NaN is false, so a tolerance alone would pass them)."""
 
     provider: str = ""
+    nonfinite: tuple[str, ...] = ()
+
+    @property
+    def finite(self) -> bool:
+        return not self.nonfinite and all(np.isfinite(v) for v in self.values())
 
 
 def onnxruntime():
@@ -223,8 +253,11 @@ def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8), 
     Inputs are seeded standard-normal images (drawn on the CPU, so every device sees the same
     numbers); `input_shape` (C, H, W) is needed unless the file states it.
     """
-    _, run, shape = load_runner(path, provider)
-    shape = tuple(input_shape) if input_shape is not None else shape
+    _, run, file_shape = load_runner(path, provider)
+    shape = tuple(input_shape) if input_shape is not None else file_shape
+    if file_shape is not None and input_shape is not None and tuple(file_shape) != tuple(input_shape):
+        raise DiagnosticError([Diagnostic(f"'{path}' takes inputs of shape {tuple(file_shape)}, the spec's network {tuple(input_shape)}",
+                                          hint="verify against the spec (and --set values) the model was compiled from")])  # fmt: skip
     if shape is None:
         raise ValueError(f"the input shape of '{path}' is not recorded in the file; pass input_shape")
     gen = torch.Generator().manual_seed(seed)
@@ -235,9 +268,16 @@ def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = (1, 8), 
         for b in batches:
             x = torch.randn(b, *shape, generator=gen)
             ref = model(x.to(dev)).cpu().numpy()
-            got = run(x.numpy())
+            try:
+                got = run(x.numpy())
+            except Exception as e:  # noqa: BLE001 - e.g. a TorchScript model for other input channels
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise DiagnosticError([Diagnostic(f"'{path}' cannot run on the spec's input {(b, *shape)}: {reason}",
+                                                  hint="verify against the spec (and --set values) the model was compiled from")]) from None  # fmt: skip
             if got.shape != ref.shape:
                 raise DiagnosticError([Diagnostic(f"'{path}' returns shape {got.shape}, PyTorch {ref.shape} at batch {b}")])
+            bad = [who for who, a in (("the exported model", got), ("PyTorch", ref)) if not np.isfinite(a).all()]
+            out.nonfinite += tuple(f"{who}'s output at batch {b} holds NaN or inf" for who in bad)
             out[b] = float(np.abs(got - ref).max())
     return out
 

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from nasir import limits
+
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("search", help="search a space on data and derive an architecture",
@@ -45,7 +47,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--arch-lr", type=float, metavar="LR", help="architecture Adam learning rate (default: the spec's, else 3e-4)")
     p.add_argument("--arch-weight-decay", type=float, metavar="WD",
                    help="architecture Adam weight decay (default: the spec's, else 1e-3)")  # fmt: skip
-    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's, else 2)")
+    p.add_argument("--seed", type=limits.seed, metavar="S", help="random seed, 0..2**32-1 (default: the spec's, else 2)")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto | cpu | cuda | cuda:N; auto picks CUDA when available (under torchrun: LOCAL_RANK's GPU)")  # fmt: skip
     p.add_argument("--deterministic", action="store_true",

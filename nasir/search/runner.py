@@ -22,7 +22,10 @@ The output directory gets
     betas.json, gammas.json  topology variables (one list per beta row) / PC-DARTS edge variables, where present
     metrics.jsonl         one JSON object per epoch: losses, accuracies, learning rate, seconds, derivation
     checkpoint.pt         the state after the last finished epoch (or the step a stop signal arrived at)
-    derived.onnx          the derived network (seeded initialisation), input `image`, output `logits`
+    derived.onnx          the derived network UNTRAINED (its seeded initialisation, for checking the export; train
+                          it with `nasir train`), input `image`, output `logits`; the seed is in its metadata
+                          ("nasir.seed"), which `nasir verify-export` reads
+    provenance.json       what the search was made from (nasir/provenance.py): spec, overrides, seed, data
     derived.png           a drawing of the derived cells
     alphas.png            a heatmap of softmax(alpha) per cell kind
 
@@ -50,7 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from nasir import device as dv
-from nasir import ir
+from nasir import finite, ir
+from nasir import provenance as prov
 from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import Plan
@@ -309,7 +313,9 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
         if k in s and s[k] is not None and (not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < low):
             raise _flag_error(f"--{k.replace('_', '-')} must be a whole number >= {low}, got {s[k]}")
     for name, (option, test, what) in _NUMBERS.items():
-        if option in s and (isinstance(s[option], bool) or not isinstance(s[option], int | float) or not test(s[option])):
+        # NaN fails every test, but inf passes `> 0`: a setting must also be finite (issue 14, item 2)
+        if option in s and (isinstance(s[option], bool) or not isinstance(s[option], int | float) or not test(s[option])
+                            or not math.isfinite(s[option])):  # fmt: skip
             raise _flag_error(f"--{name.replace('_', '-')} must be {what}, got {s[option]}")
         if option in s:
             s[option] = float(s[option])
@@ -416,7 +422,11 @@ class Search:
                                      weight_decay=options.w_weight_decay)  # fmt: skip
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, options.epochs, eta_min=options.w_lr_min)
         order = "milenas" if options.method == "milenas" else options.order
-        regularizer = self._passive_aggressive if self.model.betas and options.pa_lambda else None
+        # r(beta) is defined for output topologies only (stretchable-cells Eq. 14-15); under `topology
+        # inputs k` it is 0 identically, a constant with no gradient (issue 14, item 15: it crashed every
+        # such search), so no regularizer then.
+        outputs_kinds = [k for k in self.model.betas if getattr(self.model.cells[k].topology, "kind", None) == "outputs"]
+        regularizer = self._passive_aggressive if outputs_kinds and options.pa_lambda else None
         self.architect = Architect(self.model, self.w_opt, order=order, lr=options.a_lr, betas=options.a_betas,
                                    weight_decay=options.a_weight_decay, mixed_level=options.mixed_level,
                                    regularizer=regularizer, reduce=self.reduce)  # fmt: skip
@@ -428,6 +438,13 @@ class Search:
         self.step = 0
         self.partial = self._zero_sums()
         self.history: list[dict[str, Any]] = []
+        # Issue 14: what the search is made from (also in checkpoint.pt), and the first non-finite
+        # losses, kept on the device (nasir/finite.py) and read where the loop waits anyway.
+        split = {"kind": "three_way" if self.three_way else "halves", "seed": options.seed}
+        self.provenance = prov.record(spec, kind="search", overrides=dict(options.overrides), plan=plan, seed=options.seed,
+                                      data=options.data, split=split)  # fmt: skip
+        self.loss_watch = finite.FiniteWatch()
+        self.arch_watch = finite.FiniteWatch()
 
     def _passive_aggressive(self) -> torch.Tensor:
         """lambda * r(beta) summed over the cell kinds (stretchable-cells Eq. 14-15)."""
@@ -445,6 +462,7 @@ class Search:
             "version": CHECKPOINT_VERSION,
             "options": self.opt.to_dict(),
             "spec": _canonical(self.spec),
+            "provenance": self.provenance,
             "epoch": self.epoch,
             "step": self.step,
             "model": self.model.state_dict(),
@@ -465,7 +483,25 @@ class Search:
         if not self.dist.main:
             return
         state = self.state_dict(rng)
+        if not finite.state_is_finite(state["model"]):  # the losses were finite, but the last step's update was not
+            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + (self.step == 0)}"
+                                 f"{f', step {self.step}' if self.step else ''}")  # fmt: skip
         atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
+        kept = "checkpoint.pt keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"
+        return finite.NonFiniteError(f"search stopped: {what}; {kept}; nothing derived from it was written",
+                                     hint="a smaller --lr or --arch-lr usually keeps the losses finite", step=step)  # fmt: skip
+
+    def check_finite(self) -> None:
+        """Stop at the first non-finite weight or architecture loss, naming its step (one host read)."""
+        dist = self.dist.world > 1
+        for watch, what in ((self.loss_watch, "training loss"), (self.arch_watch, "architecture loss")):
+            bad = watch.first(distributed=dist, device=self.device)
+            if bad is not None:
+                g, value = bad
+                raise self._diverged(f"the {what} is {finite.describe(value)} at epoch {g // self.steps + 1}, "
+                                     f"step {g % self.steps + 1} (of {self.steps})", g)  # fmt: skip
 
     def load(self) -> None:
         path = self.out / CHECKPOINT
@@ -477,6 +513,8 @@ class Search:
             raise _flag_error(f"--resume: cannot read '{path}': {type(e).__name__}: {e}") from None
         if state.get("version") != CHECKPOINT_VERSION:
             raise _flag_error(f"--resume: '{path}' was written by another version of nasir")
+        prov.require_same(prov.of(state), self.provenance, ("spec", "overrides", "network", "seed", "data", "split"),
+                          f"--resume: '{path}'", hint="resume with the spec, --set values, --seed and --data the search started with")  # fmt: skip
         saved = state["options"]
         now = self.opt.to_dict()
         # What the user set, not what follows from it (the layout `auto` resolves per device): only the
@@ -523,6 +561,8 @@ class Search:
         elif (self.out / CHECKPOINT).exists():
             raise _flag_error(f"'{self.out}' already holds a search (checkpoint.pt)",
                               "continue it with --resume, or choose another --out")  # fmt: skip
+        if self.dist.main:
+            prov.write(self.out, self.provenance)
         total = self.opt.epochs * self.steps
         bar = None
         if self.progress and self.dist.main:
@@ -566,6 +606,12 @@ class Search:
                 self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
             soft = self._smoothed(train, eps) if eps is not None else None
             loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
+            at = self.epoch * self.steps + self.step
+            self.loss_watch.observe(loss, at)
+            if a_loss is not None:
+                self.arch_watch.observe(a_loss, at)
+            if self.device.type == "cpu":
+                self.check_finite()  # nothing to wait for on the CPU: stop at once
             n = train[1].numel()
             sums["train_loss"] += loss.double() * n
             sums["train_correct"] += (logits.argmax(1) == train[1]).sum().double()
@@ -579,6 +625,8 @@ class Search:
             if bar is not None:
                 bar.update(1)
                 if self.step % 50 == 1 or self.step == self.steps:  # reading the numbers waits for the GPU
+                    if self.dist.world == 1:  # (under torchrun every rank checks at the same points)
+                        self.check_finite()
                     bar.set_postfix(loss=f"{float(loss):.3f}", arch="warm-up" if a_loss is None else f"{float(a_loss):.3f}",
                                     acc=f"{float(sums['train_correct']) / sums['seen']:.3f}")  # fmt: skip
             if self.callback is not None:  # a callback reads the losses: that waits for the GPU
@@ -586,12 +634,17 @@ class Search:
                                "arch_loss": None if a_loss is None else float(a_loss)})  # fmt: skip
             if self.stop.agreed() or (self.stop_after_steps is not None and done >= self.stop_after_steps):
                 if self.step < self.steps:
+                    self.check_finite()
                     self.save()
                     raise SearchInterrupted(self.out, self.epoch, self.step)
                 self.stop.requested = True  # the epoch is complete: finish it, then stop
         t0 = time.perf_counter()
         valid_loss, valid_acc = self.evaluate(self.a_idx)
         eval_s = time.perf_counter() - t0
+        # After the evaluation (its one host read ends the epoch's queue), before anything is written.
+        self.check_finite()
+        if not finite.state_is_finite(model.state_dict()):
+            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + 1}")
         self.sched.step()
         sums = {k: float(v) for k, v in sums.items()}
         seen = max(sums["seen"], 1.0)
@@ -852,7 +905,10 @@ def export_onnx(derived: ir.Spec, plan: Plan, path: Path, seed: int = 0) -> Path
     from nasir.targets.network import build
 
     model = build(derived, plan, seed=seed).eval()
-    return to_onnx(model, torch.zeros(1, *plan.input), path)
+    # Issue 14, item 6: the file is the derived network's seeded initialisation, not trained weights;
+    # it says so, and records the seed (nasir verify-export reads "nasir.seed").
+    meta = {"nasir.seed": str(seed), "nasir.weights": "untrained: the derived network's seeded initialisation (train it with nasir train)"}
+    return to_onnx(model, torch.zeros(1, *plan.input), path, metadata=meta)
 
 
 def alpha_heatmap(spec: ir.Spec, alphas: Mapping[str, Sequence[Sequence[float]]], path: Path) -> Path:
@@ -926,9 +982,55 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
                            momentum=momentum, w_weight_decay=w_weight_decay, a_lr=a_lr,
                            a_weight_decay=a_weight_decay)  # fmt: skip
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
+    claim_out(out_dir, resume)  # before the data is read and the supernet built (issue 14, items 9, 10, 16)
+    check_space(spec, plan, options)
     runner = Search(spec, plan, options, out_dir, progress=progress, callback=callback,
                     stop_after_steps=stop_after_steps, source=spec.file, artifacts=artifacts)  # fmt: skip
     return runner.run(resume=resume)
+
+
+def claim_out(out: Path, resume: bool) -> None:
+    """The run directory, checked before any work: a directory nasir can create and write (not a file,
+    not under one), holding no other search unless `resume`. Temporary files of an atomic write that
+    a kill interrupted (`.checkpoint.pt.*.tmp`, each a whole supernet) are removed."""
+    import os
+
+    blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise _flag_error(f"--out '{out}': '{blocker}' is a file, not a directory", "choose a directory for the search")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _flag_error(f"--out '{out}': cannot create the directory: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _flag_error(f"--out '{out}': the directory is not writable", "choose a directory you can write")
+    if not resume and (out / CHECKPOINT).exists():
+        raise _flag_error(f"'{out}' already holds a search (checkpoint.pt)", "continue it with --resume, or choose another --out")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for tmp in out.glob(".*.tmp"):  # nasir.io.atomic_write_with names them .NAME.RANDOM.tmp
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+
+
+def check_space(spec: ir.Spec, plan: Plan, options: Options) -> None:
+    """Failures the first step would meet, reported before it (issue 14, item 9); the spec-level ones
+    (`nasir.verify.search_space_problems`) are also reported by `nasir check`. An unmeetable budget
+    needs the network's cost, so it is checked here: the cheapest derivation the limits allow
+    (every edge's best parameter-free candidate) must fit."""
+    from nasir.verify import search_space_problems
+
+    problems = search_space_problems(spec, plan)
+    if problems:
+        raise DiagnosticError(problems)
+    budgets = spec.search.budgets if spec.search else ()
+    if budgets and not any(c.topology is not None for c in spec.cells):  # (topology cells derive by their codes)
+        from nasir import ops as ops_mod
+        from nasir.passes.derive import Derive
+
+        searched = prepare(spec)
+        cheap = {c.name: [[1.0 if ops_mod.REGISTRY[o].parameter_free and not ops_mod.REGISTRY[o].is_zero else 0.0 for o in row]
+                          for row in c.alpha_rows] for c in searched.cells if c.alpha_rows}  # fmt: skip
+        Derive(cheap, drop_none=options.drop_none, cost=_cost_fn(plan)).run(searched)  # raises "budget cannot be met ..."
 
 
 def _override_values(overrides: Sequence[str] | str | None) -> dict[str, Any]:

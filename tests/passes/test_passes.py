@@ -169,3 +169,25 @@ def test_budget_moves_lowest_scoring_parametric_ops_to_parameter_free_until_it_f
     derived = Derive({"normal": rows, "reduce": rows}, cost=cost).run(spec).spec
     ops_ = [e.op for e in derived.cell("normal").edges]
     assert sum(o == "sep_conv_3x3" for o in ops_) == 3 and ops_.count("skip_connect") == 5
+
+
+def test_budget_never_breaks_a_limit_and_says_when_both_cannot_hold():
+    """Issue 14, item 4: skip_connect is the best parameter-free candidate everywhere, but `limit
+    skip_connect <= 0`: the budget must move ops to the pools instead (before: 5 skip_connects)."""
+    rows = [[0.0, 0.2, 0.1, 0.3, 0.9, 0.8, 0.7, 0.6] for _ in range(14)]  # skip > max_pool > avg_pool
+
+    def cost(s):  # an independent toy cost: number of parametric ops in the normal cell
+        return {"params": sum(e.op not in ("max_pool_3x3", "avg_pool_3x3", "skip_connect") for e in s.cell("normal").edges)}
+
+    spec = searched(SPACE + "search {\n  limit skip_connect <= 0 per cell\n  budget params <= 3\n}\n")
+    derived = Derive({"normal": rows, "reduce": rows}, cost=cost).run(spec).spec
+    ops_ = [e.op for e in derived.cell("normal").edges]
+    assert ops_.count("skip_connect") == 0 and sum(o == "sep_conv_3x3" for o in ops_) == 3
+    assert ops_.count("max_pool_3x3") == 5  # the best candidate the limit leaves
+    # with the pools limited too, nothing parameter-free is left: the budget says it cannot be met, and why
+    tight = SPACE + "search {\n  limit skip_connect <= 0 per cell\n  limit max_pool_3x3 <= 1 per cell\n" \
+                    "  limit avg_pool_3x3 <= 1 per cell\n  budget params <= 3\n}\n"  # fmt: skip
+    from nasir.diagnostics import DiagnosticError
+
+    with pytest.raises(DiagnosticError, match=r"budget cannot be met under limit skip_connect <= 0, limit max_pool_3x3 <= 1"):
+        Derive({"normal": rows, "reduce": rows}, cost=cost).run(searched(tight))

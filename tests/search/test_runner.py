@@ -160,7 +160,7 @@ def test_bad_input_is_a_diagnostic(reference, tmp_path):
         (dict(epochs=0), "--epochs must be a whole number >= 1, got 0"),
         (dict(select="bogus"), "--select must be one of magnitude, strength, strength-star, naive, got 'bogus'"),
         (dict(out=reference.out), "already holds a search"),
-        (dict(out=reference.out, resume=True, seed=1), r"ran with other settings: seed \(0 then, 1 now\)"),
+        (dict(out=reference.out, resume=True, seed=1), r"was made from something else: seed: 0 then, 1 now"),
         (dict(resume=True), "no checkpoint in"),
     ]
     for kw, message in cases:
@@ -191,7 +191,7 @@ def test_cli_prints_the_derived_cell_and_the_files(tmp_path, capsys):
         parser.parse_args([*argv, "--order", "3"])
     assert info.value.code == 2
     with pytest.raises(DiagnosticError, match="does not exist"):
-        run_search(parser.parse_args([*argv, "--data", "folder:/no/such/folder"]))
+        run_search(parser.parse_args([*argv, "--data", "folder:/no/such/folder", "--out", str(tmp_path / "run2")]))
 
 
 # ---- the GPU path, simulated on the CPU (issue 17; docs/gpu.md) --------------------------------------
@@ -381,3 +381,129 @@ def test_cli_passes_the_gpu_flags_and_points_a_bad_device_at_the_flag(monkeypatc
     assert main(["search", str(SPEC), "--device", "gpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "<command line>:1:" in err and "--device must be auto, cpu, cuda or cuda:N, got 'gpu'" in err
+
+
+# ---- issue 14, runtime half: provenance, finite checks, failures before the first step, --out -----
+def test_search_records_its_provenance_and_resume_refuses_another_seed_or_data(tmp_path):
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path, stop_after_steps=1, **TINY)
+    rec = json.loads((tmp_path / "provenance.json").read_text())
+    from nasir.search.runner import CHECKPOINT
+    from nasir.train import load_checkpoint
+
+    assert load_checkpoint(tmp_path / CHECKPOINT)["provenance"] == rec
+    assert rec["kind"] == "search" and rec["seed"] == 0 and rec["data"] == "synthetic:32"
+    assert rec["overrides"] == {"C": "4", "layers": "3"} and rec["split"] == {"kind": "halves", "seed": 0}
+    with pytest.raises(DiagnosticError, match="data: synthetic:32 then, synthetic:64 now"):
+        search(SPEC, out=tmp_path, resume=True, **{**TINY, "data": "synthetic:64"})
+
+
+def test_derived_onnx_records_its_seed_and_verify_export_passes_with_default_flags(reference, capsys):
+    from nasir.cli import main
+    from nasir.targets.export import read_metadata
+
+    meta = read_metadata(reference.out / "derived.onnx")
+    assert meta["nasir.seed"] == "0" and meta["nasir.weights"].startswith("untrained")
+    code = main(["verify-export", str(reference.out / "derived.onnx"), "--spec", str(reference.out / "derived.cell")])
+    out, err = capsys.readouterr()
+    assert code == 0 and "seed 0 (recorded in" in out, (out, err)
+
+
+def test_a_nan_architecture_loss_stops_the_search_naming_its_step_and_writes_nothing_derived(tmp_path, monkeypatch):
+    """The 3rd architecture step (epoch 2, step 1) returns NaN; epoch 1's checkpoint stays, no derived.cell."""
+    import nasir.search.runner as rn
+
+    real = rn.Architect.step
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **kw):
+        loss, logits = real(self, *a, **kw)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), logits
+
+    monkeypatch.setattr(rn.Architect, "step", poisoned)
+    from nasir.finite import NonFiniteError
+
+    with pytest.raises(NonFiniteError) as e:
+        search(SPEC, out=tmp_path, **TINY)
+    message = e.value.diagnostics[0].message
+    assert e.value.step == STEPS and f"the architecture loss is nan at epoch 2, step 1 (of {STEPS})" in message, message
+    from nasir.search.runner import CHECKPOINT
+    from nasir.train import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / CHECKPOINT)
+    assert (ck["epoch"], ck["step"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "derived.cell").exists() and not (tmp_path / "derived.onnx").exists()
+
+
+def test_topology_inputs_k_searches(tmp_path):
+    """Issue 14, item 15: `topology inputs k` crashed every search (a regularizer without gradient)."""
+    text = (EXAMPLES / "digits_stretchable.cell").read_text().replace("topology outputs any", "topology inputs 2")
+    (tmp_path / "ops.cell").write_text((EXAMPLES / "ops.cell").read_text())
+    (tmp_path / "s.cell").write_text(text)
+    result = search(tmp_path / "s.cell", out=tmp_path / "out", artifacts=False, **{**TINY, "epochs": 1})
+    derived = load(tmp_path / "out" / "derived.cell")
+    assert all(len(c.in_edges(n)) == 2 for c in derived.cells for n in c.node_names)  # k = 2 inputs per node
+    assert result.metrics[0]["arch_loss"] is not None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("layers=2", "cell 'normal' is searchable but the network with C=4, layers=2, classes=10 stacks none of it"),
+    ("small", "the input (1, 2, 2) is too small for the network's reductions: reduction 2 would get a 1x1 feature map"),
+    ("aux", "a search space's network cannot have an auxiliary head"),
+    ("budget", "budget cannot be met"),
+])  # fmt: skip
+def test_failures_known_before_the_first_step_are_reported_before_it_and_by_check(tmp_path, monkeypatch, case, message):
+    text = SPEC.read_text()
+    overrides = ["C=4", "layers=3"]
+    if case == "layers=2":
+        overrides = ["C=4", "layers=2"]
+    elif case == "small":
+        text = text.replace("input (1, 8, 8)", "input (1, 2, 2)")
+    elif case == "aux":
+        text = text.replace("  head ", "  auxiliary cifar at 2/3\n  head ")
+    else:
+        text = text.replace("  epochs 5", "  epochs 5\n  budget params <= 10")
+    (tmp_path / "ops.cell").write_text((EXAMPLES / "ops.cell").read_text())
+    (tmp_path / "s.cell").write_text(text)
+    import nasir.search.runner as rn
+
+    def no_step(*a, **kw):
+        raise AssertionError("a step ran")
+
+    monkeypatch.setattr(rn, "weight_step", no_step)
+    import re
+
+    with pytest.raises(DiagnosticError, match=re.escape(message)):
+        search(tmp_path / "s.cell", out=tmp_path / "out", **{**TINY, "overrides": overrides})
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+    if case != "budget":  # the cost of a network needs torch: `check` reports the spec-level ones
+        from nasir.cli import main
+
+        assert main(["check", str(tmp_path / "s.cell"), *[f"--set={o}" for o in overrides]]) == 2
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_search_out_that_is_a_file_is_a_diagnostic_before_any_work(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    with pytest.raises(DiagnosticError, match=r"--out .*'.*f' is a file, not a directory"):
+        search(SPEC, out=out, **TINY)
+
+
+def test_stale_checkpoint_temporaries_are_removed_on_the_next_run(tmp_path):
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path, stop_after_steps=1, **TINY)
+    stale = tmp_path / ".checkpoint.pt.k1ll3d.tmp"  # what a kill during the atomic write leaves
+    stale.write_bytes(b"\0" * 1024)
+    search(SPEC, out=tmp_path, resume=True, **TINY)
+    assert not stale.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("flag, value", [("w_lr", float("inf")), ("w_weight_decay", float("inf")), ("a_lr", float("nan")),
+                                         ("w_lr_min", float("inf"))])  # fmt: skip
+def test_search_settings_must_be_finite(tmp_path, flag, value):
+    with pytest.raises(DiagnosticError, match=r"must be .*got (inf|nan)"):
+        search(SPEC, out=tmp_path, **{**TINY, flag: value})
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -287,19 +287,20 @@ def _tiny_coco(root: Path, split: str = "val") -> None:
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
 
 
-def test_coco_loader_converts_xywh_to_xyxy_and_keeps_category_ids(tmp_path, monkeypatch):
+def test_coco_loader_converts_xywh_to_xyxy_and_maps_category_ids_to_contiguous_labels(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)  # the JSON reader, as here
     _tiny_coco(tmp_path)
     ds = detection.coco_dataset(tmp_path, "val")
     assert isinstance(ds, detection.CocoJson)
-    assert len(ds) == 3 and ds.num_classes == 4 and ds.categories == {1: "square", 3: "blob"}
+    assert len(ds) == 3 and ds.num_classes == 3 and ds.categories == {1: "square", 3: "blob"}
+    assert ds.labels_of == {1: 1, 3: 2}  # sparse category ids -> contiguous labels (issue 14, item 14)
     by_id = {int(t["image_id"]): (im, t) for im, t in (ds[i] for i in range(len(ds)))}
     image, t = by_id[7]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
     assert image[:, 6, 5].tolist() == [1.0, 0.0, 0.0] and float(image.sum()) == 1.0
     # crowd dropped; the box over the right/bottom edge clipped to the 40 x 30 image
     assert t["boxes"].tolist() == [[5, 6, 15, 14], [20.5, 10, 35.5, 22], [30, 20, 40, 30]]
-    assert t["labels"].tolist() == [1, 3, 3] and t["labels"].dtype == torch.int64
+    assert t["labels"].tolist() == [1, 2, 2] and t["labels"].dtype == torch.int64
     image, t = by_id[3]
     assert t["boxes"].shape == (0, 4) and t["labels"].shape == (0,)
     image, t = by_id[9]
@@ -365,3 +366,45 @@ def test_the_exporters_trace_a_device_model_on_an_example_on_its_device(darts, w
             detection.script_eval(model)
     assert [x.device.type for x in seen] == ["meta"]
     assert tuple(seen[0].shape[-3:]) == (3, 64, 64)  # the image size follows the model's min_size (64)
+
+
+@pytest.mark.parametrize("change, message, quoted", [
+    (lambda d: d["images"][0].update(file_name="../../../etc/passwd"), "image file_name '../../../etc/passwd' leaves the image folder",
+     '"file_name": "../../../etc/passwd"'),
+    (lambda d: d["images"][0].update(file_name="/etc/passwd"), "image file_name '/etc/passwd' leaves the image folder", '"file_name": "/etc/passwd"'),
+    (lambda d: d["annotations"][0].update(category_id=10**12), "category_id 1000000000000 is not one of the file's categories",
+     '"category_id": 1000000000000'),
+    (lambda d: d["annotations"][0].pop("category_id"), "category_id None is not one of the file's categories", None),
+    (lambda d: d["annotations"][1].update(bbox="oops"), "bbox must be [x, y, width, height]", '"bbox": "oops"'),
+    (lambda d: d["annotations"][1].update(bbox=[1, 2, float("nan"), 4]), "bbox must be [x, y, width, height]", None),
+    (lambda d: d.update(annotations=[]), "no annotations: a detector trained on it would learn from zero boxes", None),
+])  # fmt: skip
+def test_hostile_coco_annotations_are_diagnostics_pointing_into_the_json(tmp_path, monkeypatch, change, message, quoted):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    _tiny_coco(tmp_path)
+    ann = tmp_path / "annotations" / "instances_val.json"
+    data = json.loads(ann.read_text())
+    change(data)
+    ann.write_text(json.dumps(data, indent=1))
+    with pytest.raises(DiagnosticError) as e:
+        detection.coco_dataset(tmp_path, "val")
+    d = e.value.diagnostics[0]
+    assert message in d.message, d.message
+    if quoted is not None:  # the caret is on that key and value, at its line in the file
+        lines = ann.read_text().splitlines()
+        assert d.span is not None and d.span.file == str(ann)
+        assert lines[d.span.line - 1][d.span.col - 1 :].startswith(quoted.replace(": ", ": ").split(":")[0]), e.value.render()
+
+
+def test_a_corrupt_coco_image_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    _tiny_coco(tmp_path)
+    (tmp_path / "val" / "b.png").write_bytes(b"not a png")
+    ds = detection.coco_dataset(tmp_path, "val")
+    with pytest.raises(DiagnosticError, match=r"cannot read image '.*b\.png'"):
+        for i in range(len(ds)):
+            ds[i]
+    # through a DataLoader worker process the message still names the file
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=detection.collate)
+    with pytest.raises(DiagnosticError, match=r"cannot read image '.*b\.png'"):
+        list(loader)
