@@ -317,8 +317,8 @@ def cmd_compile(args) -> int:
     if args.output is None:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
 
-    # A detector's checkpoint carries its network parameters (compile checks those): compare the spec only.
-    _check_weights(args.file, args.weights, args.overrides, ("spec",) if args.target == "retinanet" else None)
+    if args.target == "retinanet":  # a detector's checkpoint carries its network parameters: compare the spec only
+        _check_weights(args.file, args.weights, args.overrides, ("spec",))
     out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
     print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
@@ -364,7 +364,6 @@ def cmd_verify_export(args) -> int:
     from nasir.compile import verify_export
     from nasir.targets.export import read_metadata
 
-    _check_weights(args.spec, args.weights, args.overrides)
     seed = args.seed
     if seed is None and args.weights is None:
         recorded = read_metadata(args.model).get("nasir.seed")  # an untrained export records its initialisation seed

@@ -166,8 +166,22 @@ def build_from_plan(spec: ir.Spec, plan: Plan, weights: str | Path | None = None
         raise DiagnosticError([Diagnostic(str(e))]) from None
     model = network.build(spec, plan, seed=seed)
     if weights is not None:
+        require_same_architecture(spec, plan, weights)
         load_weights(model, weights)
     return model
+
+
+def require_same_architecture(spec: ir.Spec, plan: Plan, weights: str | Path) -> None:
+    """Refuse weights whose provenance (nasir/provenance.py) names another spec or network; a bare
+    state_dict has none and is only checked by its keys and shapes (load_weights)."""
+    from nasir import provenance as prov
+
+    then = prov.read(weights)
+    if then is None:
+        return
+    now = prov.record(spec, kind=then.get("kind", ""), plan=plan)
+    prov.require_same(then, now, prov.ARCHITECTURE, f"--weights '{weights}'",
+                      hint="pass the spec and --set values the weights were trained with")  # fmt: skip
 
 
 def example_input(plan: Plan, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -237,7 +251,11 @@ def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *,
         elif target == "export":
             export.to_export(model, example_input(plan, 2), out)
         else:
-            export.to_onnx(model, example_input(plan), out)
+            # verify-export reads the initialisation seed of an untrained export from here (issue 14, item 6)
+            meta = {"nasir.weights": "trained" if weights is not None else "untrained"}
+            if weights is None:
+                meta["nasir.seed"] = str(seed)
+            export.to_onnx(model, example_input(plan), out, metadata=meta)
     except OSError as e:
         raise DiagnosticError([Diagnostic(f"cannot write '{out}': {_os_problem(e, out)}")]) from None
     return out

@@ -15,6 +15,7 @@ on the sum of RetinaNet's two losses; best.pt is the lowest held-out loss. Both 
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -143,6 +144,9 @@ def init_distributed(device: torch.device) -> Dist:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Leave the group before the interpreter tears down: exiting with a live group can abort the
+        # process ("terminate called without an active exception") after a run that succeeded.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return Dist(dist.get_rank(), dist.get_world_size())
 
 

@@ -280,3 +280,26 @@ def test_verify_export_takes_the_seed_an_onnx_file_records(capsys, tmp_path):
     assert code == 1 and "parity FAILED" in err  # seed 0 is another initialisation
     code, out, err = run(capsys, "verify-export", tmp_path / "m.onnx", "--spec", tmp_path / "t.cell")
     assert code == 0 and "seed 7 (recorded in" in out, (out, err)
+
+
+def test_the_library_refuses_weights_of_another_architecture_and_records_an_onnx_seed(capsys, tmp_path):
+    from nasir.compile import build, compile
+    from nasir.targets import export
+
+    (tmp_path / "t.cell").write_text(TINY)
+    (tmp_path / "o.cell").write_text(OTHER)
+    train(spec_of(TINY), "synthetic:64", tmp_path / "run", cfg(epochs=1), progress=False)
+    best = tmp_path / "run" / "best.pt"
+    # The library's own doors (not only the CLI) compare the weights' provenance.
+    with pytest.raises(DiagnosticError, match="the spec differs"):
+        build(tmp_path / "o.cell", weights=best)
+    with pytest.raises(DiagnosticError, match="C=8"):
+        compile(tmp_path / "t.cell", "onnx", tmp_path / "x.onnx", weights=best, overrides=["C=8"])
+    assert not (tmp_path / "x.onnx").exists()
+    # An untrained ONNX file from the library says so and records its seed; verify-export then needs no --seed.
+    compile(tmp_path / "t.cell", "onnx", tmp_path / "m.onnx", seed=9)
+    assert export.read_metadata(tmp_path / "m.onnx") == {"nasir.weights": "untrained", "nasir.seed": "9"}
+    code, out, err = run(capsys, "verify-export", tmp_path / "m.onnx", "--spec", tmp_path / "t.cell")
+    assert code == 0 and "seed 9 (recorded in" in out, (out, err)
+    compile(tmp_path / "t.cell", "onnx", tmp_path / "w.onnx", weights=best)
+    assert export.read_metadata(tmp_path / "w.onnx") == {"nasir.weights": "trained"}

@@ -17,6 +17,7 @@ generators seeded by (seed, epoch, step), so a resumed run sees the same batches
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import attrs
@@ -89,12 +90,32 @@ class Data:
         if self.x is not None:
             x, y = self.x[idx], self.y[idx]  # type: ignore[index]
         else:
-            items = [self.dataset[int(i)] for i in idx]  # type: ignore[index]
+            items = [_readable_item(self.dataset, int(i)) for i in idx]
             x = torch.stack([_fit(t.unsqueeze(0), self.shape)[0] for t, _ in items])
             y = torch.tensor([int(c) for _, c in items])
         if self.augment and train:
             x = _crop_flip(x, 4, generator)
         return x, y
+
+
+def _readable_item(dataset, i: int):
+    """dataset[i], or, when that image cannot be read (a corrupt or truncated file), a warning that names
+    the file and the next readable image in index order in its place: the batch keeps its size and a
+    resumed run sees the same substitute."""
+    n = len(dataset)
+    for k in range(n):
+        j = (i + k) % n
+        try:
+            return dataset[j]
+        except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError; truncated data too
+            path = dataset.samples[j][0] if hasattr(dataset, "samples") else f"item {j}"
+            if path not in _UNREADABLE:
+                _UNREADABLE.add(path)
+                warnings.warn(f"skipping an unreadable image '{path}': {type(e).__name__}: {e}", stacklevel=2)
+    raise DiagnosticError([Diagnostic("no image of the data set can be read", None, "check the files under the data folder")])
+
+
+_UNREADABLE: set[str] = set()
 
 
 def _fit(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -127,3 +127,20 @@ def test_image_folder_is_resized_to_the_network_input(tmp_path):
     empty.mkdir()
     with pytest.raises(DiagnosticError, match="no images under"):
         D.load_data(f"folder:{empty}", (1, 8, 8), 10)
+
+
+def test_an_unreadable_image_in_a_folder_is_skipped_with_a_warning_that_names_it(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "cat").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(tmp_path / "cat" / f"{i}.png")
+    bad = tmp_path / "cat" / "1.png"
+    bad.write_bytes(b"not a png at all")  # ImageFolder lists it (the suffix), PIL cannot read it
+    d = D.load_data(f"folder:{tmp_path}", (3, 8, 8), 10)
+    with pytest.warns(UserWarning, match=r"skipping an unreadable image '.*1\.png'"):
+        x, y = d.batch(torch.tensor([0, 1, 2]))
+    # The batch keeps its size; the unreadable image 1 is replaced by the next readable one, image 2 (value 20).
+    assert tuple(x.shape) == (3, 3, 8, 8) and y.tolist() == [0, 0, 0]
+    torch.testing.assert_close(x[1], x[2])
+    torch.testing.assert_close(x[2], torch.full((3, 8, 8), (20 / 255 - 0.5) / 0.5))
