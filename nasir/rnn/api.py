@@ -115,7 +115,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
     runner = RecurrentSearch(low.space, low.lm, options, out_dir, corpus=corpus, cell_name=low.cell.name,
                              network_name=low.network.name, source=spec.file, progress=progress,
-                             stop_after_steps=stop_after_steps, artifacts=artifacts,
+                             stop_after_steps=stop_after_steps, artifacts=artifacts, cell=low.cell,
                              render=lambda g, lm, header: derived_text(derived_spec(spec, with_lm(low, lm), g, values), header))  # fmt: skip
     return runner.run(resume=resume)
 

@@ -9,7 +9,7 @@ epoch start. After each epoch: validation perplexity, the derived cell (k = 1) b
 or by operation strength (OStr-DARTS Eq. 11, mean |dL/dalpha| over the last architecture steps).
 
 Outputs in `out`: derived.cell, genotype.txt, alphas.json (+ alphas/epoch_NNN.json), strengths.json,
-metrics.jsonl, checkpoint.pt, alphas.png, derived.onnx. The sequence lengths come from a generator seeded
+metrics.jsonl, checkpoint.pt, alphas.png, derived.png, derived.onnx. The sequence lengths come from a generator seeded
 by (seed, epoch) and the checkpoint holds every state (weights, optimisers, RNG, position, hidden states),
 so a resumed search ends with the same alphas and derived cell as one that never stopped.
 """
@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import torch
 
+from nasir import ir
 from nasir.io import atomic_write, atomic_write_with
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.architect import RecurrentArchitect, evaluate, weight_step
@@ -128,8 +129,9 @@ class RecurrentSearch:
                  corpus: corpus_mod.Corpus | None = None, cell_name: str = "rnn", network_name: str = "ptb",
                  source: str = "", progress: bool = False, stop_after_steps: int | None = None,
                  artifacts: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
-                 render: Callable[[Genotype, LanguageModel, str], str] | None = None):  # fmt: skip
+                 render: Callable[[Genotype, LanguageModel, str], str] | None = None, cell: ir.Cell | None = None):  # fmt: skip
         self.space, self.opt, self.out = space, options, Path(out)
+        self.cell = cell  # the search cell's IR (the .cell file's), derived by passes/derive.py; None: the space's
         self.corpus = corpus if corpus is not None else corpus_mod.load(options.data)
         self.lm = attrs.evolve(lm, tokens=self.corpus.tokens)  # the vocabulary is the data's
         self.cell_name, self.network_name, self.source = cell_name, network_name, source
@@ -270,7 +272,7 @@ class RecurrentSearch:
         return torch.softmax(self.model.alpha.detach(), dim=-1)
 
     def genotype(self) -> Genotype:
-        return derive(self.space, self.scores())
+        return derive(self.space, self.scores(), self.cell)
 
     def _variables(self) -> dict[str, Any]:
         out: dict[str, Any] = {"alphas": {self.cell_name: self.model.alpha.detach().double().tolist()}}
@@ -306,9 +308,18 @@ class RecurrentSearch:
             from nasir.rnn.plots import alpha_heatmap
 
             files["alphas.png"] = alpha_heatmap(self.space, self.model.alpha.detach().tolist(), out / "alphas.png", self.cell_name)
+            files["derived.png"] = draw_derived(text, out / "derived.png")
             torch.manual_seed(self.opt.seed)
             files["derived.onnx"] = to_onnx(build(self.lm, genotype), out / "derived.onnx")
         return RecurrentResult(out, genotype, text, self.model.alpha.detach().double().tolist(), list(self.history), files)
+
+
+def draw_derived(text: str, path: Path) -> Path:
+    """derived.png: the derived cell as CNN searches draw theirs (targets/draw.py), from derived.cell's text."""
+    from nasir.api import load
+    from nasir.targets.draw import draw
+
+    return draw(load(text, name=str(path.with_suffix(".cell"))), path)
 
 
 def search(space: SearchSpace | None = None, lm: LanguageModel | None = None, out: str | Path = "runs/ptb", *,
