@@ -27,8 +27,14 @@ import os, sys, torch
 torch.set_num_threads(1)
 from nasir.rnn.space import LanguageModel, parse_genotype
 from nasir.rnn.train import LMTrainer, TrainOptions
-t = LMTrainer(parse_genotype({GENOTYPE!r})[1], LanguageModel(**{LM!r}), TrainOptions(**{OPTS!r}), sys.argv[1], device="cpu")
-t.run()
+from nasir.rnn.search import RecurrentInterrupted
+mode = sys.argv[2] if len(sys.argv) > 2 else "whole"
+t = LMTrainer(parse_genotype({GENOTYPE!r})[1], LanguageModel(**{LM!r}), TrainOptions(**{OPTS!r}), sys.argv[1], device="cpu",
+              stop_after_steps=2 if mode == "stop" else None)
+try:
+    t.run(resume=mode == "resume")
+except RecurrentInterrupted:
+    sys.exit(0)
 assert (t.rank, t.world, t.train.size(1)) == (int(os.environ["RANK"]), 2, 4)
 torch.save(t.model.state_dict(), os.path.join(sys.argv[1], "rank%s.pt" % os.environ["RANK"]))
 """
@@ -108,6 +114,20 @@ def test_two_gloo_processes_keep_equal_weights_equal_to_the_averaged_half_batch_
     assert not torch.equal(ck["rng"]["ranks"][0]["torch"], ck["rng"]["ranks"][1]["torch"])  # own dropout streams
     assert ck["hidden"].shape == (8, 6) and torch.allclose(ck["hidden"], ref_hidden, atol=1e-6, rtol=0)
     assert [p.name for p in out.iterdir() if p.suffix == ".json"] == ["result.json"]
+
+    # stopped after 2 of the 3 steps and resumed under 2 processes: the same weights and training perplexity
+    again = tmp_path / "again"
+    again.mkdir()
+    for mode in ("stop", "resume"):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                            str(tmp_path / "rank.py"), str(again), mode], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        if mode == "stop":
+            assert torch.load(again / "checkpoint.pt", weights_only=True)["total_steps"] == 2
+    resumed = torch.load(again / "rank0.pt", weights_only=True)
+    for k in w0:
+        assert torch.allclose(resumed[k], w0[k], atol=1e-7, rtol=0), k
+    assert (again / "metrics.jsonl").read_text().split('"seconds"')[0] == (out / "metrics.jsonl").read_text().split('"seconds"')[0]
 
 
 def test_a_device_that_is_not_there_is_a_flag_error_for_search_and_training(tmp_path):
