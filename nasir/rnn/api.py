@@ -107,7 +107,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
         raise DiagnosticError([Diagnostic("a recurrent search runs in one process, not under torchrun",
                                           hint="run 'nasir search' without torchrun; 'nasir train' of the derived cell runs under torchrun")])  # fmt: skip
     from nasir.rnn.lower import derived_spec, derived_text
-    from nasir.rnn.search import RecurrentOptions, RecurrentSearch
+    from nasir.rnn.search import CheckpointMismatchError, RecurrentOptions, RecurrentSearch
 
     spec, low, values = _load(spec_or_path, overrides)
     if low.space is None:
@@ -123,7 +123,10 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
                              network_name=low.network.name, source=spec.file, progress=progress,
                              stop_after_steps=stop_after_steps, artifacts=artifacts, cell=low.cell, device=device,
                              render=lambda g, lm, header: derived_text(derived_spec(spec, with_lm(low, lm), g, values), header))  # fmt: skip
-    return runner.run(resume=resume)
+    try:
+        return runner.run(resume=resume)
+    except CheckpointMismatchError as e:
+        raise DiagnosticError([Diagnostic(str(e), None, "resume with the settings of that run, or use another --out")]) from None
 
 
 def _derived(spec_or_path, overrides) -> Lowered:
@@ -138,6 +141,7 @@ def train(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str |
           stop_after_steps: int | None = None, device: str = "auto", **flags: Any):  # fmt: skip
     """Train a derived recurrent cell as a language model (the authors' protocol, train.py); `device` auto
     (CUDA when present) | cpu | cuda | cuda:N; under torchrun with DDP (nasir/rnn/train.py)."""
+    from nasir.rnn.search import CheckpointMismatchError
     from nasir.rnn.train import LMTrainer, TrainOptions
 
     low = _derived(spec_or_path, overrides)
@@ -150,7 +154,10 @@ def train(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str |
                             stop_after_steps=stop_after_steps, device=device)  # fmt: skip
     except ValueError as e:
         raise DiagnosticError([Diagnostic(str(e))]) from None
-    return trainer.run(resume=resume)
+    try:
+        return trainer.run(resume=resume)
+    except CheckpointMismatchError as e:
+        raise DiagnosticError([Diagnostic(str(e), None, "resume with the settings of that run, or use another --out")]) from None
 
 
 def build(spec_or_path: ir.Spec | str | Path, *, weights: str | Path | None = None, seed: int = 0, overrides: Overrides = None):

@@ -78,6 +78,10 @@ class RecurrentOptions:
                 raise ValueError(f"{name} must be at least 1")
 
 
+class CheckpointMismatchError(ValueError):
+    """checkpoint.pt in the output directory belongs to another run (settings, or number of processes)."""
+
+
 class RecurrentInterrupted(KeyboardInterrupt):
     def __init__(self, out: Path, epoch: int, step: int):
         super().__init__(f"search interrupted at epoch {epoch + 1}, step {step}; continue with resume ({out})")
@@ -184,7 +188,7 @@ class RecurrentSearch:
             return
         state = dv.load_on_cpu(path)
         if state.get("version") != CHECKPOINT_VERSION or state["options"] != attrs.asdict(self.opt):
-            raise ValueError(f"{path} was written by a search with other settings; use another output directory")
+            raise CheckpointMismatchError(f"{path} was written by a search with other settings; use another output directory")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.architect.load_state_dict(state["architect"])

@@ -45,7 +45,7 @@ from nasir.io import atomic_write, atomic_write_with
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.architect import evaluate, weight_step
 from nasir.rnn.cell import build
-from nasir.rnn.search import RecurrentInterrupted, sequence_length
+from nasir.rnn.search import CheckpointMismatchError, RecurrentInterrupted, sequence_length
 from nasir.rnn.space import Genotype, LanguageModel
 
 CHECKPOINT = "checkpoint.pt"
@@ -171,9 +171,9 @@ class LMTrainer:
             return
         s = dv.load_on_cpu(path)
         if s["options"] != attrs.asdict(self.opt) or s["genotype"] != str(self.genotype) or not isinstance(s.get("rng"), dict):
-            raise ValueError(f"{path} was written by a training run with other settings; use another output directory")
+            raise CheckpointMismatchError(f"{path} was written by a training run with other settings; use another output directory")
         if s.get("world", 1) != self.world:
-            raise ValueError(f"{path} was written by {s.get('world', 1)} process(es); resume it with as many (this run has {self.world})")
+            raise CheckpointMismatchError(f"{path} was written by {s.get('world', 1)} process(es); resume it with as many (this run has {self.world})")
         self.model.load_state_dict(s["model"])
         self.asgd = bool(s["asgd"])
         self.optimizer = self._optimizer()

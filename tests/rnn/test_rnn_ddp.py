@@ -142,3 +142,19 @@ def test_a_device_that_is_not_there_is_a_flag_error_for_search_and_training(tmp_
         api.search(os.path.join(root, "ptb.cell"), "embedded", tmp_path / "s", overrides=["size=4"], device="cuda", epochs=1)
     with pytest.raises(DiagnosticError, match="--device must be"):
         api.train(os.path.join(root, "darts_v2_rnn.cell"), "embedded", tmp_path / "t", overrides=["size=4"], device="tpu", epochs=1)
+
+
+def test_resuming_another_runs_checkpoint_is_a_diagnostic(tmp_path):
+    from nasir.rnn import api
+    from nasir.rnn.search import RecurrentInterrupted
+
+    cell = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "darts_v2_rnn.cell")
+    kw = dict(overrides=["size=4"], epochs=1, batch_size=8, limit_batches=3, bptt=5, progress=False, device="cpu")
+    with pytest.raises(RecurrentInterrupted):
+        api.train(cell, "embedded", tmp_path, stop_after_steps=1, **kw)
+    with pytest.raises(DiagnosticError, match="other settings"):
+        api.train(cell, "embedded", tmp_path, resume=True, **{**kw, "lr": 1.0})
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save({**ck, "world": 2}, tmp_path / "checkpoint.pt")  # as 2 torchrun processes would have written it
+    with pytest.raises(DiagnosticError, match="written by 2 process"):
+        api.train(cell, "embedded", tmp_path, resume=True, **kw)
