@@ -2,7 +2,6 @@
 identical weights, equal to one process averaging the two halves' gradients (docs/recurrent.md)."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -38,12 +37,6 @@ except RecurrentInterrupted:
 assert (t.rank, t.world, t.train.size(1)) == (int(os.environ["RANK"]), 2, 4)
 torch.save(t.model.state_dict(), os.path.join(sys.argv[1], "rank%s.pt" % os.environ["RANK"]))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reference(world: int = 2):
@@ -94,7 +87,7 @@ def test_two_gloo_processes_keep_equal_weights_equal_to_the_averaged_half_batch_
     out.mkdir()
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         str(tmp_path / "rank.py"), str(out)], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     w0 = torch.load(out / "rank0.pt", weights_only=True)
@@ -119,7 +112,7 @@ def test_two_gloo_processes_keep_equal_weights_equal_to_the_averaged_half_batch_
     again = tmp_path / "again"
     again.mkdir()
     for mode in ("stop", "resume"):
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                             str(tmp_path / "rank.py"), str(again), mode], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]
         if mode == "stop":
