@@ -64,8 +64,35 @@ DARTS_OPS = (
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 
 
+# The recurrent cell's ops (DARTS' rnn PRIMITIVES; docs/recurrent.md): the activation f of a gated edge
+# s_p + sigmoid(c) * (f(g) - s_p). `none` is the zero op of both kinds of cell (the registry's entry
+# above). They are listed apart from REGISTRY so that a convolutional cell still reports them as unknown
+# (nasir/rnn/lower.py); nasir/rnn/cell.py computes them, `builder` names the activation. The activations have no weights
+# (W_i belongs to the node, shared by all its edges), hence parameter-free.
+RECURRENT: MappingProxyType[str, OpDef] = MappingProxyType(
+    {
+        d.name: d
+        for d in (
+            REGISTRY["none"],
+            _op("tanh", "tanh", parameter_free=True),
+            _op("relu", "relu", parameter_free=True),
+            _op("sigmoid", "sigmoid", parameter_free=True),
+            _op("identity", "identity", parameter_free=True, is_identity=True),
+        )
+    }
+)
+
+
 def lookup(name: str) -> OpDef | None:
     return REGISTRY.get(name)
+
+
+def op_def(name: str) -> OpDef:
+    """The definition of an op of either kind of cell (convolutional first, then recurrent); KeyError if none."""
+    d = REGISTRY.get(name) or RECURRENT.get(name)
+    if d is None:
+        raise KeyError(name)
+    return d
 
 
 def unknown_op_hint(name: str) -> str:

@@ -14,7 +14,11 @@ exported genotype string equals the reference's.
 Constraints: `limit OP <= n per cell` keeps the n best-scoring uses of OP and moves the others to
 their next best candidate (P-DARTS' rule for skip connections); `budget params|macs <= X` moves the
 lowest-scoring parametric ops to their best parameter-free candidate until the network fits.
-Then dead-node elimination (passes/dead_nodes.py).
+Then dead-node elimination (passes/dead_nodes.py), unless `dead_nodes=False` (the recurrent genotype
+keeps every node, as the DARTS authors' `genotype()`; nasir/rnn/cell.py).
+Recurrent cells (docs/recurrent.md) derive here too: their ops are in `nasir.ops.RECURRENT`, `none`
+the zero op, and `keep 1 inputs per node` is DARTS' k = 1 (the strongest non-`none` edge of each node,
+with its strongest op; ties to the earlier edge and the earlier op).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class Pick:
 
 
 def _ranking(e: ir.Edge, row: Sequence[float], drop_none: bool = True) -> tuple[tuple[str, float], ...]:
-    pairs = [(op, float(s)) for op, s in zip(e.candidates, row) if not (drop_none and ops.REGISTRY[op].is_zero)]
+    pairs = [(op, float(s)) for op, s in zip(e.candidates, row) if not (drop_none and ops.op_def(op).is_zero)]
     # Stable on ties: the earlier candidate wins, as argmax does.
     return tuple(sorted(pairs, key=lambda p: -p[1]))
 
@@ -110,8 +114,9 @@ class Derive(Pass):
 
     def __init__(self, scores: Scores, *, keep_edges: Mapping[str, set[tuple[str, str]]] | None = None,
                  remove_nodes: Mapping[str, set[str]] | None = None, drop_none: bool | None = None,
-                 cost: CostFn | None = None):  # fmt: skip
+                 cost: CostFn | None = None, dead_nodes: bool = True):  # fmt: skip
         self.scores = scores
+        self.dead_nodes = dead_nodes
         self.keep_edges = keep_edges or {}
         self.remove_nodes = remove_nodes or {}
         self.drop_none = drop_none
@@ -132,7 +137,8 @@ class Derive(Pass):
             chosen[c.name] = [x if isinstance(x, ir.Edge) else next(it) for x in sel]
 
         def build() -> ir.Spec:
-            cells = tuple(eliminate(_fixed(c, chosen[c.name], set(self.remove_nodes.get(c.name, ())))) if c.name in chosen else c
+            finish = eliminate if self.dead_nodes else (lambda c: c)
+            cells = tuple(finish(_fixed(c, chosen[c.name], set(self.remove_nodes.get(c.name, ())))) if c.name in chosen else c
                           for c in spec.cells)  # fmt: skip
             return attrs.evolve(spec, cells=cells, search=None, properties=frozenset())
 
@@ -144,7 +150,7 @@ class Derive(Pass):
         def allowed(name: str, p: Pick) -> tuple[str, float] | None:
             """The best parameter-free candidate of `p` that no `limit` forbids in cell `name`."""
             used = {op: sum(isinstance(x, Pick) and x.op == op for x in chosen[name]) for op in cap}
-            return next(((o, s) for o, s in p.ranking if ops.REGISTRY[o].parameter_free and used.get(o, -1) < cap.get(o, 1 << 30)), None)
+            return next(((o, s) for o, s in p.ranking if ops.op_def(o).parameter_free and used.get(o, -1) < cap.get(o, 1 << 30)), None)
 
         for b in budgets:
             if self.cost is None:
@@ -154,7 +160,7 @@ class Derive(Pass):
                 # a candidate the limits still allow (issue 14, item 4: a budget must not break a limit).
                 cands = [
                     (p.score, name, i) for name, sel in chosen.items() for i, p in enumerate(sel)
-                    if isinstance(p, Pick) and not ops.REGISTRY[p.op].parameter_free and allowed(name, p) is not None
+                    if isinstance(p, Pick) and not ops.op_def(p.op).parameter_free and allowed(name, p) is not None
                 ]  # fmt: skip
                 if not cands:
                     under = f" under {', '.join(f'limit {o} <= {n}' for o, n in cap.items())}" if cap else ""

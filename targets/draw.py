@@ -1,5 +1,8 @@
 """Cell drawings: each cell kind as a DAG the way the DARTS paper draws it (inputs, nodes, output, op names on edges).
 
+A recurrent cell (docs/recurrent.md) is drawn as the paper's Fig. 5/6: x_t and h_(t-1) into s0, the nodes
+with their activations on the edges, and h_t, the mean of the output states.
+
 A search-space cell can be drawn with architecture weights (`alphas`, a mapping {cell name: [[weight per
 op] per mixed edge]}, mixed edges in IR edge order, ops in the order of the edge's `choice.ops`):
 each mixed edge is then labelled with its strongest op other than `none` (the op DARTS derivation would
@@ -26,8 +29,12 @@ from nasir.source import SourceFile
 FORMATS = {".png": "png", ".svg": "svg"}
 OUTPUT = "<output>"
 
-# Node colours of the DARTS paper's cell figures: inputs green, intermediate nodes blue, output yellow.
-_NODE_COLORS = {"input": "#9fdf9f", "node": "#a6c8ff", "output": "#ffe680"}
+# Node colours of the DARTS paper's cell figures: inputs green, intermediate nodes blue, output yellow;
+# a recurrent cell's s0 (computed from x_t and h_(t-1)) a paler green.
+_NODE_COLORS = {"input": "#9fdf9f", "state0": "#d4f2d4", "node": "#a6c8ff", "output": "#ffe680"}
+# A recurrent cell (docs/recurrent.md): x_t and h_(t-1) feed s0; the output, the next hidden state, is
+# the mean of the output states.
+X_T, H_PREV, H_T = "x_t", "h_{t-1}", "h_t (mean)"
 # Edge colours by kind of op, so that convolutions, pooling and skips read apart at a glance.
 _OP_COLORS = {"conv": "#1f4e99", "pool": "#2e8b57", "skip": "#555555", "zero": "#bbbbbb"}
 
@@ -35,7 +42,7 @@ Alphas = Mapping[str, Sequence[Sequence[float]]]
 
 
 def _op_color(name: str) -> str:
-    d = ops.REGISTRY.get(name)
+    d = ops.REGISTRY.get(name) or ops.RECURRENT.get(name)
     if d is None or d.is_zero:
         return _OP_COLORS["zero"]
     if d.is_identity:
@@ -101,15 +108,24 @@ def check_alphas(data: Any, cells: Sequence[ir.Cell], where: str = "alphas") -> 
 
 
 def _graph(cell: ir.Cell) -> nx.MultiDiGraph:
+    """The drawn DAG: cell inputs, nodes, one edge per IR edge (`index` its position in cell.edges) and
+    the output. A recurrent cell gets x_t and h_(t-1) feeding its input s0, and an output node h_t, the
+    mean of the output states (edges with index None)."""
     g = nx.MultiDiGraph()
+    if cell.recurrent:
+        g.add_node(X_T, kind="input")
+        g.add_node(H_PREV, kind="input")
     for s in cell.input_names:
-        g.add_node(s, kind="input")
+        g.add_node(s, kind="state0" if cell.recurrent else "input")
+        if cell.recurrent:
+            g.add_edge(X_T, s, index=None)
+            g.add_edge(H_PREV, s, index=None)
     for n in cell.node_names:
         g.add_node(n, kind="node")
     for k, e in enumerate(cell.edges):
         g.add_edge(e.src, e.dst, index=k)
     out = cell.output
-    if out is not None and out.kind == "concat":
+    if out is not None and out.kind in ("concat", "mean"):
         g.add_node(OUTPUT, kind="output")
         for n in out.nodes:
             g.add_edge(n, OUTPUT, index=None)
@@ -119,7 +135,7 @@ def _graph(cell: ir.Cell) -> nx.MultiDiGraph:
         for n in names:
             g.nodes[n]["layer"] = layer
     # Inputs share the first column even when one of them only feeds later nodes.
-    for s in cell.input_names:
+    for s in cell.input_names if not cell.recurrent else ():
         g.nodes[s]["layer"] = 0
     return g
 
@@ -132,12 +148,12 @@ def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any
     if cell.is_search_space:
         # Every node reads every earlier one, so the generations are a chain of one-node columns and
         # all edges would lie on one line; stack the nodes in one column instead (inputs | nodes | output).
-        column = {"input": 0, "node": 1, "output": 2}
+        column = {"input": 0, "state0": 1, "node": 2, "output": 3} if cell.recurrent else {"input": 0, "node": 1, "output": 2}
         layers = {}
         for n, d in g.nodes(data=True):
             layers.setdefault(column[d["kind"]], []).insert(0, n)
     pos = nx.multipartite_layout(g, subset_key=layers, align="vertical")
-    labels = {n: ("output" if n == OUTPUT else n) for n in g.nodes}
+    labels = {n: ((H_T if cell.recurrent else "output") if n == OUTPUT else n) for n in g.nodes}
     for kind, color in _NODE_COLORS.items():
         nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
         nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=color, node_shape="s", node_size=900, edgecolors="black", ax=ax)
@@ -148,7 +164,7 @@ def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any
     for u, v, key, d in keys:
         k = d["index"]
         e = cell.edges[k] if k is not None else None
-        if e is None:  # into the concatenation
+        if e is None:  # into the concatenation (or the mean), or x_t / h_(t-1) into s0
             look[(u, v, key)] = ("black", 1.0, None, "solid")
         elif not e.is_choice:
             look[(u, v, key)] = (_op_color(e.op), 1.6, e.op, "solid")  # type: ignore[arg-type]
@@ -156,7 +172,7 @@ def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any
             look[(u, v, key)] = ("#777777", 1.0, f"choice({e.choice.expr})", "dashed")  # type: ignore[union-attr]
         else:
             weights = softmax(rows[mixed_row[k]])
-            real = [i for i, o in enumerate(e.candidates) if not ops.REGISTRY[o].is_zero] or list(range(len(weights)))
+            real = [i for i, o in enumerate(e.candidates) if not ops.op_def(o).is_zero] or list(range(len(weights)))
             i = max(real, key=lambda i: weights[i])
             look[(u, v, key)] = (cmap(weights[i]), 0.8 + 3.0 * weights[i], f"{e.candidates[i]} {weights[i]:.2f}", "solid")
     # Edges between columns bend slightly (more for parallel edges); edges inside one column bend far,
@@ -174,7 +190,7 @@ def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any
         labels = {x: look[x][2] for x in edgelist if look[x][2] is not None}
         nx.draw_networkx_edge_labels(g, pos, edge_labels=labels, font_size=7, ax=ax, connectionstyle=styles, node_size=900,
                                      bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
-    title = f"{cell.name}" + (" (reduction)" if cell.reduction else "")
+    title = f"{cell.name}" + (" (reduction)" if cell.reduction else "") + (" (recurrent)" if cell.recurrent else "")
     ax.set_title(title, fontsize=10)
     ax.axis("off")
 

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="embedded", help="embedded (default) | ptb:PATH")
     s.add_argument("--out", type=Path)
     s.add_argument("--resume", action="store_true")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto picks CUDA when present)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--order", int), ("--seed", int), ("--bptt", int),
                        ("--lr", float), ("--limit-batches", int), ("--select", str), ("--warmup", int)):  # fmt: skip
         s.add_argument(flag, type=kind)
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="embedded")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: LOCAL_RANK's GPU)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--seed", int), ("--bptt", int), ("--lr", float),
                        ("--limit-batches", int), ("--nonmono", int)):  # fmt: skip
         t.add_argument(flag, type=kind)
@@ -61,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "search":
             r = api.search(args.file, args.data, args.out, overrides=args.overrides, resume=args.resume, epochs=args.epochs,
                            batch_size=args.batch_size, order=args.order, seed=args.seed, bptt=args.bptt, lr=args.lr,
-                           limit_batches=args.limit_batches, select=args.select, warmup=args.warmup)  # fmt: skip
+                           limit_batches=args.limit_batches, select=args.select, warmup=args.warmup, device=args.device)  # fmt: skip
             print(f"{r.genotype}\nwrote {r.out / 'derived.cell'}", file=sys.stderr)
         elif args.command == "train":
             r = api.train(args.file, args.data, args.out, overrides=args.overrides, resume=args.resume, epochs=args.epochs,
                           batch_size=args.batch_size, seed=args.seed, bptt=args.bptt, lr=args.lr,
-                          limit_batches=args.limit_batches, nonmono=args.nonmono)  # fmt: skip
+                          limit_batches=args.limit_batches, nonmono=args.nonmono, device=args.device)  # fmt: skip
             print(f"valid perplexity {r.valid_ppl:.2f}, test perplexity {r.test_ppl:.2f}; weights in {r.out / 'model.pt'}", file=sys.stderr)
         elif args.command == "compile":
             out = api.compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)

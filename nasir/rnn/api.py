@@ -98,10 +98,16 @@ def _corpus(data: str) -> corpus_mod.Corpus:
 
 def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str | Path | None = None, *,
            overrides: Overrides = None, resume: bool = False, progress: bool = True,
-           stop_after_steps: int | None = None, artifacts: bool = True, **flags: Any):  # fmt: skip
-    """Search the recurrent space of a spec; flags (epochs=..., order=..., ...) win over its search block."""
+           stop_after_steps: int | None = None, artifacts: bool = True, device: str = "auto", **flags: Any):  # fmt: skip
+    """Search the recurrent space of a spec; flags (epochs=..., order=..., ...) win over its search block.
+    `device`: auto (CUDA when present) | cpu | cuda | cuda:N. One process: under torchrun it is refused."""
+    from nasir.device import under_torchrun
+
+    if under_torchrun():
+        raise DiagnosticError([Diagnostic("a recurrent search runs in one process, not under torchrun",
+                                          hint="run 'nasir search' without torchrun; 'nasir train' of the derived cell runs under torchrun")])  # fmt: skip
     from nasir.rnn.lower import derived_spec, derived_text
-    from nasir.rnn.search import RecurrentOptions, RecurrentSearch
+    from nasir.rnn.search import CheckpointMismatchError, RecurrentOptions, RecurrentSearch
 
     spec, low, values = _load(spec_or_path, overrides)
     if low.space is None:
@@ -115,9 +121,12 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
     runner = RecurrentSearch(low.space, low.lm, options, out_dir, corpus=corpus, cell_name=low.cell.name,
                              network_name=low.network.name, source=spec.file, progress=progress,
-                             stop_after_steps=stop_after_steps, artifacts=artifacts,
+                             stop_after_steps=stop_after_steps, artifacts=artifacts, cell=low.cell, device=device,
                              render=lambda g, lm, header: derived_text(derived_spec(spec, with_lm(low, lm), g, values), header))  # fmt: skip
-    return runner.run(resume=resume)
+    try:
+        return runner.run(resume=resume)
+    except CheckpointMismatchError as e:
+        raise DiagnosticError([Diagnostic(str(e), None, "resume with the settings of that run, or use another --out")]) from None
 
 
 def _derived(spec_or_path, overrides) -> Lowered:
@@ -129,8 +138,10 @@ def _derived(spec_or_path, overrides) -> Lowered:
 
 def train(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str | Path = "runs/lm", *,
           overrides: Overrides = None, resume: bool = False, progress: bool = True,
-          stop_after_steps: int | None = None, **flags: Any):  # fmt: skip
-    """Train a derived recurrent cell as a language model (the authors' protocol, train.py)."""
+          stop_after_steps: int | None = None, device: str = "auto", **flags: Any):  # fmt: skip
+    """Train a derived recurrent cell as a language model (the authors' protocol, train.py); `device` auto
+    (CUDA when present) | cpu | cuda | cuda:N; under torchrun with DDP (nasir/rnn/train.py)."""
+    from nasir.rnn.search import CheckpointMismatchError
     from nasir.rnn.train import LMTrainer, TrainOptions
 
     low = _derived(spec_or_path, overrides)
@@ -138,9 +149,15 @@ def train(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str |
         options = TrainOptions(**{k: v for k, v in flags.items() if v is not None}, data=data)
     except TypeError as e:
         raise DiagnosticError([Diagnostic(str(e))]) from None
-    trainer = LMTrainer(low.genotype, low.lm, options, Path(out), corpus=_corpus(data), progress=progress,
-                        stop_after_steps=stop_after_steps)  # fmt: skip
-    return trainer.run(resume=resume)
+    try:
+        trainer = LMTrainer(low.genotype, low.lm, options, Path(out), corpus=_corpus(data), progress=progress,
+                            stop_after_steps=stop_after_steps, device=device)  # fmt: skip
+    except ValueError as e:
+        raise DiagnosticError([Diagnostic(str(e))]) from None
+    try:
+        return trainer.run(resume=resume)
+    except CheckpointMismatchError as e:
+        raise DiagnosticError([Diagnostic(str(e), None, "resume with the settings of that run, or use another --out")]) from None
 
 
 def build(spec_or_path: ir.Spec | str | Path, *, weights: str | Path | None = None, seed: int = 0, overrides: Overrides = None):

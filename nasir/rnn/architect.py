@@ -41,6 +41,17 @@ def lm_loss(model: nn.Module, batch: Batch, hidden: torch.Tensor, *, ar: float =
     return loss, nll, h
 
 
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generator states the dropout masks of a forward pass on `device` draw from (CPU, and CUDA's)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def clip_coef(grads: Sequence[torch.Tensor], max_norm: float) -> float:
     """min(1, max_norm / (||grads|| + 1e-6)): the factor clip_grad_norm_ scales by."""
     norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
@@ -79,8 +90,10 @@ class RecurrentArchitect:
         w = [p.detach().clone() for p in params]
         with buffers_kept(model):
             w_prime, c = self.unrolled_weights(train, hidden_train, xi)
-        # The masks of the dropouts are random draws; every evaluation of one step uses the same draws.
-        rng = torch.get_rng_state()
+        # The masks of the dropouts are random draws; every evaluation of one step uses the same draws
+        # (drawn on the model's device: the CUDA generator there, the CPU's on the CPU).
+        device = params[0].device
+        rng = _rng_state(device)
         with buffers_kept(model), weights_at(params, w_prime):
             loss, _, h = lm_loss(model, valid, hidden_valid)
             g = torch.autograd.grad(loss, alphas + params)
@@ -94,7 +107,7 @@ class RecurrentArchitect:
             implicit = [torch.zeros_like(a) for a in alphas]
             for sign in (1.0, -1.0):
                 with buffers_kept(model), weights_at(params, [wi + sign * eps * vi for wi, vi in zip(w, v)]):
-                    torch.set_rng_state(rng)
+                    _set_rng_state(rng, device)
                     lt, _, _ = lm_loss(model, train, hidden_train)
                     ga = torch.autograd.grad(lt, alphas)
                 for acc, gi in zip(implicit, ga):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasir import ir
 from nasir.rnn.space import Genotype, LanguageModel, SearchSpace
 
 INIT_RANGE = 0.04
@@ -191,22 +192,43 @@ class SearchLM(RNNLM):
         return [self.alpha]
 
 
-def derive(space: SearchSpace, scores: torch.Tensor) -> Genotype:
-    """k = 1 per node (the authors' genotype()): the source whose strongest non-`none` op is largest, that op.
+def space_cell(space: SearchSpace, name: str = "rnn") -> ir.Cell:
+    """The IR of a search space given without a `.cell` file: `edges * -> s* : choice(ops)`, `keep 1`,
+    `output mean(...)`, alpha rows numbered as `space.rows` says (passes/mixed_ops.py's numbering when the
+    space came from a file), so that passes/derive.py derives it as it derives a cell written in the DSL."""
+    states = [f"s{i}" for i in range(space.nodes + 1)]
+    choice = ir.Choice(tuple(space.ops), "{" + ", ".join(space.ops) + "}")
+    edges = tuple(ir.Edge(states[p], states[i], choice=choice, alpha=r) for (p, i), r in zip(space.edges, space.row_index))
+    return ir.Cell(name, (ir.Node(states[0]),), tuple(ir.Node(s) for s in states[1:]), edges,
+                   ir.Output("mean", tuple(states[i] for i in space.output)), keep=1,
+                   alpha_rows=tuple(tuple(space.ops) for _ in edges), recurrent=True)  # fmt: skip
 
-    `scores` [edges, ops] is softmax(alpha) for magnitude selection or the operation strength; ties go to
-    the earlier source / earlier op (a stable sort, as the authors' `sorted`).
+
+def derive(space: SearchSpace, scores: torch.Tensor, cell: ir.Cell | None = None) -> Genotype:
+    """k = 1 per node (the authors' genotype()), by the shared derivation pass (passes/derive.py).
+
+    `scores` [alpha rows, ops] is softmax(alpha) for magnitude selection or the operation strength. The
+    pass keeps, per node, the source whose strongest non-`none` op scores highest, with that op; ties go
+    to the earlier source / earlier op (a stable sort, as the authors' `sorted`). `cell` is the search
+    cell's IR (from the `.cell` file; passes/mixed_ops.py is run on it when it has not been); None: the
+    IR of `space` (space_cell). Every node stays in the genotype (no dead-node elimination here).
     """
-    ops = list(space.ops)
-    scores = scores.detach()[list(space.row_index)]  # alpha rows -> (destination, source) order
-    live = [k for k, o in enumerate(ops) if o != "none"]
-    gene, offset = [], 0
-    for i in range(1, space.nodes + 1):
-        rows = scores[offset : offset + i]
-        best_src = max(range(i), key=lambda p: (max(float(rows[p, k]) for k in live), -p))
-        best_op = max(live, key=lambda k: (float(rows[best_src, k]), -k))
-        gene.append((ops[best_op], best_src))
-        offset += i
+    from nasir.passes.derive import Derive
+    from nasir.passes.mixed_ops import MixedOps
+
+    cell = space_cell(space) if cell is None else cell
+    if cell.alpha_rows is None:
+        cell = MixedOps().run(ir.Spec("<recurrent>", cells=(cell,))).spec.cells[0]
+    states = {s: i for i, s in enumerate(cell.states)}
+    rows = {(states[e.src], states[e.dst]): e.alpha for e in cell.edges}
+    if len(cell.nodes) != space.nodes or [rows.get(e) for e in space.edges] != list(space.row_index):
+        raise ValueError(f"cell '{cell.name}' does not have the alpha rows of the search space")
+    table = scores.detach().double().tolist()
+    derived = Derive({cell.name: table}, dead_nodes=False).run(ir.Spec("<recurrent>", cells=(cell,))).spec.cells[0]
+    gene = []
+    for n in cell.node_names:
+        (e,) = derived.in_edges(n)
+        gene.append((e.op, states[e.src]))
     return Genotype(tuple(gene), space.output)
 
 

@@ -9,6 +9,7 @@ Each function returns None when the spec is not a language model, so a call site
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def search_cli(args: Any) -> int | None:
                        order=args.order, seed=args.seed, select=select, strength_window=getattr(args, "strength_window", None),
                        warmup=getattr(args, "warmup", None), lr=getattr(args, "lr", None), weight_decay=getattr(args, "weight_decay", None),
                        a_lr=getattr(args, "arch_lr", None), a_weight_decay=getattr(args, "arch_weight_decay", None),
-                       limit_batches=getattr(args, "limit_batches", None))  # fmt: skip
+                       limit_batches=getattr(args, "limit_batches", None), device=getattr(args, "device", None) or "auto")  # fmt: skip
     except RecurrentInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130
@@ -80,11 +81,13 @@ def train_cli(args: Any) -> int | None:
     try:
         r = api.train(spec, _data(args.data), args.out, overrides=getattr(args, "overrides", None), resume=args.resume,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      clip=getattr(args, "grad_clip", None), seed=args.seed, limit_batches=args.limit_batches)  # fmt: skip
+                      clip=getattr(args, "grad_clip", None), seed=args.seed, limit_batches=args.limit_batches,
+                      device=getattr(args, "device", None) or "auto")  # fmt: skip
     except RecurrentInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130
-    print(f"valid perplexity {r.valid_ppl:.2f}, test perplexity {r.test_ppl:.2f}; weights in {r.out / 'model.pt'}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 reports, as it writes
+        print(f"valid perplexity {r.valid_ppl:.2f}, test perplexity {r.test_ppl:.2f}; weights in {r.out / 'model.pt'}", file=sys.stderr)
     return 0
 
 

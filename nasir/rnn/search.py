@@ -9,7 +9,7 @@ epoch start. After each epoch: validation perplexity, the derived cell (k = 1) b
 or by operation strength (OStr-DARTS Eq. 11, mean |dL/dalpha| over the last architecture steps).
 
 Outputs in `out`: derived.cell, genotype.txt, alphas.json (+ alphas/epoch_NNN.json), strengths.json,
-metrics.jsonl, checkpoint.pt, alphas.png, derived.onnx. The sequence lengths come from a generator seeded
+metrics.jsonl, checkpoint.pt, alphas.png, derived.png, derived.onnx. The sequence lengths come from a generator seeded
 by (seed, epoch) and the checkpoint holds every state (weights, optimisers, RNG, position, hidden states),
 so a resumed search ends with the same alphas and derived cell as one that never stopped.
 """
@@ -30,6 +30,8 @@ from typing import Any
 import attrs
 import torch
 
+from nasir import device as dv
+from nasir import ir
 from nasir.io import atomic_write, atomic_write_with
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.architect import RecurrentArchitect, evaluate, weight_step
@@ -39,7 +41,7 @@ from nasir.rnn.text import derived_text
 from nasir.search.strength import StrengthMeter
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: RNG states as nasir/device.py saves them (CPU, CUDA, numpy, Python)
 SELECTIONS = ("magnitude", "strength")
 
 
@@ -74,6 +76,10 @@ class RecurrentOptions:
         for name in ("epochs", "batch_size", "eval_batch_size", "bptt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+
+
+class CheckpointMismatchError(ValueError):
+    """checkpoint.pt in the output directory belongs to another run (settings, or number of processes)."""
 
 
 class RecurrentInterrupted(KeyboardInterrupt):
@@ -128,21 +134,25 @@ class RecurrentSearch:
                  corpus: corpus_mod.Corpus | None = None, cell_name: str = "rnn", network_name: str = "ptb",
                  source: str = "", progress: bool = False, stop_after_steps: int | None = None,
                  artifacts: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
-                 render: Callable[[Genotype, LanguageModel, str], str] | None = None):  # fmt: skip
+                 render: Callable[[Genotype, LanguageModel, str], str] | None = None, cell: ir.Cell | None = None,
+                 device: str | torch.device = "auto"):  # fmt: skip
         self.space, self.opt, self.out = space, options, Path(out)
+        self.device = dv.select_device(device)  # auto: CUDA when present
+        self.cell = cell  # the search cell's IR (the .cell file's), derived by passes/derive.py; None: the space's
         self.corpus = corpus if corpus is not None else corpus_mod.load(options.data)
         self.lm = attrs.evolve(lm, tokens=self.corpus.tokens)  # the vocabulary is the data's
         self.cell_name, self.network_name, self.source = cell_name, network_name, source
         self.progress, self.stop_after_steps, self.artifacts, self.callback = progress, stop_after_steps, artifacts, callback
         self.render = render  # (genotype, model sizes, header) -> derived.cell text; None: nasir/rnn/text.py
         torch.manual_seed(options.seed)
-        self.model = SearchLM(self.lm, space)
+        # built on the CPU (the same initial weights on every device), then moved
+        self.model = SearchLM(self.lm, space).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.architect = RecurrentArchitect(self.model, order=options.order, lr=options.a_lr, weight_decay=options.a_weight_decay,
                                             w_weight_decay=options.weight_decay, clip=options.clip)  # fmt: skip
-        self.train = corpus_mod.batchify(self.corpus.train, options.batch_size)
-        self.valid = corpus_mod.batchify(self.corpus.valid, options.batch_size)
-        self.valid_eval = corpus_mod.batchify(self.corpus.valid, options.eval_batch_size)
+        self.train = corpus_mod.batchify(self.corpus.train, options.batch_size).to(self.device)
+        self.valid = corpus_mod.batchify(self.corpus.valid, options.batch_size).to(self.device)
+        self.valid_eval = corpus_mod.batchify(self.corpus.valid, options.eval_batch_size).to(self.device)
         self.meter = StrengthMeter(options.strength_window or 10**9)
         self.history: list[dict[str, Any]] = []
         self.epoch, self.pos, self.step, self.total_steps = 0, 0, 0, 0
@@ -165,7 +175,7 @@ class RecurrentSearch:
             "epoch": self.epoch, "pos": self.pos, "step": self.step, "total_steps": self.total_steps,
             "sums": dict(self.sums), "history": json.dumps(self.history),
             "h_train": self.h_train, "h_valid": self.h_valid,
-            "rng": torch.get_rng_state(), "gen": self.gen.get_state(),
+            "rng": dv.rng_state(), "gen": self.gen.get_state(),
         }  # fmt: skip
 
     def save(self) -> None:
@@ -176,18 +186,19 @@ class RecurrentSearch:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = dv.load_on_cpu(path)
         if state.get("version") != CHECKPOINT_VERSION or state["options"] != attrs.asdict(self.opt):
-            raise ValueError(f"{path} was written by a search with other settings; use another output directory")
+            raise CheckpointMismatchError(f"{path} was written by a search with other settings; use another output directory")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.architect.load_state_dict(state["architect"])
-        self.meter.load_state_dict(state["meter"])
+        self.meter.load_state_dict(dv.move_to(state["meter"], self.device))
         self.epoch, self.pos, self.step, self.total_steps = state["epoch"], state["pos"], state["step"], state["total_steps"]
         self.sums = dict(state["sums"])
         self.history = json.loads(state["history"])
-        self.h_train, self.h_valid = state["h_train"], state["h_valid"]
-        torch.set_rng_state(state["rng"])
+        self.h_train, self.h_valid = state["h_train"].to(self.device), state["h_valid"].to(self.device)
+        for note in dv.restore_rng(state["rng"]):
+            print(f"nasir: note: {note}", file=sys.stderr)
         self.gen.set_state(state["gen"])
 
     # ---- the loop ----------------------------------------------------------------------------------
@@ -270,7 +281,7 @@ class RecurrentSearch:
         return torch.softmax(self.model.alpha.detach(), dim=-1)
 
     def genotype(self) -> Genotype:
-        return derive(self.space, self.scores())
+        return derive(self.space, self.scores(), self.cell)
 
     def _variables(self) -> dict[str, Any]:
         out: dict[str, Any] = {"alphas": {self.cell_name: self.model.alpha.detach().double().tolist()}}
@@ -306,20 +317,29 @@ class RecurrentSearch:
             from nasir.rnn.plots import alpha_heatmap
 
             files["alphas.png"] = alpha_heatmap(self.space, self.model.alpha.detach().tolist(), out / "alphas.png", self.cell_name)
+            files["derived.png"] = draw_derived(text, out / "derived.png")
             torch.manual_seed(self.opt.seed)
             files["derived.onnx"] = to_onnx(build(self.lm, genotype), out / "derived.onnx")
         return RecurrentResult(out, genotype, text, self.model.alpha.detach().double().tolist(), list(self.history), files)
 
 
+def draw_derived(text: str, path: Path) -> Path:
+    """derived.png: the derived cell as CNN searches draw theirs (targets/draw.py), from derived.cell's text."""
+    from nasir.api import load
+    from nasir.targets.draw import draw
+
+    return draw(load(text, name=str(path.with_suffix(".cell"))), path)
+
+
 def search(space: SearchSpace | None = None, lm: LanguageModel | None = None, out: str | Path = "runs/ptb", *,
            resume: bool = False, progress: bool = False, stop_after_steps: int | None = None, artifacts: bool = True,
            cell_name: str = "rnn", network_name: str = "ptb", source: str = "",
-           callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> RecurrentResult:  # fmt: skip
+           callback: Callable[[dict[str, Any]], None] | None = None, device: str = "auto", **options: Any) -> RecurrentResult:  # fmt: skip
     """Search a recurrent space (default: DARTS' 8-node space at the search size) on `data` (options['data'])."""
     from nasir.rnn.space import SEARCH_SIZE
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     runner = RecurrentSearch(space or SearchSpace(), lm or SEARCH_SIZE, RecurrentOptions(**options), Path(out),
                              cell_name=cell_name, network_name=network_name, source=source, progress=progress,
-                             stop_after_steps=stop_after_steps, artifacts=artifacts, callback=callback)  # fmt: skip
+                             stop_after_steps=stop_after_steps, artifacts=artifacts, callback=callback, device=device)  # fmt: skip
     return runner.run(resume=resume)

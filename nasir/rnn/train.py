@@ -11,6 +11,20 @@ Outputs in `out`: model.pt (best weights, a state_dict), metrics.jsonl, result.j
 A stop signal (or `stop_after_steps`) saves a checkpoint at the step boundary; `resume=True` restores
 weights, optimiser (SGD or ASGD with its averages), RNG states, position and hidden state, so the
 resumed run ends with the same weights as one that never stopped.
+
+Device and processes (as `nasir train` of a CNN, nasir/train.py): `device` is nasir/device.py's
+`select_device` (auto: CUDA when present; under torchrun this process's GPU, LOCAL_RANK). Under torchrun
+(WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (NCCL on GPUs, gloo on the CPU): the
+batch's B streams (columns of the batchified data) are split into equal contiguous slices, rank r
+carrying the hidden state of its B / world columns; every rank draws the same sequence lengths (the
+length generator is seeded by (seed, epoch)), so the per-rank losses are means over equally many words
+and DDP's average of their gradients is the gradient of the whole batch's mean loss; the clip then
+applies to that average. The dropout masks of rank r come from torch's generator seeded by (seed, r),
+so ranks draw independent masks. Validation and test run on every rank (the same weights, eval mode:
+the same numbers), so the switch to ASGD and the best weights agree without a collective; rank 0 writes
+every file. checkpoint.pt holds every rank's RNG states (nasir/device.py `rng_state`), the whole
+batch's hidden state (all columns, in rank order) and the summed training loss, so it resumes under
+the same number of processes.
 """
 
 from __future__ import annotations
@@ -25,11 +39,12 @@ from typing import Any
 import attrs
 import torch
 
+from nasir import device as dv
 from nasir.io import atomic_write, atomic_write_with
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.architect import evaluate, weight_step
 from nasir.rnn.cell import build
-from nasir.rnn.search import RecurrentInterrupted, _Stop, sequence_length
+from nasir.rnn.search import CheckpointMismatchError, RecurrentInterrupted, sequence_length
 from nasir.rnn.space import Genotype, LanguageModel
 
 CHECKPOINT = "checkpoint.pt"
@@ -62,6 +77,14 @@ class TrainResult:
     files: dict[str, Path]
 
 
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world): under torchrun the process group of nasir.train (started once, left at exit)."""
+    from nasir.train import init_distributed
+
+    d = init_distributed(device)
+    return d.rank, d.world
+
+
 def _ppl(nll: float) -> float:
     return math.exp(min(nll, 50.0))
 
@@ -69,26 +92,51 @@ def _ppl(nll: float) -> float:
 class LMTrainer:
     def __init__(self, genotype: Genotype, lm: LanguageModel, options: TrainOptions, out: Path, *,
                  corpus: corpus_mod.Corpus | None = None, progress: bool = False,
-                 stop_after_steps: int | None = None):  # fmt: skip
+                 stop_after_steps: int | None = None, device: str | torch.device = "auto"):  # fmt: skip
         self.opt, self.out = options, Path(out)
+        self.device = dv.select_device(device)
+        self.rank, self.world = _init_distributed(self.device)
+        if options.batch_size % self.world:
+            raise ValueError(f"the batch size {options.batch_size} does not split evenly over {self.world} processes")
         self.corpus = corpus if corpus is not None else corpus_mod.load(options.data)
         self.lm = attrs.evolve(lm, tokens=self.corpus.tokens)
         self.genotype, self.progress, self.stop_after_steps = genotype, progress, stop_after_steps
         torch.manual_seed(options.seed)
-        self.model = build(self.lm, genotype)
+        self.model = build(self.lm, genotype).to(self.device)  # built on the CPU: the same weights everywhere
+        self.net: torch.nn.Module = self.model  # what the training step calls: DDP's wrapper under torchrun
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            torch.manual_seed(options.seed * 1_000_003 + self.rank)  # this rank's own dropout masks
+        self.local_batch = options.batch_size // self.world
         self.asgd = False
         self.optimizer = self._optimizer()
-        self.train = corpus_mod.batchify(self.corpus.train, options.batch_size)
-        self.valid = corpus_mod.batchify(self.corpus.valid, options.eval_batch_size)
-        self.test = corpus_mod.batchify(self.corpus.test, options.test_batch_size)
+        train = corpus_mod.batchify(self.corpus.train, options.batch_size)
+        self.train = train[:, self.rank * self.local_batch : (self.rank + 1) * self.local_batch].contiguous().to(self.device)
+        self.valid = corpus_mod.batchify(self.corpus.valid, options.eval_batch_size).to(self.device)
+        self.test = corpus_mod.batchify(self.corpus.test, options.test_batch_size).to(self.device)
         self.history: list[dict[str, Any]] = []
         self.val_losses: list[float] = []
         self.best = math.inf
         self.epoch = self.pos = self.step = self.total_steps = 0
         self.sums = {"loss": 0.0, "words": 0.0}
-        self.hidden = self.model.init_hidden(options.batch_size)
+        self.hidden = self.model.init_hidden(self.local_batch)
         self.gen = torch.Generator()
-        self._stop = _Stop()
+        self._stop = dv.StopFlag()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def _gather(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """The whole batch's hidden state (every rank's columns, in rank order) and the summed loss/words."""
+        if self.world == 1:
+            return self.hidden.detach().cpu(), dict(self.sums)
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, (self.hidden.detach().cpu(), dict(self.sums)))
+        return torch.cat([h for h, _ in parts], dim=0), {k: sum(p[1][k] for p in parts) for k in self.sums}
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params, o = list(self.model.parameters()), self.opt
@@ -97,40 +145,48 @@ class LMTrainer:
         return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
 
     def state_dict(self) -> dict[str, Any]:
+        """Every rank calls it (collectives); only rank 0's is saved."""
+        hidden, sums = self._gather()
         return {
             "options": attrs.asdict(self.opt), "genotype": str(self.genotype), "model": self.model.state_dict(),
             "asgd": self.asgd, "optimizer": self.optimizer.state_dict(), "history": json.dumps(self.history),
             "val_losses": list(self.val_losses), "best": self.best, "epoch": self.epoch, "pos": self.pos,
-            "step": self.step, "total_steps": self.total_steps, "sums": dict(self.sums), "hidden": self.hidden,
-            "rng": torch.get_rng_state(), "gen": self.gen.get_state(),
+            "step": self.step, "total_steps": self.total_steps, "sums": sums, "hidden": hidden,
+            "rng": dv.rng_state(), "gen": self.gen.get_state(), "world": self.world,
         }  # fmt: skip
 
     def save(self) -> None:
         state = self.state_dict()
-        atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        if self.main:
+            atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
     def load(self) -> None:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
-        s = torch.load(path, map_location="cpu", weights_only=True)
-        if s["options"] != attrs.asdict(self.opt) or s["genotype"] != str(self.genotype):
-            raise ValueError(f"{path} was written by a training run with other settings; use another output directory")
+        s = dv.load_on_cpu(path)
+        if s["options"] != attrs.asdict(self.opt) or s["genotype"] != str(self.genotype) or not isinstance(s.get("rng"), dict):
+            raise CheckpointMismatchError(f"{path} was written by a training run with other settings; use another output directory")
+        if s.get("world", 1) != self.world:
+            raise CheckpointMismatchError(f"{path} was written by {s.get('world', 1)} process(es); resume it with as many (this run has {self.world})")
         self.model.load_state_dict(s["model"])
         self.asgd = bool(s["asgd"])
         self.optimizer = self._optimizer()
         self.optimizer.load_state_dict(s["optimizer"])
         self.history, self.val_losses, self.best = json.loads(s["history"]), list(s["val_losses"]), float(s["best"])
         self.epoch, self.pos, self.step, self.total_steps = s["epoch"], s["pos"], s["step"], s["total_steps"]
-        self.sums, self.hidden = dict(s["sums"]), s["hidden"]
-        torch.set_rng_state(s["rng"])
+        # the summed loss goes to rank 0 (the epoch's totals are summed over ranks), the hidden columns to their rank
+        self.sums = dict(s["sums"]) if self.main else {k: 0.0 for k in s["sums"]}
+        self.hidden = s["hidden"][self.rank * self.local_batch : (self.rank + 1) * self.local_batch].to(self.device)
+        for note in dv.restore_rng(s["rng"]):
+            print(f"nasir: note: {note}", file=sys.stderr)
         self.gen.set_state(s["gen"])
 
     def run(self, resume: bool = False) -> TrainResult:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load()
-        elif (self.out / CHECKPOINT).exists():
+        elif self.main and (self.out / CHECKPOINT).exists():
             (self.out / CHECKPOINT).unlink()
         with self._stop.installed():
             while self.epoch < self.opt.epochs:
@@ -152,7 +208,7 @@ class LMTrainer:
         o, model = self.opt, self.model
         if self.pos == 0 and self.step == 0:
             self.gen.manual_seed(o.seed * 100003 + self.epoch)
-            self.hidden = model.init_hidden(o.batch_size)
+            self.hidden = model.init_hidden(self.local_batch)
         t0 = time.time()
         model.train()
         while self.pos < self.train.size(0) - 2:
@@ -160,21 +216,22 @@ class LMTrainer:
                 break
             batch = corpus_mod.get_batch(self.train, self.pos, sequence_length(self.gen, o.bptt))
             L = batch[0].size(0)
-            nll, self.hidden = weight_step(model, self.optimizer, batch, self.hidden, clip=o.clip, ar=o.ar, tar=o.tar, lr_scale=L / o.bptt)
+            nll, self.hidden = weight_step(self.net, self.optimizer, batch, self.hidden, clip=o.clip, ar=o.ar, tar=o.tar, lr_scale=L / o.bptt)
             self.sums["loss"] += float(nll) * batch[1].numel()
             self.sums["words"] += batch[1].numel()
             self.pos += L
             self.step += 1
             self.total_steps += 1
-            if self._stop.requested or (self.stop_after_steps is not None and self.total_steps >= self.stop_after_steps):
+            if self._stop.agreed() or (self.stop_after_steps is not None and self.total_steps >= self.stop_after_steps):
                 self.save()
                 raise RecurrentInterrupted(self.out, self.epoch, self.step)
         saved = self._averaged() if self.asgd else []
         val = evaluate(model, self.valid, o.bptt, o.eval_batch_size)
         if val < self.best:
             self.best = val
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            atomic_write_with(self.out / "model.pt", lambda tmp: torch.save(state, tmp))
+            if self.main:
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                atomic_write_with(self.out / "model.pt", lambda tmp: torch.save(state, tmp))
         with torch.no_grad():
             for p, v in saved:
                 p.copy_(v)
@@ -185,32 +242,41 @@ class LMTrainer:
                 self.asgd, switched = True, True
                 self.optimizer = self._optimizer()
             self.val_losses.append(val)
-        words = max(self.sums["words"], 1)
-        record = {"epoch": self.epoch + 1, "train_ppl": _ppl(self.sums["loss"] / words), "valid_loss": val,
+        _, totals = self._gather()  # the epoch's loss over every rank's columns
+        words = max(totals["words"], 1)
+        record = {"epoch": self.epoch + 1, "train_ppl": _ppl(totals["loss"] / words), "valid_loss": val,
                   "valid_ppl": _ppl(val), "optimizer": "asgd" if self.asgd and not switched else "sgd",
                   "switched_to_asgd": switched, "steps": self.step, "seconds": time.time() - t0}  # fmt: skip
         self.history.append(record)
-        if self.progress:
+        if self.progress and self.main:
             print(f"epoch {record['epoch']}: train ppl {record['train_ppl']:.2f}, valid ppl {record['valid_ppl']:.2f} ({record['optimizer']})", file=sys.stderr)
         self.epoch += 1
         self.pos = self.step = 0
         self.sums = {"loss": 0.0, "words": 0.0}
-        atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.main:
+            atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.save()
 
     def finish(self) -> TrainResult:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has written model.pt
         best = torch.load(self.out / "model.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(best)
         test = evaluate(self.model, self.test, self.opt.bptt, self.opt.test_batch_size)
         result = {"valid_ppl": _ppl(self.best), "test_ppl": _ppl(test), "test_loss": test, "genotype": str(self.genotype),
                   "params": sum(p.numel() for p in self.model.parameters()), "epochs": self.epoch}  # fmt: skip
-        atomic_write(self.out / "result.json", json.dumps(result, indent=1) + "\n")
+        if self.main:
+            atomic_write(self.out / "result.json", json.dumps(result, indent=1) + "\n")
         files = {n: self.out / n for n in ("model.pt", "metrics.jsonl", "result.json", CHECKPOINT)}
         return TrainResult(self.out, result["valid_ppl"], result["test_ppl"], list(self.history), files)
 
 
 def train(genotype: Genotype, lm: LanguageModel, out: str | Path = "runs/lm", *, resume: bool = False,
-          progress: bool = False, stop_after_steps: int | None = None, **options: Any) -> TrainResult:  # fmt: skip
-    """Train `genotype` as a language model of size `lm` on options['data'] (embedded or ptb:PATH)."""
-    trainer = LMTrainer(genotype, lm, TrainOptions(**options), Path(out), progress=progress, stop_after_steps=stop_after_steps)
+          progress: bool = False, stop_after_steps: int | None = None, device: str = "auto", **options: Any) -> TrainResult:  # fmt: skip
+    """Train `genotype` as a language model of size `lm` on options['data'] (embedded or ptb:PATH);
+    under torchrun with DistributedDataParallel (module docstring)."""
+    trainer = LMTrainer(genotype, lm, TrainOptions(**options), Path(out), progress=progress, stop_after_steps=stop_after_steps,
+                        device=device)  # fmt: skip
     return trainer.run(resume=resume)

@@ -109,3 +109,32 @@ def test_alphas_from_a_device_or_fifo_are_refused_without_reading(tmp_path):
             draw(spec, tmp_path / "x.svg", alphas=path)
         assert e.value.diagnostics[0].message.startswith(f"cannot read alphas '{path}': ")
     assert not (tmp_path / "x.svg").exists()
+
+
+# ---- recurrent cells (docs/recurrent.md) ------------------------------------------------------------
+def test_a_derived_recurrent_cell_is_drawn_x_h_into_s0_nodes_and_the_mean(tmp_path):
+    from nasir.rnn.space import PUBLISHED, parse_genotype
+    from nasir.targets.draw import H_PREV, H_T, OUTPUT, X_T, _graph
+
+    spec = load(EXAMPLES / "darts_v2_rnn.cell")
+    cell = spec.cells[0]
+    g = _graph(cell)
+    # DARTS_V2, from the authors' genotype: node i reads state p through op
+    gene = parse_genotype(PUBLISHED["DARTS_V2"])[1].recurrent
+    want = {(X_T, "s0"), (H_PREV, "s0")} | {(f"s{p}", f"s{i}") for i, (_, p) in enumerate(gene, 1)} | {(f"s{i}", OUTPUT) for i in range(1, 9)}
+    assert set(g.edges()) == want and g.number_of_edges() == 2 + 8 + 8
+    ops_on = {(cell.edges[d["index"]].src, cell.edges[d["index"]].dst): cell.edges[d["index"]].op for _, _, d in g.edges(data=True) if d["index"] is not None}
+    assert ops_on == {(f"s{p}", f"s{i}"): op for i, (op, p) in enumerate(gene, 1)}
+    texts = Counter(svg_texts(draw(spec, tmp_path / "v2.svg")))
+    assert (texts["sigmoid"], texts["relu"], texts["tanh"], texts["identity"]) == (2, 3, 2, 1)
+    assert all(texts[n] == 1 for n in (X_T, H_PREV, H_T, "s0", "s1", "s8")) and texts["rnn (recurrent)"] == 1
+
+
+def test_a_recurrent_search_space_is_drawn_with_its_choices_and_shaded_by_alphas(tmp_path):
+    spec = load(EXAMPLES / "ptb.cell")
+    assert svg_texts(draw(spec, tmp_path / "space.svg")).count("choice(rnn_ops)") == 36
+    rows = [[3.0, 0.0, 0.0, 0.0, 0.0]] * 36  # none, tanh, relu, sigmoid, identity: `none` strongest ...
+    rows[0] = [3.0, 0.0, 1.0, 0.0, 0.0]  # ... edge s0 -> s1: relu the strongest real op
+    texts = svg_texts(draw(spec, tmp_path / "shaded.svg", alphas={"rnn": rows}))
+    assert f"relu {math.exp(1.0) / (math.exp(3.0) + 3 + math.exp(1.0)):.2f}" in texts
+    assert texts.count(f"tanh {1 / (math.exp(3.0) + 4):.2f}") == 35  # ties among real ops: the first, tanh

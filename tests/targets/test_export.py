@@ -195,7 +195,7 @@ def test_verify_export_prints_the_provider_it_ran_on(tmp_path, capsys):
     assert main(["compile", str(EXAMPLES / "darts_v2.cell"), "--target", "onnx", "-o", str(tmp_path / "m.onnx"), *flags]) == 0
     assert main(["verify-export", str(tmp_path / "m.onnx"), "--spec", str(EXAMPLES / "darts_v2.cell"), *flags]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "ran on CPUExecutionProvider" and "batch 8: max abs diff" in out
+    assert "ran on CPUExecutionProvider" in out.splitlines() and "batch 8: max abs diff" in out
 
 
 def test_packaging_installs_exactly_one_onnxruntime_wheel_per_extra():
