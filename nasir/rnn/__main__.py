@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="embedded")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out (its checkpoint, weights and metrics)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: LOCAL_RANK's GPU)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--seed", int), ("--bptt", int), ("--lr", float),
                        ("--limit-batches", int), ("--nonmono", int)):  # fmt: skip
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             r = api.train(args.file, args.data, args.out, overrides=args.overrides, resume=args.resume, epochs=args.epochs,
                           batch_size=args.batch_size, seed=args.seed, bptt=args.bptt, lr=args.lr,
-                          limit_batches=args.limit_batches, nonmono=args.nonmono, device=args.device)  # fmt: skip
+                          limit_batches=args.limit_batches, nonmono=args.nonmono, device=args.device, overwrite=args.overwrite)  # fmt: skip
             print(f"valid perplexity {r.valid_ppl:.2f}, test perplexity {r.test_ppl:.2f}; weights in {r.out / 'model.pt'}", file=sys.stderr)
         elif args.command == "compile":
             out = api.compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from nasir import ir
+from nasir import provenance as prov
 from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.lower import Lowered, lower
@@ -117,11 +118,16 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
         options = RecurrentOptions(**opts)
     except (TypeError, ValueError) as e:
         raise DiagnosticError([Diagnostic(str(e))]) from None
-    corpus = _corpus(data)
     out_dir = Path(out) if out is not None else Path("runs") / Path(spec.file).stem
+    from nasir.search.runner import claim_out
+
+    claim_out(out_dir, resume)  # as a CNN search: before any work (issue 14, items 7, 10, 16)
+    corpus = _corpus(data)
+    record = prov.record(spec, kind="recurrent-search", overrides=values, seed=options.seed, data=data)
     runner = RecurrentSearch(low.space, low.lm, options, out_dir, corpus=corpus, cell_name=low.cell.name,
                              network_name=low.network.name, source=spec.file, progress=progress,
                              stop_after_steps=stop_after_steps, artifacts=artifacts, cell=low.cell, device=device,
+                             provenance=record,
                              render=lambda g, lm, header: derived_text(derived_spec(spec, with_lm(low, lm), g, values), header))  # fmt: skip
     try:
         return runner.run(resume=resume)
@@ -130,28 +136,64 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str 
 
 
 def _derived(spec_or_path, overrides) -> Lowered:
-    _, low, _ = _load(spec_or_path, overrides)
+    return _derived_spec(spec_or_path, overrides)[1]
+
+
+def _derived_spec(spec_or_path, overrides) -> tuple[ir.Spec, Lowered, dict[str, Any]]:
+    spec, low, values = _load(spec_or_path, overrides)
     if low.genotype is None:
         raise error_at(low.cell.span, f"cell '{low.cell.name}' is a search space; derive it first (nasir search)")
-    return low
+    return spec, low, values
+
+
+TRAIN_FILES = ("checkpoint.pt", "model.pt", "metrics.jsonl", "result.json", prov.FILE)
+
+
+def claim_train_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """The training run directory, checked before any work (issue 14, items 7, 10, 16), as `nasir train`
+    of a CNN: a writable directory (not a file, not under one; nasir/search/runner.py `claim_out`, which
+    also removes stale `.*.tmp` files of an interrupted atomic write), holding no other run unless
+    `resume` (continue it) or `overwrite` (its run files are removed first)."""
+    import os
+
+    from nasir.search.runner import claim_out
+
+    if resume and overwrite:
+        raise DiagnosticError([Diagnostic("--overwrite and --resume contradict each other",
+                                          hint="--resume continues the run in --out; --overwrite replaces it")])  # fmt: skip
+    claim_out(out, resume=True)  # resume=True: the run files are checked here, with training's names
+    present = [f for f in TRAIN_FILES if (out / f).exists()]
+    if resume:
+        if present and not (out / "checkpoint.pt").exists():
+            raise DiagnosticError([Diagnostic(f"--resume: '{out}' holds a run ({', '.join(present)}) but no checkpoint.pt to continue from",
+                                              hint="train into another --out, or replace the run with --overwrite")])  # fmt: skip
+    elif present:
+        if not overwrite:
+            raise DiagnosticError([Diagnostic(f"--out '{out}' already holds a training run ({', '.join(present)})",
+                                              hint="continue it with --resume, replace it with --overwrite, or choose another --out")])  # fmt: skip
+        if int(os.environ.get("RANK", "0")) == 0:
+            for f in present:
+                (out / f).unlink()
 
 
 def train(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str | Path = "runs/lm", *,
           overrides: Overrides = None, resume: bool = False, progress: bool = True,
-          stop_after_steps: int | None = None, device: str = "auto", **flags: Any):  # fmt: skip
+          stop_after_steps: int | None = None, device: str = "auto", overwrite: bool = False, **flags: Any):  # fmt: skip
     """Train a derived recurrent cell as a language model (the authors' protocol, train.py); `device` auto
     (CUDA when present) | cpu | cuda | cuda:N; under torchrun with DDP (nasir/rnn/train.py)."""
     from nasir.rnn.search import CheckpointMismatchError
     from nasir.rnn.train import LMTrainer, TrainOptions
 
-    low = _derived(spec_or_path, overrides)
+    spec, low, values = _derived_spec(spec_or_path, overrides)
     try:
         options = TrainOptions(**{k: v for k, v in flags.items() if v is not None}, data=data)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise DiagnosticError([Diagnostic(str(e))]) from None
+    claim_train_out(Path(out), resume=resume, overwrite=overwrite)
+    record = prov.record(spec, kind="recurrent-train", overrides=values, seed=options.seed, data=data)
     try:
         trainer = LMTrainer(low.genotype, low.lm, options, Path(out), corpus=_corpus(data), progress=progress,
-                            stop_after_steps=stop_after_steps, device=device)  # fmt: skip
+                            stop_after_steps=stop_after_steps, device=device, provenance=record)  # fmt: skip
     except ValueError as e:
         raise DiagnosticError([Diagnostic(str(e))]) from None
     try:

@@ -82,7 +82,7 @@ def train_cli(args: Any) -> int | None:
         r = api.train(spec, _data(args.data), args.out, overrides=getattr(args, "overrides", None), resume=args.resume,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       clip=getattr(args, "grad_clip", None), seed=args.seed, limit_batches=args.limit_batches,
-                      device=getattr(args, "device", None) or "auto")  # fmt: skip
+                      device=getattr(args, "device", None) or "auto", overwrite=bool(getattr(args, "overwrite", False)))  # fmt: skip
     except RecurrentInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130

@@ -31,7 +31,8 @@ import attrs
 import torch
 
 from nasir import device as dv
-from nasir import ir
+from nasir import finite, ir
+from nasir import provenance as prov
 from nasir.io import atomic_write, atomic_write_with
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.architect import RecurrentArchitect, evaluate, weight_step
@@ -76,6 +77,11 @@ class RecurrentOptions:
         for name in ("epochs", "batch_size", "eval_batch_size", "bptt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        # NaN is not `< 0`: every float setting must be a finite number in its range (issue 14, item 2)
+        errors = finite.check_settings(attrs.asdict(self), positive=("lr", "a_lr", "clip"),
+                                       nonnegative=("weight_decay", "a_weight_decay", "ar", "tar"))  # fmt: skip
+        if errors:
+            raise ValueError("; ".join(errors))
 
 
 class CheckpointMismatchError(ValueError):
@@ -135,8 +141,11 @@ class RecurrentSearch:
                  source: str = "", progress: bool = False, stop_after_steps: int | None = None,
                  artifacts: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
                  render: Callable[[Genotype, LanguageModel, str], str] | None = None, cell: ir.Cell | None = None,
-                 device: str | torch.device = "auto"):  # fmt: skip
+                 device: str | torch.device = "auto", provenance: dict[str, Any] | None = None):  # fmt: skip
         self.space, self.opt, self.out = space, options, Path(out)
+        # what the search is made from (nasir/provenance.py): in provenance.json and checkpoint.pt, compared on resume
+        self.provenance = provenance
+        self.loss_watch, self.arch_watch = finite.FiniteWatch(), finite.FiniteWatch()  # nasir/finite.py
         self.device = dv.select_device(device)  # auto: CUDA when present
         self.cell = cell  # the search cell's IR (the .cell file's), derived by passes/derive.py; None: the space's
         self.corpus = corpus if corpus is not None else corpus_mod.load(options.data)
@@ -166,6 +175,7 @@ class RecurrentSearch:
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": CHECKPOINT_VERSION,
+            "provenance": self.provenance,
             "options": attrs.asdict(self.opt),
             "space": {"nodes": self.space.nodes, "ops": list(self.space.ops), "output": list(self.space.output)},
             "model": self.model.state_dict(),
@@ -179,14 +189,35 @@ class RecurrentSearch:
         }  # fmt: skip
 
     def save(self) -> None:
+        self.check_finite()
         state = self.state_dict()
+        if not finite.state_is_finite(state["model"]):  # the losses were finite, the last update was not
+            raise self._diverged(f"the supernet's weights or architecture variables are not finite at epoch {self.epoch + 1}, step {self.step}")
         atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
+        kept = "checkpoint.pt keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"
+        return finite.NonFiniteError(f"search stopped: {what}; {kept}; nothing derived from it was written",
+                                     hint="a smaller --lr or arch_lr usually keeps the losses finite", step=step)  # fmt: skip
+
+    def check_finite(self) -> None:
+        """Stop at the first non-finite weight or architecture loss, naming its epoch and step (one host read).
+        The bad step lies in this epoch: the check runs at least at every epoch's end."""
+        for watch, what in ((self.loss_watch, "training loss"), (self.arch_watch, "architecture loss")):
+            bad = watch.first(device=self.device)
+            if bad is not None:
+                g, value = bad
+                start = self.total_steps - self.step  # the global step this epoch began at
+                raise self._diverged(f"the {what} is {finite.describe(value)} at epoch {self.epoch + 1}, step {g - start + 1}", g)
 
     def load(self) -> None:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
         state = dv.load_on_cpu(path)
+        if self.provenance is not None:  # before the settings: say which of spec, overrides, seed, data differs
+            prov.require_same(prov.of(state), self.provenance, prov.RESUME, f"--resume: '{path}'",
+                              hint="resume with the spec, --set values, --seed and --data the search started with")  # fmt: skip
         if state.get("version") != CHECKPOINT_VERSION or state["options"] != attrs.asdict(self.opt):
             raise CheckpointMismatchError(f"{path} was written by a search with other settings; use another output directory")
         self.model.load_state_dict(state["model"])
@@ -208,6 +239,8 @@ class RecurrentSearch:
             self.load()
         elif (self.out / CHECKPOINT).exists():
             (self.out / CHECKPOINT).unlink()
+        if self.provenance is not None:
+            prov.write(self.out, self.provenance)
         with self._stop.installed():
             while self.epoch < self.opt.epochs:
                 self._epoch()
@@ -232,11 +265,15 @@ class RecurrentSearch:
                 valid = corpus_mod.get_batch(self.valid, self.pos % (self.valid.size(0) - 1), opt.bptt)
                 xi = self.optimizer.param_groups[0]["lr"]
                 aloss, self.h_valid = self.architect.step(train, self.h_train, valid, self.h_valid, xi)
+                self.arch_watch.observe(torch.as_tensor(aloss), self.total_steps)
                 self.meter.record_grads({self.cell_name: self.architect.last_grads[0]})
                 self.sums["arch_loss"] += float(aloss)
                 self.sums["arch_steps"] += 1
             nll, self.h_train = weight_step(model, self.optimizer, train, self.h_train, clip=opt.clip, ar=opt.ar,
                                             tar=opt.tar, lr_scale=train[0].size(0) / opt.bptt)  # fmt: skip
+            self.loss_watch.observe(torch.as_tensor(nll), self.total_steps)
+            if self.device.type == "cpu":
+                self.check_finite()  # nothing to wait for on the CPU: stop at once (nasir/finite.py)
             n = train[1].numel()
             self.sums["loss"] += float(nll) * n
             self.sums["words"] += n
@@ -248,7 +285,12 @@ class RecurrentSearch:
             if self._stop.requested or (self.stop_after_steps is not None and self.total_steps >= self.stop_after_steps):
                 self.save()
                 raise RecurrentInterrupted(self.out, self.epoch, self.step)
+        self.check_finite()
+        if not finite.state_is_finite(model.state_dict()):
+            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + 1}")
         valid_nll = evaluate(model, self.valid_eval, opt.bptt, opt.eval_batch_size)
+        if not math.isfinite(valid_nll):
+            raise self._diverged(f"the validation loss is {finite.describe(valid_nll)} after epoch {self.epoch + 1}")
         genotype = self.genotype()
         s = self.sums
         record = {

@@ -40,6 +40,8 @@ import attrs
 import torch
 
 from nasir import device as dv
+from nasir import finite
+from nasir import provenance as prov
 from nasir.io import atomic_write, atomic_write_with
 from nasir.rnn import corpus as corpus_mod
 from nasir.rnn.architect import evaluate, weight_step
@@ -67,6 +69,12 @@ class TrainOptions:
     data: str = "embedded"
     limit_batches: int | None = None
 
+    def __attrs_post_init__(self):
+        # NaN is not `< 0`: every float setting must be a finite number in its range (issue 14, item 2)
+        errors = finite.check_settings(attrs.asdict(self), positive=("lr", "clip"), nonnegative=("weight_decay", "ar", "tar"))
+        if errors:
+            raise ValueError("; ".join(errors))
+
 
 @attrs.frozen
 class TrainResult:
@@ -92,8 +100,12 @@ def _ppl(nll: float) -> float:
 class LMTrainer:
     def __init__(self, genotype: Genotype, lm: LanguageModel, options: TrainOptions, out: Path, *,
                  corpus: corpus_mod.Corpus | None = None, progress: bool = False,
-                 stop_after_steps: int | None = None, device: str | torch.device = "auto"):  # fmt: skip
+                 stop_after_steps: int | None = None, device: str | torch.device = "auto",
+                 provenance: dict[str, Any] | None = None):  # fmt: skip
         self.opt, self.out = options, Path(out)
+        # what the run is made from (nasir/provenance.py): in provenance.json and checkpoint.pt, compared on resume
+        self.provenance = provenance
+        self.watch = finite.FiniteWatch()  # the first non-finite training loss, kept on the device (nasir/finite.py)
         self.device = dv.select_device(device)
         self.rank, self.world = _init_distributed(self.device)
         if options.batch_size % self.world:
@@ -148,7 +160,7 @@ class LMTrainer:
         """Every rank calls it (collectives); only rank 0's is saved."""
         hidden, sums = self._gather()
         return {
-            "options": attrs.asdict(self.opt), "genotype": str(self.genotype), "model": self.model.state_dict(),
+            "provenance": self.provenance, "options": attrs.asdict(self.opt), "genotype": str(self.genotype), "model": self.model.state_dict(),
             "asgd": self.asgd, "optimizer": self.optimizer.state_dict(), "history": json.dumps(self.history),
             "val_losses": list(self.val_losses), "best": self.best, "epoch": self.epoch, "pos": self.pos,
             "step": self.step, "total_steps": self.total_steps, "sums": sums, "hidden": hidden,
@@ -156,15 +168,35 @@ class LMTrainer:
         }  # fmt: skip
 
     def save(self) -> None:
+        self.check_finite()
         state = self.state_dict()
+        if not finite.state_is_finite(state["model"]):  # the losses were finite, the last update was not
+            raise self._diverged(f"the weights are not finite at epoch {self.epoch + 1}, step {self.step}")
         if self.main:
             atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
+        kept = f"{self.out / CHECKPOINT} keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"
+        return finite.NonFiniteError(f"training stopped: {what}; {kept}; no non-finite weights were written",
+                                     hint="a smaller --lr, or --grad-clip, usually keeps the loss finite", step=step)  # fmt: skip
+
+    def check_finite(self) -> None:
+        """Stop at the first non-finite training loss, naming its epoch and step (one host read; every rank
+        calls it at the same points). The bad step lies in this epoch: the check runs at every epoch's end."""
+        bad = self.watch.first(distributed=self.world > 1, device=self.device)
+        if bad is not None:
+            g, value = bad
+            start = self.total_steps - self.step  # the global step this epoch began at
+            raise self._diverged(f"the training loss is {finite.describe(value)} at epoch {self.epoch + 1}, step {g - start + 1}", g)
 
     def load(self) -> None:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
         s = dv.load_on_cpu(path)
+        if self.provenance is not None:  # before the settings: say which of spec, overrides, seed, data differs
+            prov.require_same(prov.of(s), self.provenance, prov.RESUME, f"--resume: '{path}'",
+                              hint="resume with the spec, --set values, --seed and --data the run started with")  # fmt: skip
         if s["options"] != attrs.asdict(self.opt) or s["genotype"] != str(self.genotype) or not isinstance(s.get("rng"), dict):
             raise CheckpointMismatchError(f"{path} was written by a training run with other settings; use another output directory")
         if s.get("world", 1) != self.world:
@@ -188,6 +220,8 @@ class LMTrainer:
             self.load()
         elif self.main and (self.out / CHECKPOINT).exists():
             (self.out / CHECKPOINT).unlink()
+        if self.main and self.provenance is not None:
+            prov.write(self.out, self.provenance)
         with self._stop.installed():
             while self.epoch < self.opt.epochs:
                 self._epoch()
@@ -217,6 +251,9 @@ class LMTrainer:
             batch = corpus_mod.get_batch(self.train, self.pos, sequence_length(self.gen, o.bptt))
             L = batch[0].size(0)
             nll, self.hidden = weight_step(self.net, self.optimizer, batch, self.hidden, clip=o.clip, ar=o.ar, tar=o.tar, lr_scale=L / o.bptt)
+            self.watch.observe(torch.as_tensor(nll), self.total_steps)
+            if self.device.type == "cpu":
+                self.check_finite()  # nothing to wait for on the CPU: stop at once (nasir/finite.py)
             self.sums["loss"] += float(nll) * batch[1].numel()
             self.sums["words"] += batch[1].numel()
             self.pos += L
@@ -225,8 +262,13 @@ class LMTrainer:
             if self._stop.agreed() or (self.stop_after_steps is not None and self.total_steps >= self.stop_after_steps):
                 self.save()
                 raise RecurrentInterrupted(self.out, self.epoch, self.step)
+        self.check_finite()
+        if not finite.state_is_finite(model.state_dict()):
+            raise self._diverged(f"the weights are not finite after epoch {self.epoch + 1}")
         saved = self._averaged() if self.asgd else []
         val = evaluate(model, self.valid, o.bptt, o.eval_batch_size)
+        if not math.isfinite(val):
+            raise self._diverged(f"the validation loss is {finite.describe(val)} after epoch {self.epoch + 1}")
         if val < self.best:
             self.best = val
             if self.main:
