@@ -183,7 +183,7 @@ class RecurrentSearch:
             "architect": self.architect.state_dict(),
             "meter": self.meter.state_dict(),
             "epoch": self.epoch, "pos": self.pos, "step": self.step, "total_steps": self.total_steps,
-            "sums": dict(self.sums), "history": json.dumps(self.history),
+            "sums": self._host_sums(), "history": json.dumps(self.history),
             "h_train": self.h_train, "h_valid": self.h_valid,
             "rng": dv.rng_state(), "gen": self.gen.get_state(),
         }  # fmt: skip
@@ -232,6 +232,9 @@ class RecurrentSearch:
             print(f"nasir: note: {note}", file=sys.stderr)
         self.gen.set_state(state["gen"])
 
+    def _host_sums(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.sums.items()}  # one host read per value
+
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RecurrentResult:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +270,7 @@ class RecurrentSearch:
                 aloss, self.h_valid = self.architect.step(train, self.h_train, valid, self.h_valid, xi)
                 self.arch_watch.observe(torch.as_tensor(aloss), self.total_steps)
                 self.meter.record_grads({self.cell_name: self.architect.last_grads[0]})
-                self.sums["arch_loss"] += float(aloss)
+                self.sums["arch_loss"] += aloss.double()  # summed on the device: no host read per step (nasir/finite.py)
                 self.sums["arch_steps"] += 1
             nll, self.h_train = weight_step(model, self.optimizer, train, self.h_train, clip=opt.clip, ar=opt.ar,
                                             tar=opt.tar, lr_scale=train[0].size(0) / opt.bptt)  # fmt: skip
@@ -275,7 +278,7 @@ class RecurrentSearch:
             if self.device.type == "cpu":
                 self.check_finite()  # nothing to wait for on the CPU: stop at once (nasir/finite.py)
             n = train[1].numel()
-            self.sums["loss"] += float(nll) * n
+            self.sums["loss"] += nll.double() * n  # float64, as the host sum it replaces: the same bits
             self.sums["words"] += n
             self.pos += train[0].size(0)
             self.step += 1
@@ -292,7 +295,7 @@ class RecurrentSearch:
         if not math.isfinite(valid_nll):
             raise self._diverged(f"the validation loss is {finite.describe(valid_nll)} after epoch {self.epoch + 1}")
         genotype = self.genotype()
-        s = self.sums
+        s = self.sums = self._host_sums()
         record = {
             "epoch": self.epoch + 1,
             "train_loss": s["loss"] / max(s["words"], 1),

@@ -142,12 +142,13 @@ class LMTrainer:
 
     def _gather(self) -> tuple[torch.Tensor, dict[str, float]]:
         """The whole batch's hidden state (every rank's columns, in rank order) and the summed loss/words."""
+        sums = {k: float(v) for k, v in self.sums.items()}  # the loss is summed on the device (no host read per step)
         if self.world == 1:
-            return self.hidden.detach().cpu(), dict(self.sums)
+            return self.hidden.detach().cpu(), sums
         import torch.distributed as dist
 
         parts: list[Any] = [None] * self.world
-        dist.all_gather_object(parts, (self.hidden.detach().cpu(), dict(self.sums)))
+        dist.all_gather_object(parts, (self.hidden.detach().cpu(), sums))
         return torch.cat([h for h, _ in parts], dim=0), {k: sum(p[1][k] for p in parts) for k in self.sums}
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -254,7 +255,7 @@ class LMTrainer:
             self.watch.observe(torch.as_tensor(nll), self.total_steps)
             if self.device.type == "cpu":
                 self.check_finite()  # nothing to wait for on the CPU: stop at once (nasir/finite.py)
-            self.sums["loss"] += float(nll) * batch[1].numel()
+            self.sums["loss"] += nll.double() * batch[1].numel()  # float64, as the host sum it replaced: the same bits
             self.sums["words"] += batch[1].numel()
             self.pos += L
             self.step += 1
