@@ -33,7 +33,7 @@ from nasir import device as dv
 from nasir import finite, ir, limits
 from nasir import provenance as prov
 from nasir.diagnostics import Diagnostic, DiagnosticError
-from nasir.io import atomic_write_with
+from nasir.io import atomic_write_with, remove_stale_temporaries, writable_dir
 from nasir.search import data as data_mod
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -498,26 +498,18 @@ def _out_error(message: str, hint: str | None = None) -> DiagnosticError:
     return DiagnosticError([Diagnostic(message, hint=hint)])
 
 
-def claim_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+def claim_out(out: Path, *, resume: bool, overwrite: bool, files: tuple[str, ...] = RUN_FILES, resume_from: str = "last.pt") -> None:
     """Check the run directory before any work (issue 14, items 7 and 16): a directory nasir can write,
     not holding another run unless `resume` or `overwrite`. `overwrite` removes the run files; stale
     temporary files of an interrupted atomic write (`.last.pt.*.tmp`) are removed in any case.
     Messages start with --out so that the CLI points them at the flag."""
     if resume and overwrite:
         raise _out_error("--overwrite and --resume contradict each other", "--resume continues the run in --out; --overwrite replaces it")
-    blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
-    if blocker is not None:
-        raise _out_error(f"--out '{out}': '{blocker}' is a file, not a directory", "choose a directory for the run")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _out_error(f"--out '{out}': cannot create the directory: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise _out_error(f"--out '{out}': the directory is not writable", "choose a directory you can write")
-    present = [f for f in RUN_FILES if (out / f).exists()]
+    writable_dir(out, "run")
+    present = [f for f in files if (out / f).exists()]
     if resume:
-        if present and not (out / "last.pt").exists():
-            raise _out_error(f"--resume: '{out}' holds a run ({', '.join(present)}) but no last.pt to continue from",
+        if present and not (out / resume_from).exists():
+            raise _out_error(f"--resume: '{out}' holds a run ({', '.join(present)}) but no {resume_from} to continue from",
                              "train into another --out, or replace the run with --overwrite")  # fmt: skip
     elif present:
         if not overwrite:
@@ -526,10 +518,7 @@ def claim_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             for f in present:
                 (out / f).unlink()
-    if int(os.environ.get("RANK", "0")) == 0:
-        for f in RUN_FILES:
-            for tmp in out.glob(f".{f}.*.tmp"):  # left by a kill during nasir.io.atomic_write_with
-                tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(out, files)
 
 
 def _train_classifier(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str, resume: bool,

@@ -150,30 +150,11 @@ TRAIN_FILES = ("checkpoint.pt", "model.pt", "metrics.jsonl", "result.json", prov
 
 
 def claim_train_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """The training run directory, checked before any work (issue 14, items 7, 10, 16), as `nasir train`
-    of a CNN: a writable directory (not a file, not under one; nasir/search/runner.py `claim_out`, which
-    also removes stale `.*.tmp` files of an interrupted atomic write), holding no other run unless
-    `resume` (continue it) or `overwrite` (its run files are removed first)."""
-    import os
+    """The training run directory, checked before any work as `nasir train` of a CNN does
+    (nasir/train.py `claim_out`, issue 14, items 7, 10, 16), with the language model's run files."""
+    from nasir.train import claim_out
 
-    from nasir.search.runner import claim_out
-
-    if resume and overwrite:
-        raise DiagnosticError([Diagnostic("--overwrite and --resume contradict each other",
-                                          hint="--resume continues the run in --out; --overwrite replaces it")])  # fmt: skip
-    claim_out(out, resume=True)  # resume=True: the run files are checked here, with training's names
-    present = [f for f in TRAIN_FILES if (out / f).exists()]
-    if resume:
-        if present and not (out / "checkpoint.pt").exists():
-            raise DiagnosticError([Diagnostic(f"--resume: '{out}' holds a run ({', '.join(present)}) but no checkpoint.pt to continue from",
-                                              hint="train into another --out, or replace the run with --overwrite")])  # fmt: skip
-    elif present:
-        if not overwrite:
-            raise DiagnosticError([Diagnostic(f"--out '{out}' already holds a training run ({', '.join(present)})",
-                                              hint="continue it with --resume, replace it with --overwrite, or choose another --out")])  # fmt: skip
-        if int(os.environ.get("RANK", "0")) == 0:
-            for f in present:
-                (out / f).unlink()
+    claim_out(out, resume=resume, overwrite=overwrite, files=TRAIN_FILES, resume_from="checkpoint.pt")
 
 
 def train(spec_or_path: ir.Spec | str | Path, data: str = "embedded", out: str | Path = "runs/lm", *,

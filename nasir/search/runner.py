@@ -993,23 +993,12 @@ def claim_out(out: Path, resume: bool) -> None:
     """The run directory, checked before any work: a directory nasir can create and write (not a file,
     not under one), holding no other search unless `resume`. Temporary files of an atomic write that
     a kill interrupted (`.checkpoint.pt.*.tmp`, each a whole supernet) are removed."""
-    import os
+    from nasir.io import remove_stale_temporaries, writable_dir
 
-    blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
-    if blocker is not None:
-        raise _flag_error(f"--out '{out}': '{blocker}' is a file, not a directory", "choose a directory for the search")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _flag_error(f"--out '{out}': cannot create the directory: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise _flag_error(f"--out '{out}': the directory is not writable", "choose a directory you can write")
+    writable_dir(out, "search")
     if not resume and (out / CHECKPOINT).exists():
         raise _flag_error(f"'{out}' already holds a search (checkpoint.pt)", "continue it with --resume, or choose another --out")
-    if int(os.environ.get("RANK", "0")) == 0:
-        for tmp in out.glob(".*.tmp"):  # nasir.io.atomic_write_with names them .NAME.RANDOM.tmp
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(out)
 
 
 def check_space(spec: ir.Spec, plan: Plan, options: Options) -> None:
