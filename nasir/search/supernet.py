@@ -87,9 +87,10 @@ class _DilatedDepthwise(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, stride: int, padding: int, dilation: int):
+    def forward(ctx, x, w, stride: int, padding: int, dilation: int, native_weight_grad: bool = False):
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation)
+        ctx.native_weight_grad = native_weight_grad
         return F.conv2d(x, w, None, stride, padding, dilation, x.shape[1])
 
     @staticmethod
@@ -99,12 +100,12 @@ class _DilatedDepthwise(torch.autograd.Function):
         gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d) if _needed(ctx, 0) else None
         gw = None
         if _needed(ctx, 1):
-            if s == 1:  # oneDNN's own weight gradient is the faster one at stride 1 (docs/performance.md)
+            if s == 1 and ctx.native_weight_grad:  # oneDNN's is the faster one at stride 1 (docs/performance.md)
                 gw = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [p, p], [d, d], False, [0, 0],
                                                          x.shape[1], [False, True, False])[1]  # fmt: skip
             else:
                 gw = _dw_weight_grad(x, g, w.shape[-1], s, p, d)
-        return gx, gw, None, None, None
+        return gx, gw, None, None, None, None
 
 
 def _needed(ctx, i: int, edge: int | None = None) -> bool:
@@ -123,12 +124,18 @@ def _needed(ctx, i: int, edge: int | None = None) -> bool:
 
 
 class DilatedDepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state) for dilated depthwise convs; the fast backward on CPU."""
+    """nn.Conv2d (same parameters and state) for dilated depthwise convs; the fast backward on CPU.
+
+    `native_weight_grad` (set with fusion): the stride-1 weight gradient comes from oneDNN (faster, other
+    rounding); off, every weight gradient is the per-tap sum, as before fusion existed."""
+
+    native_weight_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):  # autocast casts stock convs only
             return super().forward(x)
-        return _DilatedDepthwise.apply(x, self.weight, self.stride[0], self.padding[0], self.dilation[0])
+        return _DilatedDepthwise.apply(x, self.weight, self.stride[0], self.padding[0], self.dilation[0],
+                                       self.native_weight_grad)  # fmt: skip
 
 
 def _is_dilated_depthwise(m: nn.Module) -> bool:
@@ -137,13 +144,14 @@ def _is_dilated_depthwise(m: nn.Module) -> bool:
             and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1])  # fmt: skip
 
 
-def use_fast_dilated_depthwise(module: nn.Module) -> int:
+def use_fast_dilated_depthwise(module: nn.Module, native_weight_grad: bool = False) -> int:
     """Swap every dilated depthwise nn.Conv2d for DilatedDepthwiseConv2d in place; returns how many."""
     n = 0
     for m in module.modules():
         for _name, child in m.named_children():
             if _is_dilated_depthwise(child):
                 child.__class__ = DilatedDepthwiseConv2d
+                child.native_weight_grad = native_weight_grad
                 n += 1
     return n
 
@@ -499,7 +507,7 @@ class Supernet(nn.Module):
 
         self.net = Network(spec, plan, make_op=make_op, affine=False)
         if fast_dilated:
-            use_fast_dilated_depthwise(self.net)
+            use_fast_dilated_depthwise(self.net, native_weight_grad=fuse)
         if fuse:
             use_fused_cells(self.net, spec)
         used = {b.cell for b in plan.cells}
