@@ -1,7 +1,8 @@
 """Search-step cost of the DARTS supernet (C = 16, 8 layers, 32 x 32 input): nasir against the original.
 
-    python benchmarks/search_step.py                       # batch 32 and 64, every variant
+    python benchmarks/search_step.py --original ../shared/peers/quark0-darts-cnn   # the goals' run
     python benchmarks/search_step.py --batches 32 --steps 1 --variants reference,nasir
+    python benchmarks/search_step.py --variants original:weight,nasir:weight+arch1 --original PATH
 
 Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
 a warm-up step, then `--steps` timed steps of each kind, the median reported:
@@ -9,23 +10,29 @@ a warm-up step, then `--steps` timed steps of each kind, the median reported:
   arch1   first-order architecture step (methods.md, DARTS, xi = 0)
   arch2   second-order architecture step (finite-difference Hessian-vector product)
 Peak memory is the child's ru_maxrss after its weight steps (what performance.md quotes) and after all.
+A variant may name its kinds: `nasir-lowmem:weight` times only the weight step.
 
 Variants, each adding one change to the one before, so the ratios say what each change bought:
-  reference      a plain re-implementation of the original DARTS code (quark0/darts model_search.py,
-                 operations.py, architect.py): every op computed (Zero too), NCHW, loss.backward() for
-                 the first-order step, a model copy for the unrolled step
-  nasir-nchw     nasir's supernet built from examples/darts.cell: `none` skipped (zero_ops), alpha-only
-                 backward passes, no model copy; NCHW, stock convolutions
+  original       the original DARTS search code itself (model_search.py, architect.py of quark0/darts),
+                 imported at run time from the copy `--original PATH` points at (never copied here),
+                 driven as its train_search.py drives it (weight step, Architect.step unrolled or not)
+  reference      a plain re-implementation of that code (kept for machines without the copy)
+  nasir-nchw     nasir's supernet built from examples/darts.cell, op by op (fuse=False): `none` skipped
+                 (zero_ops), alpha-only backward passes, no model copy; NCHW, stock convolutions
   nasir-nhwc     + channels_last
-  nasir          + the dilated depthwise backward of nasir/search/supernet.py (nasir's default on CPU)
-  nasir-keepmem  + freed memory kept in the process between steps (runner.keep_freed_memory, glibc mallopt)
-  nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op), memory kept as in nasir-keepmem
+  nasir-unfused  + the dilated depthwise backward of nasir/search/supernet.py (the pre-fusion default)
+  nasir-fused    + fusion (passes/fuse.py: one ReLU and one pooling per state, weights folded into BN,
+                 fused weighted sum)
+  nasir          + freed memory kept in the process between steps (runner.keep_freed_memory): what
+                 `nasir search` runs by default on a CPU
+  nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op)
   nasir-pc4      PC-DARTS on the same space (method pcdarts, K = 4: partial channels + edge normalisation),
-                 otherwise as nasir-keepmem; performance.md's target: peak memory <= 0.35 x full DARTS
+                 otherwise as nasir; performance.md's target: peak memory <= 0.35 x full DARTS
 
-Machines are shared and noisy (performance.md): compare variants of one run only; the thread count is
-fixed (`--threads`, default 2, as the original figures); another process on the cores makes 2-thread
-timings jump (OpenMP waits on a descheduled thread), so look at the load average printed with each row.
+Ratios are taken against `original` when it ran, else against `reference`. Machines are shared and noisy
+(performance.md): compare variants of one run only; the thread count is fixed (`--threads`, default 2, as
+the original figures); another process on the cores makes 2-thread timings jump (OpenMP waits on a
+descheduled thread), so look at the load average printed with each row.
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("reference", "nasir-nchw", "nasir-nhwc", "nasir", "nasir-keepmem", "nasir-lowmem", "nasir-pc4")
+VARIANTS = ("original", "reference", "nasir-nchw", "nasir-nhwc", "nasir-unfused", "nasir-fused", "nasir", "nasir-lowmem",
+            "nasir-pc4")
+# The goals' run (issue 15): the original and nasir's default at batch 32 and 64, the steps that matter.
+GOALS = "original,nasir,nasir-lowmem:weight,nasir-unfused:weight"
 KINDS = ("weight", "arch1", "arch2")
 ORIGINAL = {32: {"weight": 8.8, "arch1": 8.8, "arch2": 26.9, "rss_gib": 5.1}, 64: {"weight": 13.4, "rss_gib": 9.5}}
 
@@ -238,7 +248,21 @@ class ReferenceArchitect:
 
 
 # ---- one configuration in this process -----------------------------------------------------------
-def child(variant: str, batch: int, steps: int, kinds: list[str]) -> dict:
+def original_code(path: Path):
+    """model_search and architect of the original DARTS code at `path`, imported from there."""
+    path = Path(path).resolve()
+    if not (path / "model_search.py").is_file() or not (path / "architect.py").is_file():
+        print(f"search_step.py: error: --original {path}: no model_search.py and architect.py there "
+              "(point it at a copy of quark0/darts' cnn/ folder)", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    sys.path.insert(0, str(path))
+    import architect  # type: ignore[import-not-found]
+    import model_search  # type: ignore[import-not-found]
+
+    return model_search, architect
+
+
+def child(variant: str, batch: int, steps: int, kinds: list[str], original: Path | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -246,7 +270,34 @@ def child(variant: str, batch: int, steps: int, kinds: list[str]) -> dict:
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
     train, valid = (x, y), (x.flip(0), y.flip(0))
-    if variant == "reference":
+    if variant == "original":
+        import types
+
+        if original is None:
+            raise SystemExit("search_step.py: error: the 'original' variant needs --original PATH")
+        model_search, architect = original_code(original)
+        criterion = torch.nn.CrossEntropyLoss()
+        model = model_search.Network(16, 10, 8, criterion)
+        params = list(model.parameters())
+        w_opt = torch.optim.SGD(params, 0.025, momentum=0.9, weight_decay=3e-4)
+        # train_search.py's defaults: momentum 0.9, weight decay 3e-4, arch lr 3e-4, arch weight decay 1e-3
+        arch = architect.Architect(model, types.SimpleNamespace(momentum=0.9, weight_decay=3e-4,
+                                                                arch_learning_rate=3e-4, arch_weight_decay=1e-3))  # fmt: skip
+
+        def weight():  # train_search.py's train(): zero_grad, forward, loss, backward, clip 5, step
+            w_opt.zero_grad()
+            criterion(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            w_opt.step()
+
+        def arch1():
+            arch.step(*train, *valid, 0.025, w_opt, unrolled=False)
+
+        def arch2():
+            arch.step(*train, *valid, 0.025, w_opt, unrolled=True)
+
+        n_weights = sum(p.numel() for p in params)
+    elif variant == "reference":
         model = reference_model()
         params = list(model.parameters())
         w_opt = torch.optim.SGD(params, 0.025, momentum=0.9, weight_decay=3e-4)
@@ -271,11 +322,14 @@ def child(variant: str, batch: int, steps: int, kinds: list[str]) -> dict:
         from nasir.search.runner import keep_freed_memory
         from nasir.search.supernet import build_supernet
 
-        if variant in ("nasir-keepmem", "nasir-lowmem", "nasir-pc4"):
+        if variant not in VARIANTS:
+            raise SystemExit(f"search_step.py: error: unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
+        if variant in ("nasir", "nasir-lowmem", "nasir-pc4"):
             keep_freed_memory()
+        unfused = ("nasir-nchw", "nasir-nhwc", "nasir-unfused")
         model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0, channels_last=variant != "nasir-nchw",
                                low_memory=variant == "nasir-lowmem", fast_dilated=variant not in ("nasir-nchw", "nasir-nhwc"),
-                               partial_channels=4 if variant == "nasir-pc4" else 1)  # fmt: skip
+                               partial_channels=4 if variant == "nasir-pc4" else 1, fuse=variant not in unfused)  # fmt: skip
         w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
         a1, a2 = Architect(model, w_opt, order=1), Architect(model, w_opt, order=2)
 
@@ -315,10 +369,15 @@ def _fmt(v: float | None, unit: str = "s") -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--steps", type=int, default=2, help="timed steps per kind (after one warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per kind (after one warm-up; the median is reported)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--variants", help="comma-separated, each `name` or `name:kind+kind` "
+                   f"(default with --original: {GOALS}; without: every variant but 'original')")
+    p.add_argument("--kinds", default=",".join(KINDS), help="the kinds of a variant that names none")
+    p.add_argument("--arch-batches", type=int, nargs="+",
+                   help="run architecture steps only at these batch sizes (default: every batch; with --original "
+                        "and no --variants: the first batch only, as the goals ask for the weight step alone at 64)")
+    p.add_argument("--original", type=Path, help="a copy of the original DARTS search code (quark0/darts cnn/) to time beside nasir")
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -328,16 +387,37 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-        print(json.dumps(child(a.child, a.batch, a.steps, kinds)))
+        print(json.dumps(child(a.child, a.batch, a.steps, kinds, a.original)))
         return 0
+    if a.original is not None:
+        original_code(a.original)  # a wrong path fails here, before any child runs
+    goals = a.variants is None and a.original is not None
+    variants = a.variants or (GOALS if goals else ",".join(v for v in VARIANTS if v != "original"))
+    arch_batches = a.arch_batches or (a.batches[:1] if goals else a.batches)
+    plan = []
+    for item in variants.split(","):
+        name, _, own = item.partition(":")
+        if name not in VARIANTS:
+            p.error(f"unknown variant '{name}' (one of {', '.join(VARIANTS)})")
+        if name == "original" and a.original is None:
+            p.error("the 'original' variant needs --original PATH")
+        ks = own.split("+") if own else kinds
+        if set(ks) - set(KINDS):
+            p.error(f"unknown step kind in '{item}' (kinds: {', '.join(KINDS)})")
+        plan.append((name, ks))
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     print(f"DARTS supernet, C = 16, 8 layers, 32 x 32; {a.threads} threads; median of {a.steps} steps after a warm-up")
     print(f"{'variant':<14}{'batch':>6}{'weight':>10}{'arch1':>10}{'arch2':>10}{'arch2/1':>9}{'peak RSS (weight)':>19}{'(all)':>10}{'load':>6}")
     for batch in a.batches:
-        for v in a.variants.split(","):
+        for v, ks in plan:
+            ks = ks if batch in arch_batches else [k for k in ks if k == "weight"]
+            if not ks:
+                continue
             cmd = [sys.executable, __file__, "--child", v, "--batch", str(batch), "--steps", str(a.steps),
-                   "--threads", str(a.threads), "--kinds", ",".join(kinds)]  # fmt: skip
+                   "--threads", str(a.threads), "--kinds", ",".join(ks)]  # fmt: skip
+            if a.original is not None:
+                cmd += ["--original", str(a.original.resolve())]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if res.returncode != 0:
                 print(f"{v:<14}{batch:>6}  failed: {res.stderr.strip().splitlines()[-1] if res.stderr else res.returncode}")
@@ -348,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v:<14}{batch:>6}{_fmt(r.get('weight')):>10}{_fmt(r.get('arch1')):>10}{_fmt(r.get('arch2')):>10}"
                   f"{'-' if ratio is None else f'{ratio:.2f}x':>9}{_fmt(r.get('rss_weight_gib'), 'GiB'):>19}"
                   f"{_fmt(r['rss_gib'], 'GiB'):>10}{r['load']:>6.1f}", flush=True)  # fmt: skip
-    print("\nratios against the reference of the same batch (and against performance.md's original figures):")
+    base = "original" if any(r["variant"] == "original" for r in rows) else "reference"
+    print(f"\nratios against the {base} of the same batch (and against performance.md's original figures):")
     for r in rows:
-        ref = next((x for x in rows if x["variant"] == "reference" and x["batch"] == r["batch"]), None)
+        ref = next((x for x in rows if x["variant"] == base and x["batch"] == r["batch"]), None)
         orig = ORIGINAL.get(r["batch"], {})
         parts = []
         for k in ("weight", "arch1", "arch2"):

@@ -40,6 +40,7 @@ __all__ = [
     "drop_path",
     "pool",
     "relu_conv_bn",
+    "scaled_batch_norm",
     "sep_conv",
     "skip_connect",
     "zero",
@@ -133,13 +134,17 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        if torch.is_grad_enabled() and not torch.jit.is_tracing() and x.device.type == "cpu" and x.shape[1] < 8:
-            return self._dense(x)
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
-        return self.bn(out)
+        return self.after_relu(self.relu(x))
 
-    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+    def after_relu(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the ReLU (a fused supernet computes the ReLU once for several ops);
+        `scale` multiplies the output inside the BN (`scaled_batch_norm`)."""
+        if torch.is_grad_enabled() and not torch.jit.is_tracing() and x.device.type == "cpu" and x.shape[1] < 8:
+            return self._dense(x, scale)
+        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        return self.bn(out) if scale is None else scaled_batch_norm(self.bn, out, scale)
+
+    def _dense(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """The same computation in NCHW, for the CPU channels_last case that torch 2.14's oneDNN gets wrong.
 
         The weight gradient of a 1x1 stride-2 convolution with fewer than 8 input channels in NHWC
@@ -151,8 +156,28 @@ class FactorizedReduce(nn.Module):
         w1 = self.conv_1.weight.clone(memory_format=torch.contiguous_format)
         w2 = self.conv_2.weight.clone(memory_format=torch.contiguous_format)
         out = torch.cat([F.conv2d(xd, w1, stride=2), F.conv2d(xd[:, :, 1:, 1:], w2, stride=2)], dim=1)
-        out = self.bn(out)
+        out = self.bn(out) if scale is None else scaled_batch_norm(self.bn, out, scale)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale * bn(x) for a non-affine BN in one pass: the scalar `scale` enters as the BN's affine weight.
+
+    The same computation and running-statistics update as `nn.BatchNorm2d.forward` (num_batches_tracked,
+    momentum None as a cumulative average); only the output is multiplied. A fused supernet folds a
+    candidate's softmax weight in here, so neither the forward nor the backward pass needs a separate
+    product, and the weight's gradient comes out of the BN backward (docs/performance.md, "Fusion").
+    """
+    if bn.affine:
+        raise ValueError("scaled_batch_norm folds the scale into the BN weight; the BN must be non-affine")
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if keep else None, bn.running_var if keep else None,
+                        scale.reshape(1).expand(x.shape[1]).contiguous(), None, batch_stats, factor, bn.eps)  # fmt: skip
 
 
 class Zero(nn.Module):

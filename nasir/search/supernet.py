@@ -46,8 +46,8 @@ from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.macro import Plan
 from nasir.search.pcdarts import PartialMixedOp, edge_normalization
 from nasir.search.topology import beta_sizes, merged_factors
-from nasir.targets.blocks import Zero
-from nasir.targets.network import Network
+from nasir.targets.blocks import FactorizedReduce, Zero, scaled_batch_norm
+from nasir.targets.network import CellModule, Network
 
 
 # ---- dilated depthwise convolutions -----------------------------------------------------------------
@@ -80,14 +80,17 @@ class _DilatedDepthwise(torch.autograd.Function):
 
     Measured on the 2-core CPU (batch 32, channels_last, one thread): the input gradient of a dilated
     3x3 / 5x5 depthwise conv took 2.3 / 3.6 ms at stride 1 and 10 / 29 ms at stride 2 against 0.2-0.6 ms
-    here; the weight gradient 6 / 14 ms against 1.8 / 4.6 ms. The backward is written in differentiable
-    ops, so double backward (create_graph) still works.
+    here; the weight gradient 6 / 14 ms against 1.8 / 4.6 ms. Measured again in CPU time (process time, so
+    other processes on the cores do not count): at stride 1 oneDNN's weight gradient (2.4 / 4.3 ms) beats
+    the per-tap sums (3.7 / 9.9 ms), at stride 2 it does not (11.9 against 5.4 ms for 5x5), so stride 1
+    takes oneDNN's. The backward is written in differentiable ops, so double backward (create_graph) works.
     """
 
     @staticmethod
-    def forward(ctx, x, w, stride: int, padding: int, dilation: int):
+    def forward(ctx, x, w, stride: int, padding: int, dilation: int, native_weight_grad: bool = False):
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation)
+        ctx.native_weight_grad = native_weight_grad
         return F.conv2d(x, w, None, stride, padding, dilation, x.shape[1])
 
     @staticmethod
@@ -95,11 +98,17 @@ class _DilatedDepthwise(torch.autograd.Function):
         x, w = ctx.saved_tensors
         s, p, d = ctx.conf
         gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d) if _needed(ctx, 0) else None
-        gw = _dw_weight_grad(x, g, w.shape[-1], s, p, d) if _needed(ctx, 1) else None
-        return gx, gw, None, None, None
+        gw = None
+        if _needed(ctx, 1):
+            if s == 1 and ctx.native_weight_grad:  # oneDNN's is the faster one at stride 1 (docs/performance.md)
+                gw = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [p, p], [d, d], False, [0, 0],
+                                                         x.shape[1], [False, True, False])[1]  # fmt: skip
+            else:
+                gw = _dw_weight_grad(x, g, w.shape[-1], s, p, d)
+        return gx, gw, None, None, None, None
 
 
-def _needed(ctx, i: int) -> bool:
+def _needed(ctx, i: int, edge: int | None = None) -> bool:
     """Will this backward pass use input i's gradient? (The alpha-only backward needs no weight gradients.)
 
     `needs_input_grad` only says the input requires grad; as built-in ops do, ask the engine whether the
@@ -107,7 +116,7 @@ def _needed(ctx, i: int) -> bool:
     """
     if not ctx.needs_input_grad[i]:
         return False
-    node = ctx.next_functions[i][0]
+    node = ctx.next_functions[i if edge is None else edge][0]  # `edge`: i among the tensor inputs only
     try:
         return node is None or bool(torch._C._will_engine_execute_node(node))
     except (AttributeError, RuntimeError):  # a private helper: if it is gone, compute the gradient
@@ -115,12 +124,18 @@ def _needed(ctx, i: int) -> bool:
 
 
 class DilatedDepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state) for dilated depthwise convs; the fast backward on CPU."""
+    """nn.Conv2d (same parameters and state) for dilated depthwise convs; the fast backward on CPU.
+
+    `native_weight_grad` (set with fusion): the stride-1 weight gradient comes from oneDNN (faster, other
+    rounding); off, every weight gradient is the per-tap sum, as before fusion existed."""
+
+    native_weight_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):  # autocast casts stock convs only
             return super().forward(x)
-        return _DilatedDepthwise.apply(x, self.weight, self.stride[0], self.padding[0], self.dilation[0])
+        return _DilatedDepthwise.apply(x, self.weight, self.stride[0], self.padding[0], self.dilation[0],
+                                       self.native_weight_grad)  # fmt: skip
 
 
 def _is_dilated_depthwise(m: nn.Module) -> bool:
@@ -129,13 +144,14 @@ def _is_dilated_depthwise(m: nn.Module) -> bool:
             and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1])  # fmt: skip
 
 
-def use_fast_dilated_depthwise(module: nn.Module) -> int:
+def use_fast_dilated_depthwise(module: nn.Module, native_weight_grad: bool = False) -> int:
     """Swap every dilated depthwise nn.Conv2d for DilatedDepthwiseConv2d in place; returns how many."""
     n = 0
     for m in module.modules():
         for _name, child in m.named_children():
             if _is_dilated_depthwise(child):
                 child.__class__ = DilatedDepthwiseConv2d
+                child.native_weight_grad = native_weight_grad
                 n += 1
     return n
 
@@ -180,14 +196,174 @@ class _FrozenBNStats:
         self.saved = []
 
 
+# ---- fusion (docs/performance.md, "Fusion") ----------------------------------------------------------
+def _flat(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of `t` in its memory order (NCHW or NHWC), or None when it is neither dense layout."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)  # a view: NHWC storage is dense in this order
+    return None
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) in one pass when both share a dense layout (no product tensor)."""
+    fa, fb = _flat(a), _flat(b)
+    if fa is not None and fb is not None and a.stride() == b.stride() and a.dtype == b.dtype:
+        return torch.dot(fa, fb)
+    return (a * b).sum()
+
+
+class _WeightedSum(torch.autograd.Function):
+    """base + sum_i w[index_i] * h_i in one accumulating pass per term (the mixed op's weighted sum, DARTS Eq. 1);
+    a term with index -1 is added as it is (its op already folded its weight in, `scaled_batch_norm`).
+
+    Unfused, every term costs a product tensor and an add (forward) and a product plus a reduction
+    (backward, for the weight); here each term is one multiply-add into the output, and the weight's
+    gradient is one dot product. The backward is written in differentiable ops (double backward works).
+    """
+
+    @staticmethod
+    def forward(ctx, base, w, index, *hs):
+        ctx.index = index
+        ctx.has_base = base is not None
+        ctx.first_h = 2 if base is not None else 1  # where the h_i start among the tensor inputs (next_functions)
+        ctx.save_for_backward(w, *[h if i >= 0 else None for i, h in zip(index, hs)])
+        ctx.channels_last = hs[0].dim() == 4 and hs[0].is_contiguous(memory_format=torch.channels_last) and not hs[0].is_contiguous()
+        ws = w.unbind(0)
+        out = None
+        for i, h in zip(index, hs):
+            if out is None:
+                if base is None:
+                    out = torch.mul(h, ws[i]) if i >= 0 else h.clone()
+                else:
+                    out = torch.addcmul(base, h, ws[i]) if i >= 0 else torch.add(base, h)
+            elif i >= 0:
+                out.addcmul_(h, ws[i])
+            else:
+                out.add_(h)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        w, *hs = ctx.saved_tensors
+        index = ctx.index
+        gw = None
+        if _needed(ctx, 1, ctx.first_h - 1):
+            pairs = [(i, h) for i, h in zip(index, hs) if i >= 0]
+            gw = torch.zeros_like(w)
+            if pairs:
+                dots = torch.stack([_dot(g, h) for _, h in pairs]).to(w.dtype)
+                gw = gw.index_put((torch.tensor([i for i, _ in pairs], device=w.device),), dots)
+        if -1 in index and _flat(g) is None:
+            # A slice of the cell's concatenated output's grad: the ops' backward kernels are slow on a
+            # non-dense layout, so hand them one dense copy (products below are dense anyway).
+            g = g.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+        ws = w.unbind(0)
+        ghs = [(g * ws[i] if i >= 0 else g) if _needed(ctx, 3 + n, ctx.first_h + n) else None for n, i in enumerate(index)]
+        return (g if ctx.has_base else None), gw, None, *ghs
+
+
+def weighted_sum(base: torch.Tensor | None, w: torch.Tensor, index: list[int], hs: list[torch.Tensor]) -> torch.Tensor:
+    """base + sum_i w[index[i]] * hs[i] (base may be None; index -1: add hs[i] as it is), fused; `w` 1-D."""
+    return _WeightedSum.apply(base, w, list(index), *hs)
+
+
+def _bn_shares_output(a: nn.Module, b: nn.Module) -> bool:
+    """Do BNs a and b give the same output on the same input? In training mode (batch statistics) the
+    running statistics play no part; both must be non-affine with the same eps."""
+    return (type(a) is type(b) is nn.BatchNorm2d and not a.affine and not b.affine and a.eps == b.eps
+            and (a.training or a.running_mean is None) and (b.training or b.running_mean is None))  # fmt: skip
+
+
+def _bn_update_stats(bn: nn.BatchNorm2d, x: torch.Tensor) -> None:
+    """The running-statistics update nn.BatchNorm2d.forward would make on x (bitwise: the same ATen
+    update), without its output: a BN whose output is shared with another one still tracks its own."""
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
+        torch.batch_norm_update_stats(x.detach(), bn.running_mean, bn.running_var, f)
+
+
+_FOLD = True
+
+
+def _candidate_plan(op: nn.Module) -> tuple:
+    """How the fused mixed op runs one candidate: ("relu", tail, bn | None) when it starts with a ReLU of
+    the input (sep/dil conv, ReLUConvBN, conv 7x1-1x7; bn: a final non-affine BN that takes the
+    candidate's weight as its scale), ("fr", op) for factorized reduce (ReLU, then `after_relu` with the
+    scale), ("pool", pool, bn | None), ("id",), ("op",)."""
+    seq = op.op if isinstance(getattr(op, "op", None), nn.Sequential) else op if isinstance(op, nn.Sequential) else None
+    if isinstance(op, FactorizedReduce) and type(op.relu) is nn.ReLU and type(op.bn) is nn.BatchNorm2d and not op.bn.affine:
+        return ("fr", op)
+    if isinstance(op, nn.Identity):
+        return ("id",)
+    if isinstance(op, nn.MaxPool2d | nn.AvgPool2d):
+        return ("pool", op, None)
+    if seq is not None and len(seq) >= 1:
+        first = seq[0]
+        if type(first) is nn.ReLU and not first.inplace and len(seq) > 1:
+            tail = list(seq)[1:]
+            last = tail[-1]
+            if type(last) is nn.BatchNorm2d and not last.affine and len(tail) > 1:
+                return ("relu", tail[:-1], last)
+            return ("relu", tail, None)
+        if isinstance(first, nn.MaxPool2d | nn.AvgPool2d) and len(seq) <= 2 and (len(seq) == 1 or type(seq[1]) is nn.BatchNorm2d):
+            return ("pool", first, seq[1] if len(seq) == 2 else None)
+    return ("op",)
+
+
+def _run_candidate(op: nn.Module, plan: tuple, x: torch.Tensor, shared: dict, weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """One candidate on x: (output, whether `weight` is already folded in). `shared` holds what every
+    candidate (and edge) reading this x computes once: relu(x), each pooling of x and the BN after it."""
+    kind = plan[0]
+    if kind == "id":
+        return x, False
+    if kind in ("relu", "fr"):
+        h = shared.get("relu")
+        if h is None:
+            h = shared["relu"] = F.relu(x)
+        if kind == "fr":
+            return (plan[1].after_relu(h, weight), True) if _FOLD else (plan[1].after_relu(h), False)
+        for m in plan[1]:
+            h = m(h)
+        if plan[2] is not None:
+            return (scaled_batch_norm(plan[2], h, weight), True) if _FOLD else (plan[2](h), False)
+        return h, False
+    if kind == "pool":
+        pool, bn = plan[1], plan[2]
+        key = repr(pool)
+        p = shared.get(key)
+        if p is None:
+            p = shared[key] = pool(x)
+        if bn is None:
+            return p, False
+        first = shared.get(("bn", key))
+        if first is not None and _bn_shares_output(first[0], bn):
+            _bn_update_stats(bn, p)
+            return first[1], False
+        y = bn(p)
+        if first is None:
+            shared[("bn", key)] = (bn, y)
+        return y, False
+    return op(x), False
+
+
 class MixedOp(nn.Module):
     """One mixed edge: the softmax-weighted sum of its computed candidates (docs/methods.md, DARTS).
 
     `forward(x, weights)` takes the whole softmax row of the edge (one weight per candidate, `none`
     included) and uses the entries of the candidates it computes.
+
+    `fuse` (default): the candidates that start with a ReLU of the input share one ReLU, and the
+    weighted sum is one accumulating pass per candidate (`weighted_sum`); `contribute` lets the cell
+    share the ReLU and the pooling (with its BN) among all edges that read one state. The same values
+    up to float rounding; `fuse=False` is the op-by-op sum of the DARTS reference (bit for bit).
     """
 
-    def __init__(self, edge: ir.Edge, C: int, stride: int, pool_bn: bool, low_memory: bool = False):
+    def __init__(self, edge: ir.Edge, C: int, stride: int, pool_bn: bool, low_memory: bool = False, fuse: bool = True):
         super().__init__()
         candidates = edge.candidates
         computed = edge.computed if edge.computed is not None else candidates
@@ -195,6 +371,7 @@ class MixedOp(nn.Module):
         self.index = [candidates.index(o) for o in computed]
         self.stride = stride
         self.low_memory = low_memory
+        self.fuse = fuse
         built = []
         for name in computed:
             d = ops.REGISTRY[name]
@@ -203,8 +380,13 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             built.append(op)
         self._ops = nn.ModuleList(built)
+        # Plain lists (not registered again): the same module objects, so in-place swaps
+        # (use_fast_dilated_depthwise) and .to() reach them.
+        self._plans = [_candidate_plan(op) for op in built]
 
     def _mixed(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.fuse:
+            return self.contribute(x, weights, None, {})
         out = None
         for i, op in zip(self.index, self._ops):
             h = weights[i] * op(x)
@@ -213,11 +395,80 @@ class MixedOp(nn.Module):
             out = Zero(self.stride)(x)
         return out
 
+    def contribute(self, x: torch.Tensor, weights: torch.Tensor, base: torch.Tensor | None, shared: dict) -> torch.Tensor:
+        """base + this edge's output, fused (see the class docstring); `shared` is per input tensor."""
+        if not self.index:
+            z = Zero(self.stride)(x)
+            return z if base is None else base + z
+        hs, index = [], []
+        for i, op, plan in zip(self.index, self._ops, self._plans):
+            h, folded = _run_candidate(op, plan, x, shared, weights[i])
+            hs.append(h)
+            index.append(-1 if folded else i)
+        return weighted_sum(base, weights, index, hs)
+
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.low_memory and self.training and torch.is_grad_enabled():
             return checkpoint(self._mixed, x, weights, use_reentrant=False,
                               context_fn=lambda: (contextlib.nullcontext(), _FrozenBNStats(self)))  # fmt: skip
         return self._mixed(x, weights)
+
+
+class FusedCell(CellModule):
+    """A searched cell run state by state: once a state exists, every mixed edge leaving it runs with
+    one shared ReLU and one pooling (plus BN) of that state, accumulating straight into its
+    destination node (docs/performance.md, "Fusion"). The values of CellModule.forward up to float
+    rounding; it defers to it for drop path, low memory and cells without mixed edges.
+    """
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+        plan = getattr(self, "_fusion", None)
+        if plan is None or weights is None or (self.training and self.drop_prob > 0.0):
+            return super().forward(s0, s1, weights)
+        states = [self.preprocess0(s0), self.preprocess1(s1)] if self.two_inputs else [s0]
+        n_in = len(states)
+        acc: list[torch.Tensor | None] = [None] * len(self._schedule)
+        for i, out_edges in enumerate(plan):
+            if i >= n_in:
+                node = acc[i - n_in]
+                states.append(node if node is not None else torch.zeros_like(states[-1]))
+            x = states[i]
+            shared: dict = {}
+            for k, dst in out_edges:
+                op = self._ops[k]
+                if isinstance(op, MixedOp) and not (op.low_memory and self.training and torch.is_grad_enabled()):
+                    acc[dst] = op.contribute(x, weights[k], acc[dst], shared)
+                else:
+                    h = op(x, weights[k])
+                    acc[dst] = h if acc[dst] is None else acc[dst] + h
+        if len(self._concat) == 1:
+            return states[self._concat[0]]
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+def use_fused_cells(net: Network, spec: ir.Spec) -> int:
+    """Turn every CellModule of `net` with mixed edges into a FusedCell in place, running the state
+    groups of passes/fuse.py (`fusion_groups`); returns how many."""
+    from nasir.passes.fuse import fusion_groups
+
+    n = 0
+    for kind, m in zip(net.cell_kinds, net.cells):
+        if type(m) is not CellModule or not any(isinstance(op, MixedOp | PartialMixedOp) for op in m._ops):
+            continue
+        cell = spec.cell(kind)
+        assert cell is not None
+        node = {name: j for j, name in enumerate(cell.node_names)}
+        groups = {g.state: g for g in fusion_groups(cell)}
+        plan: list[list[tuple[int, int]]] = []
+        for s in cell.states:
+            g = groups.get(s)
+            mixed = [(k, node[cell.edges[k].dst]) for k in g.edges] if g is not None else []
+            fixed = [(k, node[e.dst]) for k, e in enumerate(cell.edges) if e.src == s and e.alpha is None]
+            plan.append(mixed + fixed)
+        m._fusion = plan
+        m.__class__ = FusedCell
+        n += 1
+    return n
 
 
 class Supernet(nn.Module):
@@ -228,13 +479,15 @@ class Supernet(nn.Module):
     alphas; `scores()` the per-row softmax that magnitude selection ranks (passes/derive.py).
     """
 
-    def __init__(self, spec: ir.Spec, plan: Plan, *, low_memory: bool = False, channels_last: bool = False,
-                 pool_bn: bool | None = None, fast_dilated: bool = True, partial_channels: int = 1):  # fmt: skip
+    def __init__(self, spec: ir.Spec, plan: Plan, *, low_memory: bool = False, channels_last: bool | None = None,
+                 pool_bn: bool | None = None, fast_dilated: bool = True, partial_channels: int = 1,
+                 fuse: bool = True):  # fmt: skip
         super().__init__()
         self.spec = spec
         self.plan = plan
         self.low_memory = low_memory
-        self.channels_last = channels_last
+        self.channels_last = channels_last = default_channels_last() if channels_last is None else channels_last
+        self.fuse = fuse
         self.partial_channels = k = partial_channels
         self.op_mask: dict[str, torch.Tensor] | None = None
         cells = {c.name: c for c in spec.cells}
@@ -249,12 +502,14 @@ class Supernet(nn.Module):
                 if C % k:
                     raise DiagnosticError([Diagnostic(f"partial channels: {C} channels of an edge into node '{edge.dst}' do not split into K = {k} parts",
                                                       edge.span, "choose K dividing every cell's channel count (e.g. pcdarts(k = 2))")])  # fmt: skip
-                return PartialMixedOp(MixedOp(edge, C // k, stride, pool_bn, low_memory), k=k, stride=stride)
-            return MixedOp(edge, C, stride, pool_bn, low_memory)
+                return PartialMixedOp(MixedOp(edge, C // k, stride, pool_bn, low_memory, fuse), k=k, stride=stride)
+            return MixedOp(edge, C, stride, pool_bn, low_memory, fuse)
 
         self.net = Network(spec, plan, make_op=make_op, affine=False)
         if fast_dilated:
-            use_fast_dilated_depthwise(self.net)
+            use_fast_dilated_depthwise(self.net, native_weight_grad=fuse)
+        if fuse:
+            use_fused_cells(self.net, spec)
         used = {b.cell for b in plan.cells}
         self.rows: dict[str, tuple[tuple[str, ...], ...]] = {}
         self.edge_rows: dict[str, list[int | None]] = {}
@@ -383,9 +638,16 @@ def prepare(spec: ir.Spec) -> ir.Spec:
     return PassManager(passes).run(spec) if passes else spec
 
 
-def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool = False, channels_last: bool = False,
+def default_channels_last() -> bool:
+    """The layout `nasir search` picks by default: channels_last when it runs on the CPU, which it does
+    when no CUDA device is present (performance.md: NHWC runs the CPU supernet in ~0.63 x the time)."""
+    return not torch.cuda.is_available()
+
+
+def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool = False, channels_last: bool | None = None,
                    pool_bn: bool | None = None, seed: int | None = None, overrides: dict[str, Any] | None = None,
-                   skip_zero: bool = True, fast_dilated: bool = True, partial_channels: int = 1) -> Supernet:  # fmt: skip
+                   skip_zero: bool = True, fast_dilated: bool = True, partial_channels: int = 1,
+                   fuse: bool = True) -> Supernet:  # fmt: skip
     """The supernet of a search space. `plan` defaults to the spec's first network (with `overrides`).
 
     `pool_bn=None` follows the reference of each space: BN after pooling when the searched cells have
@@ -393,6 +655,9 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     (only useful to test that skipping them changes nothing). `seed` seeds the initialisation.
     `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward).
     `partial_channels` is PC-DARTS' K (1: every channel through every mixed op, no edge normalisation).
+    `channels_last=None` is `nasir search`'s default (`default_channels_last`: NHWC on a CPU-only machine).
+    `fuse` runs the fused mixed ops and cells (MixedOp, FusedCell; same values up to float rounding);
+    `fuse=False` runs op by op as the DARTS reference does, bit for bit as before fusion existed.
     """
     from nasir.macro import plan as make_plan
 
@@ -412,4 +677,4 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     if seed is not None:
         torch.manual_seed(seed)
     return Supernet(spec, plan, low_memory=low_memory, channels_last=channels_last, pool_bn=pool_bn,
-                    fast_dilated=fast_dilated, partial_channels=partial_channels)
+                    fast_dilated=fast_dilated, partial_channels=partial_channels, fuse=fuse)

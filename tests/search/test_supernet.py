@@ -98,12 +98,13 @@ def test_fixed_edges_inside_a_searched_cell_ignore_the_weights():
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_low_memory_recomputation_gives_the_same_values_gradients_and_bn_statistics():
+@pytest.mark.parametrize("fuse", [False, True])
+def test_low_memory_recomputation_gives_the_same_values_gradients_and_bn_statistics(fuse):
     x = torch.randn(8, 1, 8, 8)
     y = torch.randint(0, 10, (8,))
     runs = []
     for low in (False, True):
-        model = build_supernet(spec_of(TINY), seed=3, low_memory=low)
+        model = build_supernet(spec_of(TINY), seed=3, low_memory=low, fuse=fuse)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         grads = [p.grad for p in list(model.weight_parameters()) + model.arch_parameters()]
@@ -114,7 +115,10 @@ def test_low_memory_recomputation_gives_the_same_values_gradients_and_bn_statist
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(s0, s1):  # recomputation must not update the running statistics twice
-        assert torch.equal(a, b)
+        if fuse:  # a fused cell sums the recomputed edges in another order: equal up to rounding
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # a second update moves them by ~10 %
+        else:
+            assert torch.equal(a, b)
 
 
 def test_channels_last_supernet_computes_the_same_function():
