@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("file", type=Path)
     co.add_argument("--target", "-t", required=True, choices=("torch", "torchscript", "export", "onnx", "retinanet"))
     co.add_argument("-o", "--output", type=Path, help="the file to write (required unless --dump-after stops at a search space)")
-    co.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (mixed_ops, zero_ops, topology, dead_nodes)")
+    co.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (mixed_ops, zero_ops, topology, fuse_ops, dead_nodes)")
     co.add_argument("--weights", type=Path, metavar="CKPT", help="trained weights (a state_dict checkpoint)")
     co.add_argument("--seed", type=limits.seed, default=0, help="seed of the initialisation without --weights (default 0)")
     _add_set(co)
@@ -303,6 +303,7 @@ def cmd_compile(args) -> int:
     if args.dump_after is not None:
         from nasir.api import load
         from nasir.passes.dead_nodes import DeadNodes
+        from nasir.passes.fuse import FuseOps, describe
         from nasir.passes.mixed_ops import MixedOps
         from nasir.passes.topology import Topology
         from nasir.passes.zero_ops import ZeroOps
@@ -310,8 +311,14 @@ def cmd_compile(args) -> int:
 
         spec = load(args.file, overrides=args.overrides)
         # A search space runs the passes that build its supernet; a derived spec the clean-up passes.
-        passes = [MixedOps(), ZeroOps(), Topology()] if spec.is_search_space else [DeadNodes()]
-        PassManager(passes, verify=True, dump_after=args.dump_after, dump=lambda text: sys.stdout.write(text)).run(spec)
+        passes = [MixedOps(), ZeroOps(), Topology(), FuseOps()] if spec.is_search_space else [DeadNodes()]
+        fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search --fuse` runs
+        out = PassManager(passes, verify=True, dump_after=None if fused else args.dump_after,
+                          dump=lambda text: sys.stdout.write(text)).run(spec)  # fmt: skip
+        if fused:
+            from nasir.printer import print_spec
+
+            sys.stdout.write(print_spec(out) + describe(out))
         if spec.is_search_space:
             return 0
     if args.output is None:

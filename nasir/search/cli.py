@@ -55,6 +55,9 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-fp32-arch-grads", dest="fp32_arch_grads", action="store_false",
                    help="allow TF32 in the architecture gradients (default: full fp32; docs/gpu.md)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    p.add_argument("--fuse", action="store_true",
+                   help="run the fused supernet (one ReLU and pooling per state, weights folded into BN; faster, "
+                        "the same values up to float rounding)")  # fmt: skip
     p.add_argument("--low-memory", action="store_true", help="recompute mixed ops in the backward pass (less memory)")
     p.add_argument("--layout", choices=("auto", "channels-last", "contiguous"), default="auto",
                    help="tensor layout (auto: channels-last on CPU)")  # fmt: skip
@@ -86,7 +89,7 @@ def run_search(args: argparse.Namespace) -> int:
                         warmup=args.warmup, w_lr=args.lr, w_lr_min=args.lr_min, momentum=args.momentum,
                         w_weight_decay=args.weight_decay, a_lr=args.arch_lr, a_weight_decay=args.arch_weight_decay,
                         device=args.device, resume=args.resume,
-                        overrides=args.overrides, low_memory=args.low_memory, channels_last=layout,
+                        overrides=args.overrides, low_memory=args.low_memory, fuse=args.fuse, channels_last=layout,
                         limit_batches=args.limit_batches, progress=not args.no_progress,
                         deterministic=args.deterministic, fp32_arch_grads=args.fp32_arch_grads)  # fmt: skip
     except SearchInterrupted as e:

@@ -135,6 +135,7 @@ class Options:
     a_weight_decay: float = 1e-3
     limit_batches: int | None = None
     layout: str = "auto"  # what the user asked for: auto | channels_last | contiguous
+    fuse: bool = False  # the fused supernet (docs/performance.md): the same values up to float rounding
     overrides: tuple[tuple[str, Any], ...] = ()
     # ---- not part of the result (a resumed search may change them)
     low_memory: bool = attrs.field(default=False, eq=False)
@@ -289,7 +290,7 @@ FLAGS = ("method", "order", "partial_channels", "select", "strength_window", "sm
 
 def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limit_batches: int | None,
                  channels_last: bool | None, low_memory: bool, device: torch.device, fp32_arch_grads: bool = True,
-                 deterministic: bool = False, **flags: Any) -> Options:  # fmt: skip
+                 deterministic: bool = False, fuse: bool = False, **flags: Any) -> Options:  # fmt: skip
     """The spec's `search` block over the defaults, the caller's `flags` (None: unset; names in FLAGS) over both.
 
     `channels_last` None is the device's default layout: it is derived, not set, so a search saved on
@@ -335,7 +336,7 @@ def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limi
     layout = {None: "auto", True: "channels_last", False: "contiguous"}[channels_last]
     if channels_last is None:
         channels_last = device.type == "cpu"  # docs/methods.md (DARTS, supernet conventions): NHWC runs the CPU supernet in ~0.63 x the time
-    return Options(data=data, overrides=tuple(sorted(overrides.items())), limit_batches=limit_batches, layout=layout,
+    return Options(data=data, overrides=tuple(sorted(overrides.items())), limit_batches=limit_batches, layout=layout, fuse=fuse,
                    channels_last=channels_last, low_memory=low_memory, device=str(device), fp32_arch_grads=fp32_arch_grads,
                    deterministic=deterministic, **s)  # fmt: skip
 
@@ -414,7 +415,8 @@ class Search:
                               "epochs, so the derived cell comes from the initial architecture variables (set warmup lower)")  # fmt: skip
 
         self.model = build_supernet(self.spec, plan, seed=options.seed, channels_last=options.channels_last,
-                                    low_memory=options.low_memory, partial_channels=options.partial_channels)  # fmt: skip
+                                    low_memory=options.low_memory, partial_channels=options.partial_channels,
+                                    fuse=options.fuse)  # fmt: skip
         if options.deterministic:
             dv.deterministic_pooling(self.model)  # torch has no deterministic CUDA backward for adaptive pooling
         self.model.to(self.device)
@@ -951,7 +953,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
-           deterministic: bool = False) -> SearchResult:  # fmt: skip
+           deterministic: bool = False, fuse: bool = False) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
@@ -964,7 +966,8 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     `artifacts=False` skips derived.onnx and the PNGs. `device`: auto | cpu | cuda | cuda:N (under
     torchrun, a CUDA run takes LOCAL_RANK's GPU; nasir.device.select_device). `fp32_arch_grads`: the
     architecture gradients without TF32; `deterministic`: deterministic CUDA algorithms, so a resumed
-    search ends with the alphas of one that never stopped (docs/gpu.md).
+    search ends with the alphas of one that never stopped (docs/gpu.md). `fuse`: the fused supernet
+    (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md).
     Raises DiagnosticError for bad input and `SearchInterrupted` when stopped early.
     """
     from nasir.compile import resolve
@@ -974,7 +977,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     dev = dv.select_device(device)
     data_mod.parse_data_spec(data)  # bad data specs fail before anything is built
     options = make_options(spec, data=data, overrides=values, limit_batches=limit_batches, channels_last=channels_last,
-                           fp32_arch_grads=fp32_arch_grads, deterministic=deterministic,
+                           fp32_arch_grads=fp32_arch_grads, deterministic=deterministic, fuse=fuse,
                            low_memory=low_memory, device=dev, order=order, epochs=epochs, batch_size=batch_size,
                            seed=seed, select=select, method=method, partial_channels=partial_channels, smooth=smooth,
                            adv_steps=adv_steps, early_stop=early_stop, hessian=hessian,

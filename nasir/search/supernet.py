@@ -363,7 +363,7 @@ class MixedOp(nn.Module):
     up to float rounding; `fuse=False` is the op-by-op sum of the DARTS reference (bit for bit).
     """
 
-    def __init__(self, edge: ir.Edge, C: int, stride: int, pool_bn: bool, low_memory: bool = False, fuse: bool = True):
+    def __init__(self, edge: ir.Edge, C: int, stride: int, pool_bn: bool, low_memory: bool = False, fuse: bool = False):
         super().__init__()
         candidates = edge.candidates
         computed = edge.computed if edge.computed is not None else candidates
@@ -481,7 +481,7 @@ class Supernet(nn.Module):
 
     def __init__(self, spec: ir.Spec, plan: Plan, *, low_memory: bool = False, channels_last: bool | None = None,
                  pool_bn: bool | None = None, fast_dilated: bool = True, partial_channels: int = 1,
-                 fuse: bool = True):  # fmt: skip
+                 fuse: bool = False):  # fmt: skip
         super().__init__()
         self.spec = spec
         self.plan = plan
@@ -647,7 +647,7 @@ def default_channels_last() -> bool:
 def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool = False, channels_last: bool | None = None,
                    pool_bn: bool | None = None, seed: int | None = None, overrides: dict[str, Any] | None = None,
                    skip_zero: bool = True, fast_dilated: bool = True, partial_channels: int = 1,
-                   fuse: bool = True) -> Supernet:  # fmt: skip
+                   fuse: bool = False) -> Supernet:  # fmt: skip
     """The supernet of a search space. `plan` defaults to the spec's first network (with `overrides`).
 
     `pool_bn=None` follows the reference of each space: BN after pooling when the searched cells have
@@ -656,8 +656,9 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward).
     `partial_channels` is PC-DARTS' K (1: every channel through every mixed op, no edge normalisation).
     `channels_last=None` is `nasir search`'s default (`default_channels_last`: NHWC on a CPU-only machine).
-    `fuse` runs the fused mixed ops and cells (MixedOp, FusedCell; same values up to float rounding);
-    `fuse=False` runs op by op as the DARTS reference does, bit for bit as before fusion existed.
+    `fuse=True` runs the fused mixed ops and cells (MixedOp, FusedCell; same values up to float rounding,
+    docs/performance.md); `fuse=False`, the default of the library and of `nasir search` (`--fuse` opts
+    in), runs op by op as the DARTS reference does, bit for bit as before fusion existed.
     """
     from nasir.macro import plan as make_plan
 
