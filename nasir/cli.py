@@ -326,7 +326,13 @@ def cmd_compile(args) -> int:
 
     if args.target == "retinanet":  # a detector's checkpoint carries its network parameters: compare the spec only
         _check_weights(args.file, args.weights, args.overrides, ("spec",))
-    out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    out = None
+    if args.target in ("torch", "torchscript", "onnx"):  # a language model lowers through nasir/rnn
+        from nasir.rnn.hooks import compile_spec
+
+        out = compile_spec(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
+    if out is None:
+        out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
     print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
     return 0

@@ -212,12 +212,6 @@ def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *,
     """
     if target not in TARGETS:
         raise DiagnosticError([Diagnostic(f"unknown target '{target}'", None, did_you_mean(target, TARGETS) or "available targets: " + ", ".join(TARGETS))])
-    if target in ("torch", "torchscript", "onnx"):  # a language model lowers through nasir/rnn
-        from nasir.rnn.hooks import compile_spec
-
-        p = compile_spec(spec_or_path, target, out, weights=weights, seed=seed, overrides=overrides)
-        if p is not None:
-            return p
     spec, plan = resolve(spec_or_path, overrides)
     out = Path(out)
     if target == "retinanet":

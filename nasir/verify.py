@@ -17,7 +17,7 @@ from typing import Any
 from nasir import ir, ops
 from nasir.diagnostics import DiagnosticBag, did_you_mean
 from nasir.macro import bind_params, elaborate
-from nasir.rnn import lower as recurrent
+from nasir.rnn import check as recurrent
 from nasir.source import Span
 
 # name -> allowed values (None: any value of the right kind). One place, also read by the search runtime.
