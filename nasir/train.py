@@ -15,7 +15,6 @@ on the sum of RetinaNet's two losses; best.pt is the lowest held-out loss. Both 
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
@@ -144,22 +143,7 @@ def init_distributed(device: torch.device) -> Dist:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(_leave_process_group)
     return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def _leave_process_group() -> None:
-    """At exit: wait for every rank, then leave the group. A rank that exits while another still holds
-    its connections (rank 0 writing the outputs) can abort the other's gloo threads ("terminate called
-    without an active exception") after a run that succeeded. If a rank died, torchrun's agent ends the
-    others, so the barrier cannot hang a failed run."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
 
 
 def shard(idx: torch.Tensor, d: Dist) -> torch.Tensor:
