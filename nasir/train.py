@@ -442,11 +442,14 @@ def _diverged(out: Path, what: str, step: int | None) -> finite.NonFiniteError:
 def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
     """last.pt, written by rank 0; every rank calls it (the RNG states of all ranks are gathered)."""
     rng = dv.rng_state()
-    if not d.main:
-        return
-    ck = {"task": task.name, **task.extra, "provenance": task.provenance, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
-          "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng}  # fmt: skip
-    atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
+    if d.main:
+        ck = {"task": task.name, **task.extra, "provenance": task.provenance, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
+              "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng}  # fmt: skip
+        atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
+    if d.world > 1:  # the others wait for the file: a rank that resumes at once must read this checkpoint
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",

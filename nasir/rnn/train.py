@@ -175,6 +175,10 @@ class LMTrainer:
             raise self._diverged(f"the weights are not finite at epoch {self.epoch + 1}, step {self.step}")
         if self.main:
             atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        if self.world > 1:  # the others wait for the file: a rank that resumes at once must read this checkpoint
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
         kept = f"{self.out / CHECKPOINT} keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"

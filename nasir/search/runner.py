@@ -482,13 +482,19 @@ class Search:
     def save(self) -> None:
         """checkpoint.pt; every rank calls it (their RNG states are gathered), rank 0 writes it."""
         rng = dv.rng_state()
-        if not self.dist.main:
-            return
-        state = self.state_dict(rng)
-        if not finite.state_is_finite(state["model"]):  # the losses were finite, but the last step's update was not
-            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + (self.step == 0)}"
-                                 f"{f', step {self.step}' if self.step else ''}")  # fmt: skip
-        atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        if self.dist.main:
+            state = self.state_dict(rng)
+            if not finite.state_is_finite(state["model"]):  # the losses were finite, but the last step's update was not
+                raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + (self.step == 0)}"
+                                     f"{f', step {self.step}' if self.step else ''}")  # fmt: skip
+            atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        if self.dist.world > 1:
+            # The other ranks wait until the file is written: a rank that stops and resumes at once must read
+            # this checkpoint, not the one before it (else the ranks resume at different steps and their
+            # all-reduces no longer pair up).
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
         kept = "checkpoint.pt keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"
