@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("genotype", metavar="GENOTYPE_FILE", help="a file with a Genotype(...) or an NB201 string; '-' reads stdin")
     im.add_argument("--macro", choices=("cifar", "imagenet", "nb201"), help="the network to place the cells in "
                     "(default: cifar for a DARTS genotype, nb201 for an NB201 string)")  # fmt: skip
-    im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2)")
+    im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2; "
+                    "a key of a dict of genotypes, e.g. AutoDL's DARTS or Networks.DARTS)")
     im.add_argument("-o", "--output", type=Path, help="the .cell file to write (default: stdout)")
     _add_set(im)
 
@@ -349,9 +350,13 @@ def cmd_draw(args) -> int:
 
 def cmd_import(args) -> int:
     from nasir.compile import import_genotype
+    from nasir.genotype import collect_notes
     from nasir.io import atomic_write
 
-    text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+    with collect_notes() as notes:  # what a genotypes.py held besides genotypes (AutoDL's functions, classes)
+        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+    for note in notes:
+        print(note.render(), file=sys.stderr)
     if args.output is None:
         sys.stdout.write(text)
     else:
