@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="the data it was trained on (default: the checkpoint's, else digits)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--seed", type=limits.seed, help="the seed of the held-out split used in training (default: the checkpoint's, else 0)")
+    ev.add_argument("--task", choices=("classification", "detection"), default="classification",
+                    help="detection: COCO AP, AP50, AP75, APS, APM, APL of a detector (--data coco:PATH)")
     _add_set(ev)
 
     try:
@@ -456,6 +458,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.task == "detection":  # COCO box AP with pycocotools (nasir/coco_eval.py)
+        from nasir.coco_eval import eval_checkpoint, format_ap
+
+        metrics, n, split = eval_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device)
+        print(f"{format_ap(metrics)}  on {n} images ({split})")
+        return 0
     from nasir.train import evaluate_checkpoint
 
     loss, acc, n = evaluate_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
