@@ -196,3 +196,24 @@ def test_eval_cli_reports_coco_ap_of_a_detector_checkpoint(tmp_path, capsys):
     # detection without --data: exit 2, a diagnostic
     assert main(["eval", "--task", "detection", "--weights", str(tmp_path / "best.pt"), str(spec_path)]) == 2
     assert "--task detection needs COCO-format data" in capsys.readouterr().err
+
+
+def test_eval_without_a_val_split_scores_the_held_out_training_images(tmp_path):
+    from nasir.api import load
+    from nasir.coco_eval import eval_checkpoint
+    from nasir.targets import detection
+    from nasir.train import _split
+
+    data = write_coco(tmp_path / "coco", "train", VAL + VAL + VAL[:1])  # 7 images, no val split
+    spec_path = Path(__file__).resolve().parents[1] / "examples" / "darts_v2.cell"
+    config = {"num_classes": 3, "network": None, "overrides": {"C": 4, "layers": 3}, "min_size": 64, "max_size": 64,
+              "levels": [1, 2], "fpn_channels": 16}  # fmt: skip
+    model = detection.retinanet(load(spec_path), seed=1, **config)
+    torch.save({"format": detection.FORMAT, "config": config, "state_dict": model.state_dict()}, tmp_path / "best.pt")
+    metrics, n, split = eval_checkpoint(spec_path, tmp_path / "best.pt", f"coco:{data}", device="cpu")
+    # without provenance: nasir train's defaults, a fifth held out with seed 0 -> round(7 * 0.2) = 1 image
+    assert (n, split) == (1, "held-out part of train")
+    (held,) = _split(7, 0.2, 0)[1].tolist()
+    ds = detection.coco_dataset(data, "train")
+    direct = evaluate_detector(detection.load_detector(load(spec_path), tmp_path / "best.pt")[0], ds, "cpu", indices=[held])
+    assert format_ap(metrics) == format_ap(direct)
