@@ -426,14 +426,25 @@ def _logical_lines(text: str) -> list[tuple[int, int]]:
 def _statements(text: str) -> list[_Statement]:
     """Top-level statements: a line at column 0 starts one; indented lines belong to the block above them."""
     out: list[_Statement] = []
+    decorator = False  # the line before was `@decorator`: its def or class follows
     for a, b in _logical_lines(text):
         first = _skip_trivia(text, a)
         indented = first > a and text[first - 1] != "\n"
-        if out and out[-1].compound and (indented or _CONTINUES.match(text, first)):
+        if out and out[-1].compound and (indented or decorator or _CONTINUES.match(text, first)):
             out[-1] = attrs.evolve(out[-1], end=b)
         else:
             out.append(_Statement(first, b, bool(_COMPOUND.match(text, first)) and not indented))
+        decorator = text.startswith("@", first) and not indented
     return out
+
+
+def _kind(text: str, st: _Statement) -> str:
+    """What a skipped statement is, for the note: def, class, if, ..., decorated, docstring, other."""
+    if text.startswith("@", st.start):
+        return "decorated"
+    if st.compound:
+        return text[st.start : st.end].split(None, 1)[0].rstrip(":(")
+    return "docstring" if text.startswith(('"""', "'''"), st.start) else "other"
 
 
 def _parse_file(source: SourceFile) -> tuple[list[_Stmt], list[_Statement], DiagnosticError | None]:
@@ -936,7 +947,7 @@ def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotyp
     stmts, skipped, first_error = _parse_file(source)
     value = _select(source, stmts, name, first_error)
     if skipped:
-        kinds = sorted({source.text[st.start : st.end].split(None, 1)[0].rstrip(":(") if st.compound else "other" for st in skipped})
+        kinds = sorted({_kind(source.text, st) for st in skipped})
         _note(Diagnostic(f"skipped {_count(len(skipped), 'statement')} of {source.name} that are not genotype data "
                          f"(lines {_lines(source, skipped)}: {', '.join(kinds)})", source.span(skipped[0].start),
                          severity="note"))  # fmt: skip

@@ -821,3 +821,15 @@ def test_autodl_setn_imports():
     setn = parse_genotype(text, "SETN")
     assert setn.normal[-1] == ("conv_3x1_1x3", 4) and setn.reduce[-1] == ("skip_connect", 1)
     load(genotype_to_spec_text(setn))
+
+
+def test_decorated_definitions_and_docstrings_are_skipped_as_one_statement_each():
+    from nasir.genotype import collect_notes
+
+    text = ('"""Genotypes of a paper.\n\n|not~0| an NB201 string in prose\n"""\n'
+            "@register\n@other(1)\ndef build(x):\n    return x\n\n" + DARTS_V2 + "\nx = a + b\n")  # fmt: skip
+    with collect_notes() as notes:
+        assert parse_genotype(text, source_name="g.py") == parse_genotype(DARTS_V2)
+    (note,) = notes
+    # the docstring (lines 1-4), the decorated function (5-8) and the expression (11)
+    assert note.message == "skipped 3 statements of g.py that are not genotype data (lines 1-4, 5-8, 11: decorated, docstring, other)"
