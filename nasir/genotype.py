@@ -948,7 +948,8 @@ def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotyp
     value = _select(source, stmts, name, first_error)
     if skipped:
         kinds = sorted({_kind(source.text, st) for st in skipped})
-        _note(Diagnostic(f"skipped {_count(len(skipped), 'statement')} of {source.name} that are not genotype data "
+        _note(Diagnostic(f"skipped {_count(len(skipped), 'statement')} of {source.name} that "
+                         f"{'is' if len(skipped) == 1 else 'are'} not genotype data "
                          f"(lines {_lines(source, skipped)}: {', '.join(kinds)})", source.span(skipped[0].start),
                          severity="note"))  # fmt: skip
     if value.kind == "str":
