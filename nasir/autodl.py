@@ -1,6 +1,6 @@
 """Checkpoints of AutoDL's NAS-Bench-201 network (D-X-Y/AutoDL-Projects, `TinyNetwork`) -> nasir names.
 
-AutoDL's TinyNetwork (lib/models/cell_infers/tiny_network.py) is the network NAS-Bench-201 trained
+AutoDL's TinyNetwork (docs/autodl.md) is the network NAS-Bench-201 trained
 (Dong & Yang, ICLR 2020, Section 2.1): `stem` (conv 3x3, BN), `cells` (N InferCells, a ResNetBasicblock,
 N InferCells, a ResNetBasicblock, N InferCells), `lastact` (BN, ReLU), `global_pooling`, `classifier`.
 nasir builds the same network for a NAS-Bench-201 string (`nasir import`, the `nb201` macro) with the

@@ -1,7 +1,7 @@
 """COCO box AP of a detector: the numbers detection papers report (e.g. OStr-DARTS, Table VII).
 
-`coco_ap(gt, detections)` is pycocotools' COCOeval on boxes (Lin et al., 2014, "Microsoft COCO"; the
-metric definition at cocodataset.org/#detection-eval): AP averaged over the IoU thresholds
+`coco_ap(gt, detections)` is pycocotools' COCOeval on boxes (Lin et al., 2014, "Microsoft COCO";
+docs/coco_ap.md has the definition and the worked examples the tests check): AP averaged over the IoU thresholds
 0.50:0.05:0.95, AP50 and AP75 at one threshold, APS / APM / APL over objects of area < 32^2,
 32^2..96^2 and > 96^2 pixels, each the 101-point interpolated precision averaged over categories,
 at most 100 detections per image. A size range without ground truth has no AP: NaN (COCOeval's -1).

@@ -364,7 +364,7 @@ def _parse(source: SourceFile, start: str, text: str | None = None) -> Any:
 
 
 # ---- a genotypes.py with more than genotypes ------------------------------------------------------
-# AutoDL's genotype files (lib/nas_infer_model/DXYs/genotypes.py, lib/models/cell_searchs/genotypes.py)
+# AutoDL's genotype files (docs/autodl.md)
 # hold functions, classes and expressions beside the genotypes. The file is cut into top-level
 # statements; definitions (def, class, if, for, ...), docstrings and plain statements the grammar cannot
 # read are skipped with one note, unless they mention a genotype: a broken genotype is still an error at
@@ -571,7 +571,7 @@ _WHAT = "a Genotype(...) or a NAS-Bench-201 string"
 
 
 def _is_structure_call(v: _Py) -> bool:
-    """AutoDL's NAS-Bench-201 list form: `Structure([(('nor_conv_3x3', 0),), ...])` (lib/models/cell_searchs/genotypes.py)."""
+    """AutoDL's NAS-Bench-201 list form: `Structure([(('nor_conv_3x3', 0),), ...])` (docs/autodl.md)."""
     return v.kind == "call" and v.value.split(".")[-1] in ("Structure", "CellStructure")
 
 
