@@ -461,7 +461,8 @@ def cmd_eval(args) -> int:
     if args.task == "detection":  # COCO box AP with pycocotools (nasir/coco_eval.py)
         from nasir.coco_eval import eval_checkpoint, format_ap
 
-        metrics, n, split = eval_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device)
+        metrics, n, split = eval_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device,
+                                            seed=args.seed)  # fmt: skip
         print(f"{format_ap(metrics)}  on {n} images ({split})")
         return 0
     from nasir.train import evaluate_checkpoint

@@ -146,11 +146,12 @@ def format_ap(metrics: Mapping[str, float]) -> str:
 
 
 def eval_checkpoint(spec_path: str | Path, weights: str | Path, data: str | None, *, overrides: Sequence[str] | None = None,
-                    device: str = "auto") -> tuple[dict[str, float], int, str]:  # fmt: skip
+                    device: str = "auto", seed: int | None = None) -> tuple[dict[str, float], int, str]:  # fmt: skip
     """`nasir eval --task detection`: (metrics, images, which split) of a detector checkpoint.
 
     The held-out images are those `nasir train --task detection` held out: PATH/val when it has
-    annotations, else the fraction of PATH/train drawn with the split seed the checkpoint records."""
+    annotations, else the fraction of PATH/train drawn with the split seed the checkpoint records
+    (`seed` overrides it)."""
     from nasir import device as dv
     from nasir import provenance as prov
     from nasir.api import load
@@ -169,7 +170,8 @@ def eval_checkpoint(spec_path: str | Path, weights: str | Path, data: str | None
     else:
         dataset = detection.coco_dataset(path, "train")
         recorded = ((prov.read(weights) or {}).get("split")) or {}
-        _, held = _split(len(dataset), float(recorded.get("holdout", 0.2)), int(recorded.get("seed", 0)))
+        split_seed = seed if seed is not None else int(recorded.get("seed", 0))
+        _, held = _split(len(dataset), float(recorded.get("holdout", 0.2)), split_seed)
         indices, split = held.tolist(), "held-out part of train"
     detection.check_images(dataset)
     dev = dv.select_device(device)
