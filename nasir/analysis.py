@@ -1,7 +1,7 @@
 """What `nasir info` reports: size and cost of a derived network, shape of its cells, size of a search space.
 
 - Parameters and MACs are counted on the built module (targets/blocks.py `count_params`,
-  `count_macs`, by the rules of shared/design/ops.md, "Counting rules").
+  `count_macs`, by the rules of docs/ops.md, "Counting rules").
 - Depth and width of a derived cell follow SDARTS (Chen & Hsieh, 2020), appendix 7.4: the depth is
   the number of connections on the longest path from the input nodes to the output node; the width
   adds the widths (c each) of the intermediate nodes directly connected to the inputs, where a node

@@ -29,7 +29,7 @@ class OpCode:
 
     expr: str
     needs: tuple[str, ...] = ()
-    identity: bool = False  # exempt from drop-path (ops.md, "A DARTS cell")
+    identity: bool = False  # exempt from drop-path (docs/ops.md, "A DARTS cell")
 
 
 def _pool(stride: int, p: Mapping[str, Any]) -> OpCode:
@@ -154,7 +154,7 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     lines.append("        ])")
     lines.append("")
     lines.append("    def drop(self, h: torch.Tensor) -> torch.Tensor:")
-    lines.append('        """Drop-path in training (ops.md, "A DARTS cell"); identity ops never pass through here."""')
+    lines.append('        """Drop-path in training (docs/ops.md, "A DARTS cell"); identity ops never pass through here."""')
     lines.append("        return drop_path(h, self.drop_prob, self.training)")
     lines.append("")
     needs.add("drop_path")
@@ -348,7 +348,7 @@ import torch
 from torch import nn
 '''
     classes[0] = _section("cells") + classes[0]
-    body = [_section("building blocks (shared/design/ops.md)") + block_source(needs), *classes, _section("network") + net]
+    body = [_section("building blocks (docs/ops.md)") + block_source(needs), *classes, _section("network") + net]
     c, h, w = plan.input
     return header + "\n\n" + "\n\n\n".join(body) + "\n\n\n" + _MAIN.format(c=c, h=h, w=w)
 
