@@ -93,6 +93,8 @@ class OpDef:
     doc: str = attrs.field(default="", eq=False)
 
     def build(self, C: int, stride: int = 1, affine: bool = True) -> Any:
+        if self.signature:  # a family's bare name: the member with every default
+            return self.bind({}).build(C, stride, affine)
         if self.factory is None:
             from nasir.targets import blocks
 
