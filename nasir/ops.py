@@ -514,3 +514,40 @@ def _where(e: BaseException, target: Path) -> str:
 
 def is_parametric_call(name: str) -> bool:
     return "(" in name
+
+
+# ---- `nasir ops` -----------------------------------------------------------------------------------
+
+
+def op_table(spec: str | Path | None = None) -> list[dict[str, Any]]:
+    """What `nasir ops` lists: every op of the current scope (with `spec`, after loading the op files
+    it names), with its parameters, whether it has weights, and where it comes from."""
+    used: set[str] = set()
+    if spec is not None:
+        from nasir.api import load
+
+        loaded = load(spec)
+        used = {o for c in loaded.cells for e in c.edges for o in e.candidates if o is not None}
+    rows = []
+    for name, d in active().items():
+        params = [{"name": p.name, "type": p.type.__name__, "default": None if p.required else p.default,
+                   **({"choices": list(p.choices)} if p.choices else {})} for p in d.signature]  # fmt: skip
+        in_spec = sorted(u for u in used if u == name or u.split("(", 1)[0] == name)
+        rows.append({"name": name, "parameters": params, "weights": not d.parameter_free, "origin": d.origin,
+                     "doc": d.doc, **({"used": in_spec} if spec is not None else {})})  # fmt: skip
+    return rows
+
+
+def render_ops(rows: list[dict[str, Any]]) -> str:
+    def sig(r: dict[str, Any]) -> str:
+        if not r["parameters"]:
+            return r["name"]
+        return r["name"] + "(" + ", ".join(f"{p['name']} = {format_value(p['default'])}" if p["default"] is not None
+                                           else p["name"] for p in r["parameters"]) + ")"  # fmt: skip
+
+    width = max(len(sig(r)) for r in rows)
+    lines = [f"{'op':<{width}}  weights  origin"]
+    for r in rows:
+        mark = "  (used: " + ", ".join(r["used"]) + ")" if r.get("used") else ""
+        lines.append(f"{sig(r):<{width}}  {'yes' if r['weights'] else 'no':<7}  {r['origin']}  {r['doc']}{mark}".rstrip())
+    return "\n".join(lines)
