@@ -521,13 +521,15 @@ def is_parametric_call(name: str) -> bool:
 
 def op_table(spec: str | Path | None = None) -> list[dict[str, Any]]:
     """What `nasir ops` lists: every op of the current scope (with `spec`, after loading the op files
-    it names), with its parameters, whether it has weights, and where it comes from."""
+    it names), with its parameters, whether it has weights, and where it comes from; with `spec`
+    also the spellings the spec uses (in its op sets and cells)."""
     used: set[str] = set()
     if spec is not None:
         from nasir.api import load
 
         loaded = load(spec)
         used = {o for c in loaded.cells for e in c.edges for o in e.candidates if o is not None}
+        used |= {o for s in loaded.opsets for o in s.ops}
     rows = []
     for name, d in active().items():
         params = [{"name": p.name, "type": p.type.__name__, "default": None if p.required else p.default,
