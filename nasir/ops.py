@@ -553,3 +553,30 @@ def render_ops(rows: list[dict[str, Any]]) -> str:
         mark = "  (used: " + ", ".join(r["used"]) + ")" if r.get("used") else ""
         lines.append(f"{sig(r):<{width}}  {'yes' if r['weights'] else 'no':<7}  {r['origin']}  {r['doc']}{mark}".rstrip())
     return "\n".join(lines)
+
+
+def bundle_op_files(spec: Any, directory: str | Path) -> Any:
+    """Copy the op files an `ir.Spec` loaded into `directory` and return the spec naming the copies:
+    a standalone file written there (a search's derived.cell) then loads its ops from beside itself,
+    inside its own directory tree as `ops` lines must be (docs/ops.md, "Derived files"), and keeps the
+    ops it was searched with even if the original file changes later."""
+    import shutil
+
+    import attrs
+
+    from nasir import ir
+
+    directory = Path(directory)
+    out, taken = [], set()
+    for f in spec.op_files:
+        src = Path(f.resolved) if f.resolved else Path(f.path)
+        name, k = src.name, 1
+        while name in taken:
+            k += 1
+            name = f"{src.stem}_{k}{src.suffix}"
+        taken.add(name)
+        dest = directory / name
+        if not (dest.exists() and dest.resolve() == src.resolve()):
+            shutil.copyfile(src, dest)
+        out.append(ir.OpFile(name, str(dest.resolve()), span=f.span))
+    return attrs.evolve(spec, op_files=tuple(out))

@@ -314,9 +314,11 @@ def test_spec_names_its_op_file_relative_to_itself_and_prints_it(scope, tmp_path
     assert spec.cell("c").edges[0].op == "twice(k = 5)"
     assert [f.path for f in spec.op_files] == ["lib/mine.py"]
     assert print_spec(spec).startswith('ops "lib/mine.py"\n')
-    # Written elsewhere, the path is made relative to where the text goes.
+    # Written elsewhere, the path is made relative to where the text goes (outside the tree of that file
+    # it loads only with --allow-include-outside; ops.bundle_op_files copies the files there instead).
     (tmp_path / "runs" / "a").mkdir(parents=True)
     assert print_spec(spec, tmp_path / "runs" / "a").startswith('ops "../../lib/mine.py"\n')
+    assert print_spec(spec, tmp_path).startswith('ops "lib/mine.py"\n')
 
 
 @pytest.mark.parametrize(
