@@ -14,8 +14,8 @@ Three kinds of names resolve here:
   it is the user's own code, run only when named explicitly.
 
 The registry in use is the current *scope* (`scope()`, a context variable): built-ins plus the op files
-loaded in it. A process starts in one scope; `with ops.scope():` gives a fresh one whose loads vanish at
-its end (tests, notebooks). A name is defined once per scope: a user op cannot shadow a built-in, and two
+loaded in it. A process starts in one scope; `with ops.scope():` gives a fresh one (built-ins only) whose
+loads vanish at its end; every `nasir` command runs in one. A name is defined once per scope: a user op cannot shadow a built-in, and two
 files cannot define the same name (loading the same file again replaces its own ops).
 """
 
@@ -310,12 +310,13 @@ def active() -> Registry:
 
 
 @contextmanager
-def scope(registry: Registry | None = None) -> Iterator[Registry]:
-    """A scope with its own registry (a copy of the current one, or `registry`): op files loaded
-    inside it are gone when it ends."""
-    token = _ACTIVE.set(registry if registry is not None else active().copy())
+def scope(registry: Registry | None = None, *, inherit: bool = False) -> Iterator[Registry]:
+    """A scope with its own registry: the built-ins only (what was loaded outside does not show), the
+    current scope's ops too with `inherit`, or `registry`. Op files loaded inside it are gone when it ends."""
+    fresh = registry if registry is not None else active().copy() if inherit else Registry(BUILTINS)
+    token = _ACTIVE.set(fresh)
     try:
-        yield _ACTIVE.get()
+        yield fresh
     finally:
         _ACTIVE.reset(token)
 
