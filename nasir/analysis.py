@@ -287,6 +287,11 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None, input_shape: Sequenc
             w = cell_width(c)
             entry.update(depth=cell_depth(c), width=float(w), width_text=_fmt_width(w))
         out["cells"].append(entry)
+    if space and input_shape is not None:
+        from nasir.diagnostics import error_at
+
+        raise error_at(None, "--input counts the MACs of a derived network; this spec is a search space",
+                       "derive an architecture first (nasir search), then run nasir info on derived.cell")  # fmt: skip
     if space:
         sn, why = _supernet_weights(spec, plan)
         out["params"] = out["params_no_aux"] = out["macs"] = None
