@@ -254,7 +254,14 @@ def cmd_ops(args) -> int:
 
     from nasir.ops import op_table, render_ops
 
-    rows = op_table(args.file)
+    used = None
+    if args.file is not None:  # load the spec: its op files join the scope, and its ops are marked
+        from nasir.api import load
+
+        spec = load(args.file)
+        used = {o for c in spec.cells for e in c.edges for o in e.candidates if o is not None}
+        used |= {o for s in spec.opsets for o in s.ops}
+    rows = op_table(used)
     print(json.dumps(rows, indent=2) if args.json else render_ops(rows))
     return 0
 

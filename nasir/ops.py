@@ -25,7 +25,7 @@ import hashlib
 import importlib.util
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -520,24 +520,18 @@ def is_parametric_call(name: str) -> bool:
 # ---- `nasir ops` -----------------------------------------------------------------------------------
 
 
-def op_table(spec: str | Path | None = None) -> list[dict[str, Any]]:
-    """What `nasir ops` lists: every op of the current scope (with `spec`, after loading the op files
-    it names), with its parameters, whether it has weights, and where it comes from; with `spec`
-    also the spellings the spec uses (in its op sets and cells)."""
-    used: set[str] = set()
-    if spec is not None:
-        from nasir.api import load
-
-        loaded = load(spec)
-        used = {o for c in loaded.cells for e in c.edges for o in e.candidates if o is not None}
-        used |= {o for s in loaded.opsets for o in s.ops}
+def op_table(used: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """What `nasir ops` lists: every op of the current scope with its parameters, whether it has weights,
+    and where it comes from; with `used` (the op names a spec uses, after loading its op files), the
+    spellings of each op among them."""
+    used = set(used) if used is not None else None
     rows = []
     for name, d in active().items():
         params = [{"name": p.name, "type": p.type.__name__, "default": None if p.required else p.default,
                    **({"choices": list(p.choices)} if p.choices else {})} for p in d.signature]  # fmt: skip
-        in_spec = sorted(u for u in used if u == name or u.split("(", 1)[0] == name)
+        in_spec = sorted(u for u in used or () if u == name or u.split("(", 1)[0] == name)
         rows.append({"name": name, "parameters": params, "weights": not d.parameter_free, "origin": d.origin,
-                     "doc": d.doc, **({"used": in_spec} if spec is not None else {})})  # fmt: skip
+                     "doc": d.doc, **({"used": in_spec} if used is not None else {})})  # fmt: skip
     return rows
 
 
