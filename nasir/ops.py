@@ -101,9 +101,15 @@ class OpDef:
             return getattr(blocks, self.builder)(C, stride, affine, **self.params)
         from torch import nn
 
-        module = self.factory(C, stride, affine, **self.params)
+        from nasir.diagnostics import error_at
+
+        try:
+            module = self.factory(C, stride, affine, **self.params)
+        except Exception as e:  # the user's code: say which op and where, not a traceback of nasir
+            raise error_at(None, f"op '{self.name}' ({self.origin}) failed to build with C = {C}, stride = {stride}: "
+                           f"{_where(e, Path(self.origin))}") from None  # fmt: skip
         if not isinstance(module, nn.Module):
-            raise TypeError(f"op '{self.name}' ({self.origin}): the builder returned {type(module).__name__}, not an nn.Module")
+            raise error_at(None, f"op '{self.name}' ({self.origin}): the builder returned {type(module).__name__}, not an nn.Module")
         if self.macs is not None:
             # count_macs (targets/blocks.py) asks this rule instead of counting the layers inside.
             module._nasir_macs = (self.macs, C, stride, dict(self.params))

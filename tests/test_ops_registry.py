@@ -406,3 +406,27 @@ def test_info_at_another_input_counts_the_backbone_macs(tmp_path):
     assert d["at_input"] == {"input": [3, 32, 20], "macs": stem + cell + head, "backbone_macs": stem + cell,
                              "backbone_flops": 2 * (stem + cell)}  # fmt: skip
     assert d["macs"] == 4 * 8 * 8 * 27 + 4 * 8 * 8 * 4 + head  # the default input is unchanged
+
+
+def test_a_failing_or_wrong_builder_is_a_diagnostic_naming_the_op(scope, tmp_path):
+    from nasir.diagnostics import DiagnosticError
+
+    ops.load_file(_write(tmp_path, "odd.py", """
+    from nasir.ops import op
+
+
+    @op("halves")
+    def halves(C, stride, affine):
+        if C % 2:
+            raise ValueError("odd channels")
+
+
+    @op("nothing")
+    def nothing(C, stride, affine):
+        return 3
+    """))
+    with pytest.raises(DiagnosticError, match=r"op 'halves' \(.*odd.py\) failed to build with C = 3, stride = 1: "
+                       r"ValueError: odd channels \(line 8\)"):  # fmt: skip
+        ops.REGISTRY["halves"].build(3, 1)
+    with pytest.raises(DiagnosticError, match="op 'nothing' .* returned int, not an nn.Module"):
+        ops.REGISTRY["nothing"].build(4, 1)
