@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters, MACs, cell depth/width; for a search space its size")
     i.add_argument("file", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--input", type=_input_shape, metavar="C,H,W",
+                   help="count MACs (and the backbone's) at this input size, e.g. 3,224,224 (default: the network's input)")  # fmt: skip
     _add_set(i)
 
     co = sub.add_parser("compile", help="lower a derived architecture to a target")
@@ -213,7 +215,58 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--tolerance", type=_tolerance, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
     _add_include_flag(sub)
+    _add_ops_command(sub)
     return p
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive integers such as 3,224,224, got '{text}'")
+    return shape  # type: ignore[return-value]
+
+
+def _add_ops_command(sub) -> None:
+    """`nasir ops [SPEC]` and `--ops FILE` on every command (docs/ops.md, "Your own ops")."""
+    o = sub.add_parser("ops", help="list every op: parameters, weights, where it comes from")
+    o.add_argument("file", nargs="?", type=Path, help="a spec: include the op files it names")
+    o.add_argument("--json", action="store_true", help="print JSON instead of text")
+    o.add_argument("--allow-include-outside", action="store_true",
+                   help="let 'include' and 'ops' read files outside the spec's directory tree")  # fmt: skip
+    for parser in sub.choices.values():
+        parser.add_argument("--ops", dest="op_files", action="append", type=Path, default=[], metavar="FILE.py",
+                            help="load the user's ops from this Python file (runs it; docs/ops.md)")  # fmt: skip
+
+
+def _load_op_flags(args) -> None:
+    """Load every --ops FILE into the current scope's registry (nasir/ops.py)."""
+    from nasir import ops
+
+    for f in getattr(args, "op_files", []):
+        try:
+            ops.load_file(f)
+        except ops.OpFileError as e:
+            raise DiagnosticError([Diagnostic(f"--ops {f}: cannot load ops from '{f}': {e}")]) from None
+
+
+def cmd_ops(args) -> int:
+    import json
+
+    from nasir.ops import op_table, render_ops
+
+    used = None
+    if args.file is not None:  # load the spec: its op files join the scope, and its ops are marked
+        from nasir.api import load
+
+        spec = load(args.file)
+        used = {o for c in spec.cells for e in c.edges for o in e.candidates if o is not None}
+        used |= {o for s in spec.opsets for o in s.ops}
+    rows = op_table(used)
+    print(json.dumps(rows, indent=2) if args.json else render_ops(rows))
+    return 0
 
 
 # Commands that read no .cell spec (import reads a genotype; its output is a spec text it writes).
@@ -281,7 +334,7 @@ def cmd_info(args) -> int:
 
     from nasir.analysis import info, render
 
-    d = info(args.file, overrides=args.overrides)
+    d = info(args.file, overrides=args.overrides, input_shape=args.input) if args.input else info(args.file, overrides=args.overrides)
     print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
 
@@ -484,6 +537,7 @@ COMMANDS = {
     "search": cmd_search,
     "check": cmd_check, "fmt": cmd_fmt, "info": cmd_info, "compile": cmd_compile, "draw": cmd_draw,
     "import": cmd_import, "export-genotype": cmd_export_genotype, "verify-export": cmd_verify_export,
+    "ops": cmd_ops,
 }  # fmt: skip
 
 
@@ -510,8 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:])
         token = limits.ALLOW_INCLUDE_OUTSIDE.set(bool(getattr(args, "allow_include_outside", False)))
+        from nasir import ops
+
         try:
-            return COMMANDS[args.command](args)
+            with ops.scope():  # op files this command loads (--ops, a spec's `ops`) end with it
+                _load_op_flags(args)
+                return COMMANDS[args.command](args)
         finally:
             limits.ALLOW_INCLUDE_OUTSIDE.reset(token)
     except DiagnosticError as e:
