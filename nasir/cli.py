@@ -302,19 +302,16 @@ def cmd_compile(args) -> int:
 
     if args.dump_after is not None:
         from nasir.api import load
-        from nasir.passes.dead_nodes import DeadNodes
-        from nasir.passes.fuse import FuseOps, describe
-        from nasir.passes.mixed_ops import MixedOps
-        from nasir.passes.topology import Topology
-        from nasir.passes.zero_ops import ZeroOps
+        from nasir.passes.fuse import describe
         from nasir.pipeline import PassManager
 
         spec = load(args.file, overrides=args.overrides)
-        # A search space runs the passes that build its supernet; a derived spec the clean-up passes.
-        passes = [MixedOps(), ZeroOps(), Topology(), FuseOps()] if spec.is_search_space else [DeadNodes()]
+        # The pipeline the spec goes through for real (nasir/pipeline.py): a search space's supernet
+        # builder runs "search", `nasir compile` of a derived spec runs "compile".
+        pipeline = "search" if spec.is_search_space else "compile"
         fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search --fuse` runs
-        out = PassManager(passes, verify=True, dump_after=None if fused else args.dump_after,
-                          dump=lambda text: sys.stdout.write(text)).run(spec)  # fmt: skip
+        out = PassManager.of(pipeline, verify=True, dump_after=None if fused else args.dump_after,
+                             dump=lambda text: sys.stdout.write(text)).apply(spec)  # fmt: skip
         if fused:
             from nasir.printer import print_spec
 
