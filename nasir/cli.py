@@ -91,7 +91,8 @@ def _tolerance(text: str) -> float:
 
 
 def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], fields=None) -> None:
-    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py)."""
+    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py).
+    `spec_path` may be the loaded spec (nasir.lower.resolve takes either): then it is not read again."""
     from nasir import provenance as prov
 
     if weights is None:
@@ -99,7 +100,7 @@ def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], 
     then = prov.read(weights)
     if then is None:  # a bare state_dict: nothing recorded to compare
         return
-    from nasir.compile import resolve
+    from nasir.lower import resolve
 
     spec, plan = resolve(spec_path, overrides)
     now = prov.record(spec, kind=then.get("kind", ""), overrides=overrides, plan=plan)
@@ -298,14 +299,17 @@ def _json_safe(x):
 
 
 def cmd_compile(args) -> int:
-    from nasir.compile import compile, weights_path
+    import nasir
+    from nasir.api import load
+    from nasir.lower import weights_path
 
+    if args.dump_after is None and args.output is None:
+        raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
+    spec = load(args.file, overrides=args.overrides)  # read once: the dump, the checks and the lowering share it
     if args.dump_after is not None:
-        from nasir.api import load
         from nasir.passes.fuse import describe
         from nasir.pipeline import PassManager
 
-        spec = load(args.file, overrides=args.overrides)
         # The pipeline the spec goes through for real (nasir/pipeline.py): a search space's supernet
         # builder runs "search", `nasir compile` of a derived spec runs "compile".
         pipeline = "search" if spec.is_search_space else "compile"
@@ -322,14 +326,9 @@ def cmd_compile(args) -> int:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
 
     if args.target == "retinanet":  # a detector's checkpoint carries its network parameters: compare the spec only
-        _check_weights(args.file, args.weights, args.overrides, ("spec",))
-    out = None
-    if args.target in ("torch", "torchscript", "onnx"):  # a language model lowers through nasir/rnn
-        from nasir.rnn.hooks import compile_spec
-
-        out = compile_spec(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
-    if out is None:
-        out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
+        _check_weights(spec, args.weights, args.overrides, ("spec",))
+    # nasir.compile dispatches by what the spec holds: a language model lowers through nasir/rnn.
+    out = nasir.compile(spec, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
     print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
     return 0
@@ -345,8 +344,8 @@ def cmd_draw(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from nasir.compile import import_genotype
     from nasir.io import atomic_write
+    from nasir.lower import import_genotype
 
     text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
     if args.output is None:
@@ -371,7 +370,7 @@ def cmd_export_genotype(args) -> int:
 
 
 def cmd_verify_export(args) -> int:
-    from nasir.compile import verify_export
+    from nasir.lower import verify_export
     from nasir.targets.export import read_metadata
 
     seed = args.seed
