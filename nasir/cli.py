@@ -307,15 +307,15 @@ def cmd_compile(args) -> int:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
     spec = load(args.file, overrides=args.overrides)  # read once: the dump, the checks and the lowering share it
     if args.dump_after is not None:
+        from nasir.passes import pipeline as pass_pipeline
         from nasir.passes.fuse import describe
-        from nasir.pipeline import PassManager
 
         # The pipeline the spec goes through for real (nasir/pipeline.py): a search space's supernet
         # builder runs "search", `nasir compile` of a derived spec runs "compile".
         pipeline = "search" if spec.is_search_space else "compile"
         fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search --fuse` runs
-        out = PassManager.of(pipeline, verify=True, dump_after=None if fused else args.dump_after,
-                             dump=lambda text: sys.stdout.write(text)).apply(spec)  # fmt: skip
+        out = pass_pipeline(pipeline, verify=True, dump_after=None if fused else args.dump_after,
+                            dump=lambda text: sys.stdout.write(text)).apply(spec)  # fmt: skip
         if fused:
             from nasir.printer import print_spec
 

@@ -20,7 +20,7 @@ from nasir.api import load
 from nasir.diagnostics import Diagnostic, DiagnosticError, did_you_mean, error_at
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import Plan, elaborate, parse_overrides
-from nasir.pipeline import PassManager
+from nasir.passes import pipeline
 
 # torch is imported where it is used: `nasir import` and the argument checks of `nasir compile` stay fast.
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def resolve(spec_or_path: ir.Spec | str | Path, overrides: Overrides = None) -> 
         raise error_at(spec.cells[0].span if spec.cells else None, f"{spec.file} declares no network",
                        "add a 'network' block that stacks the cells, or use 'nasir import --macro ...'")  # fmt: skip
     if not spec.is_search_space:  # a search space is refused by require_derived, after elaboration
-        spec = PassManager.of("compile").apply(spec)  # nasir/pipeline.py; a no-op on a verified derived spec
+        spec = pipeline("compile").apply(spec)  # nasir/pipeline.py; a no-op on a verified derived spec
     plan = elaborate(spec, net, values, spans)
     assert plan is not None
     return spec, plan

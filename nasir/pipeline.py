@@ -7,15 +7,16 @@ pass whose name the spec already records (the passes are idempotent, so running 
 nothing), verifies the IR after each pass (on by default under pytest, see `verify_by_default`) and
 prints it after a named pass (`nasir compile --dump-after mixed_ops`).
 
-The pipelines are declared once, in `PIPELINES` (docs/passes.md): the supernet builder runs
-"search", `nasir.compile` / `nasir.build` run "compile", a searched space derives through "derive",
-and `--dump-after` runs the pipeline of the spec it is given, so it shows the order those run.
+The pipelines are declared once, in `PIPELINES` (docs/passes.md), and built by name with
+`nasir.passes.pipeline(name)`: the supernet builder runs "search", `nasir.compile` / `nasir.build`
+run "compile", a searched space derives through "derive" (`nasir.passes.derive.derive`), and
+`--dump-after` runs the pipeline of the spec it is given, so it shows the order those run.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -76,23 +77,21 @@ def verify_by_default() -> bool:
     return "PYTEST_CURRENT_TEST" in os.environ
 
 
-def pipeline(name: str, *given: Pass) -> list[Pass]:
-    """The passes of the pipeline `name`, in order. A pass that needs arguments (Derive: the scores)
-    is `given` as an instance; the others are built from `nasir.passes.registry()`."""
-    from nasir.passes import registry
-
+def assemble(name: str, given: Sequence[Pass] = (), classes: Mapping[str, type[Pass]] | None = None) -> list[Pass]:
+    """The passes of the declared pipeline `name`, in order: a pass `given` as an instance (Derive,
+    which takes the scores), else built from `classes` (`nasir.passes.registry()`; that module builds
+    pipelines by name: `nasir.passes.pipeline`, since the passes import this module, not it them)."""
     if name not in PIPELINES:
         raise KeyError(f"no pass pipeline named '{name}' (pipelines: {', '.join(PIPELINES)})")
     by_name = {p.name: p for p in given}
     unknown = set(by_name) - set(PIPELINES[name])
     if unknown:
         raise KeyError(f"pipeline '{name}' has no pass {sorted(unknown)} (passes: {', '.join(PIPELINES[name])})")
-    classes = registry()
     out = []
     for n in PIPELINES[name]:
         if n in by_name:
             out.append(by_name[n])
-        elif not classes[n].takes_arguments:
+        elif classes is not None and n in classes and not classes[n].takes_arguments:
             out.append(classes[n]())
         else:
             raise KeyError(f"pass '{n}' of pipeline '{name}' takes arguments: give it as an instance")
@@ -110,12 +109,6 @@ class PassManager:
         if dump_after is not None and dump_after not in names:
             raise DiagnosticError([Diagnostic(f"--dump-after: no pass named '{dump_after}' in this pipeline",
                                               hint="passes: " + ", ".join(p.name for p in self.passes))])  # fmt: skip
-
-    @classmethod
-    def of(cls, name: str, *given: Pass, verify: bool | None = None, dump_after: str | None = None,
-           dump: Callable[[str], None] = print) -> PassManager:  # fmt: skip
-        """The manager of the declared pipeline `name` (`PIPELINES`)."""
-        return cls(pipeline(name, *given), verify=verify, dump_after=dump_after, dump=dump)
 
     def run(self, spec: ir.Spec) -> PipelineResult:
         from nasir.printer import print_spec

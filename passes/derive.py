@@ -30,7 +30,7 @@ import attrs
 from nasir import ir, ops
 from nasir.diagnostics import error_at
 from nasir.passes.dead_nodes import eliminate
-from nasir.pipeline import Pass, PassManager, PassResult
+from nasir.pipeline import Pass, PassManager, PassResult, assemble
 
 Scores = Mapping[str, Sequence[Sequence[float]]]  # cell kind -> alpha row -> score per candidate
 CostFn = Callable[[ir.Spec], Mapping[str, float]]  # derived spec -> {"params": ..., "macs": ...}
@@ -185,4 +185,4 @@ def derive(spec: ir.Spec, scores: Scores, *, keep_edges: Mapping[str, set[tuple[
     manager (nasir/pipeline.py): its `requires` are checked, the IR is verified after the pass under
     pytest, `--dump-after derive` could print it. Same arguments and result as `Derive(...).run(spec).spec`."""
     d = Derive(scores, keep_edges=keep_edges, remove_nodes=remove_nodes, drop_none=drop_none, cost=cost, dead_nodes=dead_nodes)
-    return PassManager.of("derive", d, verify=verify).apply(spec)
+    return PassManager(assemble("derive", [d]), verify=verify).apply(spec)

@@ -618,14 +618,14 @@ class Supernet(nn.Module):
 def prepare(spec: ir.Spec) -> ir.Spec:
     """Run the "search" pipeline (nasir/pipeline.py: mixed_ops, topology, zero_ops, fuse_ops; a pass
     that already ran is skipped); refuse a spec without choices."""
-    from nasir.pipeline import PassManager
+    from nasir.passes import pipeline
 
     if not spec.is_search_space:
         cell = spec.cells[0] if spec.cells else None
         raise DiagnosticError([Diagnostic(f"{spec.file} has no choices to search: no cell has a choice(...) edge",
                                           cell.span if cell else None,
                                           "write an edge as 'edges * -> n* : choice(darts)', or compile a derived spec with 'nasir compile'")])  # fmt: skip
-    return PassManager.of("search").apply(spec)
+    return pipeline("search").apply(spec)
 
 
 def default_channels_last() -> bool:
