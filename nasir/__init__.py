@@ -41,8 +41,16 @@ def load(path_or_text: str | Path, *, overrides: Overrides = None, name: str | N
     """
     from nasir.api import load as _load
 
-    values = list(overrides) if overrides is not None and not isinstance(overrides, Mapping) else overrides
-    return _load(path_or_text, overrides=values, name=name, allow_include_outside=allow_include_outside)
+    return _load(path_or_text, overrides=_values(overrides), name=name, allow_include_outside=allow_include_outside)
+
+
+def _values(overrides: Overrides | str) -> list[str] | dict[str, Any] | None:
+    """Overrides as `nasir.api.load` takes them: "name=value" strings (one string is one of them) or a dict."""
+    if overrides is None:
+        return None
+    if isinstance(overrides, str):
+        return [overrides]
+    return dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
 
 
 def check(path_or_text: str | Path, *, overrides: Overrides = None, name: str | None = None) -> list[Diagnostic]:

@@ -113,3 +113,12 @@ def test_nasir_compile_reads_the_spec_once_and_dispatches_by_what_it_holds(tmp_p
     reads.clear()
     out = nasir.compile(EXAMPLES / example, "torch", tmp_path / "lib.py", overrides=sets)
     assert reads == [str(EXAMPLES / example)] and out.read_text() == text
+
+
+def test_overrides_may_be_a_list_a_dict_or_one_string():
+    shapes = [{k: v.shape for k, v in nasir.build(EXAMPLES / "darts_v2.cell", overrides=o).state_dict().items()}
+              for o in (SMALL, {"C": 4, "layers": 2})]  # fmt: skip
+    assert shapes[0] == shapes[1] and shapes[0]["stem.0.weight"][0] == 3 * 4  # DARTS' stem: 3C channels
+    assert nasir.load(EXAMPLES / "darts_v2.cell", overrides="C=4").network() is not None
+    with pytest.raises(nasir.DiagnosticError, match="has no parameter 'D'"):  # one override, not three characters
+        nasir.load(EXAMPLES / "darts_v2.cell", overrides="D=4")
