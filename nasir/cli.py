@@ -91,7 +91,8 @@ def _tolerance(text: str) -> float:
 
 
 def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], fields=None) -> None:
-    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py)."""
+    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py).
+    `spec_path` may be the loaded spec (nasir.lower.resolve takes either): then it is not read again."""
     from nasir import provenance as prov
 
     if weights is None:
@@ -99,7 +100,7 @@ def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], 
     then = prov.read(weights)
     if then is None:  # a bare state_dict: nothing recorded to compare
         return
-    from nasir.compile import resolve
+    from nasir.lower import resolve
 
     spec, plan = resolve(spec_path, overrides)
     now = prov.record(spec, kind=then.get("kind", ""), overrides=overrides, plan=plan)
@@ -354,23 +355,23 @@ def _json_safe(x):
 
 
 def cmd_compile(args) -> int:
-    from nasir.compile import compile, weights_path
+    import nasir
+    from nasir.api import load
+    from nasir.lower import weights_path
 
+    if args.dump_after is None and args.output is None:
+        raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
+    spec = load(args.file, overrides=args.overrides)  # read once: the dump, the checks and the lowering share it
     if args.dump_after is not None:
-        from nasir.api import load
-        from nasir.passes.dead_nodes import DeadNodes
-        from nasir.passes.fuse import FuseOps, describe
-        from nasir.passes.mixed_ops import MixedOps
-        from nasir.passes.topology import Topology
-        from nasir.passes.zero_ops import ZeroOps
-        from nasir.pipeline import PassManager
+        from nasir.passes import pipeline as pass_pipeline
+        from nasir.passes.fuse import describe
 
-        spec = load(args.file, overrides=args.overrides)
-        # A search space runs the passes that build its supernet; a derived spec the clean-up passes.
-        passes = [MixedOps(), ZeroOps(), Topology(), FuseOps()] if spec.is_search_space else [DeadNodes()]
+        # The pipeline the spec goes through for real (nasir/pipeline.py): a search space's supernet
+        # builder runs "search", `nasir compile` of a derived spec runs "compile".
+        pipeline = "search" if spec.is_search_space else "compile"
         fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search --fuse` runs
-        out = PassManager(passes, verify=True, dump_after=None if fused else args.dump_after,
-                          dump=lambda text: sys.stdout.write(text)).run(spec)  # fmt: skip
+        out = pass_pipeline(pipeline, verify=True, dump_after=None if fused else args.dump_after,
+                            dump=lambda text: sys.stdout.write(text)).apply(spec)  # fmt: skip
         if fused:
             from nasir.printer import print_spec
 
@@ -381,14 +382,9 @@ def cmd_compile(args) -> int:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
 
     if args.target == "retinanet":  # a detector's checkpoint carries its network parameters: compare the spec only
-        _check_weights(args.file, args.weights, args.overrides, ("spec",))
-    out = None
-    if args.target in ("torch", "torchscript", "onnx"):  # a language model lowers through nasir/rnn
-        from nasir.rnn.hooks import compile_spec
-
-        out = compile_spec(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
-    if out is None:
-        out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
+        _check_weights(spec, args.weights, args.overrides, ("spec",))
+    # nasir.compile dispatches by what the spec holds: a language model lowers through nasir/rnn.
+    out = nasir.compile(spec, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
     print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
     return 0
@@ -404,9 +400,9 @@ def cmd_draw(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from nasir.compile import import_genotype
     from nasir.genotype import collect_notes
     from nasir.io import atomic_write
+    from nasir.lower import import_genotype
 
     with collect_notes() as notes:  # what a genotypes.py held besides genotypes (AutoDL's functions, classes)
         text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
@@ -434,7 +430,7 @@ def cmd_export_genotype(args) -> int:
 
 
 def cmd_verify_export(args) -> int:
-    from nasir.compile import verify_export
+    from nasir.lower import verify_export
     from nasir.targets.export import read_metadata
 
     seed = args.seed
