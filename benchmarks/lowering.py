@@ -52,7 +52,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from nasir.compile import build, compile
+    from nasir.lower import build, compile
 
     tmp = Path(tempfile.mkdtemp(prefix="nasir-bench-"))
     onnx_path, ts_path = tmp / "darts_v2.onnx", tmp / "darts_v2.ts"

@@ -73,7 +73,7 @@ def _setup(device: str, threads: int, mode: str, batch: int):
     """The network (seed 0), an input batch and labels on `device`, in the mode's state."""
     import torch
 
-    from nasir.compile import build
+    from nasir.lower import build
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def main() -> None:
     if not args.no_ort:
         import onnxruntime as ort
 
-        from nasir.compile import compile
+        from nasir.lower import compile
 
         onnx_path = tmp / "darts_v2.onnx"
         t = time.perf_counter()

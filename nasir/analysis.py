@@ -257,7 +257,7 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None, input_shape: Sequenc
     `input_shape` (C, H, W): also count the MACs at that input, of the whole network and of its backbone
     (stems and cells: everything but the classifier), as OStr-DARTS' Table VII reports backbone FLOPs at
     224 x 224; FLOPs are given as 2 x MACs (one multiply and one add), labelled as such."""
-    from nasir.compile import resolve
+    from nasir.lower import resolve
 
     recurrent = _recurrent_spec(spec, overrides)
     if recurrent is not None:
@@ -303,7 +303,7 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None, input_shape: Sequenc
             "candidates": None if any(e["candidates"] is None for e in out["cells"]) else math.prod(e["candidates"] for e in out["cells"]),
         }
         return out
-    from nasir.compile import build_from_plan
+    from nasir.lower import build_from_plan
     from nasir.targets.blocks import count_macs, count_params
 
     with _shapes_only():

@@ -12,7 +12,7 @@ from helpers import EXAMPLES, spec_of
 from torch import nn
 
 from nasir.api import load
-from nasir.compile import compile, resolve, weights_path
+from nasir.lower import compile, resolve, weights_path
 from nasir.diagnostics import DiagnosticError
 from nasir.ops import REGISTRY
 from nasir.targets import blocks, network, torch_source
