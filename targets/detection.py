@@ -62,7 +62,7 @@ from nasir.data.coco import (  # re-exported: the loaders moved to nasir.data (i
 )
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write, atomic_write_with
-from nasir.macro import CellPlan, Plan, ResidualPlan, parse_overrides
+from nasir.macro import CellPlan, Plan, parse_overrides
 from nasir.macro import plan as make_plan
 from nasir.targets.network import CellModule, Network, build
 
@@ -105,38 +105,24 @@ class FeatureLevel:
 
 
 def feature_levels(spec: ir.Spec, plan: Plan) -> list[FeatureLevel]:
-    """The detection levels of a network, from the Plan and the IR (nothing is built or run).
+    """The detection levels of a network, from the Plan alone (nothing is built or run).
 
-    A level is the output of the last body block before each reduction and of the last block.
-    Channels: a cell's output multiplier (len(concat), or 1 for a single-node output) times its C
-    (ops.md, "A DARTS cell"); a residual block's C_out. Stride: the stems' conv strides times 2 for
-    every reduction cell (`stride 2 from inputs`) or residual block before and at the level.
+    A level is the output of the last body block before each reduction and of the last block. The
+    Plan records every block's output channels (a cell's output multiplier times its C, ops.md "A
+    DARTS cell"; a residual block's C_out), its stride (2 for a cell with `stride 2 from inputs` and
+    for a residual block) and the total downsampling `scale` after it (stem strides included), so
+    this is a walk over `plan.body` (nasir/macro.py).
     """
-    stride = 1
-    for stem in plan.stems:
-        for layer in stem:
-            if layer.name == "conv3x3":
-                stride *= int(layer.kw("stride", 1))
-    blocks: list[tuple[int, int, bool]] = []  # (channels, stride after the block, block reduces)
-    for b in plan.body:
-        if isinstance(b, ResidualPlan):
-            stride *= 2
-            blocks.append((b.C_out, stride, True))
-            continue
-        assert isinstance(b, CellPlan)
-        cell = spec.cell(b.cell)
-        if cell is None or cell.output is None:
+    body = plan.body
+    for b in body:
+        if isinstance(b, CellPlan) and spec.cell(b.cell) is None:
             raise DiagnosticError([Diagnostic(f"unknown cell '{b.cell}'")])
-        multiplier = len(cell.output.nodes) if cell.output.kind == "concat" else 1
-        if cell.reduction:
-            stride *= 2
-        blocks.append((multiplier * b.C, stride, cell.reduction))
-    if not blocks:
+    if not body:
         raise DiagnosticError([Diagnostic(f"network '{plan.network}' has no cells to take detection features from")])
-    indices = [i - 1 for i, (_, _, reduces) in enumerate(blocks) if reduces and i > 0]
-    indices.append(len(blocks) - 1)
+    indices = [i - 1 for i, b in enumerate(body) if b.stride > 1 and i > 0]
+    indices.append(len(body) - 1)
     indices = sorted(set(indices))
-    return [FeatureLevel(str(k), i, blocks[i][0], blocks[i][1]) for k, i in enumerate(indices)]
+    return [FeatureLevel(str(k), i, body[i].C_out, body[i].scale) for k, i in enumerate(indices)]
 
 
 class NasBackbone(nn.Module):
