@@ -189,8 +189,6 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
             if len(c.inputs) == 1 and c.output is not None and (c.output.kind == "concat" and len(c.output.nodes) != 1):
                 bag.error(c.output.span, f"inconsistent channels: one-input cell '{name}' must keep its channels, but its output concatenates {len(c.output.nodes)} nodes",
                           "write 'output NODE'")  # fmt: skip
-            if len(c.inputs) == 1 and c.reduction:
-                bag.error(b.span, f"one-input cell '{name}' cannot reduce; put a 'residual' block between stages")
         if b.reduce is not None and not b.at:
             bag.error(b.span, "a reduction cell needs positions, e.g. 'at 1/3, 2/3'")
     if not n.head or not any(x.name == "linear" for x in n.head):

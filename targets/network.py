@@ -44,6 +44,11 @@ class CellModule(nn.Module):
             self.preprocess0 = (blocks.FactorizedReduce(C_pp, C, affine) if reduction_prev
                                 else blocks.ReLUConvBN(C_pp, C, 1, 1, 0, affine))  # fmt: skip
             self.preprocess1 = blocks.ReLUConvBN(C_p, C, 1, 1, 0, affine)
+        elif C_p != C:
+            # A one-input reduction cell that widens (a chain stage, docs/network.md "Chain spaces"):
+            # a 1 x 1 projection C_p -> C as DARTS' preprocess1, then the cell's ops at C.
+            self.preprocess1 = blocks.ReLUConvBN(C_p, C, 1, 1, 0, affine)
+        self._project = not self.two_inputs and C_p != C
         index = {s: i for i, s in enumerate(cell.states)}
         self._ops = nn.ModuleList(make_op(e, C, cell.stride(e)) for e in cell.edges)
         # The schedule: for each intermediate node, the (edge index, source state index) it sums.
@@ -60,7 +65,7 @@ class CellModule(nn.Module):
         if self.two_inputs:
             states = [self.preprocess0(s0), self.preprocess1(s1)]
         else:
-            states = [s0]
+            states = [self.preprocess1(s0) if self._project else s0]
         for schedule in self._schedule:
             total = None
             for k, src in schedule:
@@ -106,7 +111,7 @@ class Network(nn.Module):
                 cell = spec.cell(b.cell)
                 if cell is None:
                     raise error_at(None, f"unknown cell '{b.cell}'")
-                if len(cell.inputs) == 1 and b.C_p != b.C:
+                if len(cell.inputs) == 1 and b.C_p != b.C and not cell.reduction:
                     raise error_at(cell.span, f"inconsistent channels: cell '{cell.name}' expects {b.C} channels, gets {b.C_p}")
                 self.cells.append(CellModule(cell, b.C_pp, b.C_p, b.C, b.reduction_prev, make_op, affine))
                 self.cell_kinds.append(cell.name)

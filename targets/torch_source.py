@@ -145,6 +145,12 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         needs.update({"FactorizedReduce", "ReLUConvBN"})
         lines.append("        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)")
         lines.append("        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
+    widens = not two and cell.reduction  # a one-input reduction cell (a chain stage) may widen: docs/network.md
+    if widens:
+        needs.add("ReLUConvBN")
+        lines.append("        self.project = C_p != C  # a 1 x 1 projection widens the input first (docs/network.md)")
+        lines.append("        if self.project:")
+        lines.append("            self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
     lines.append("        self._ops = nn.ModuleList([")
     identity: list[bool] = []
     for k, e in enumerate(cell.edges):
@@ -165,6 +171,9 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         lines.append("        s1 = self.preprocess1(s1)")
     else:
         lines.append("    def forward(self, s0: torch.Tensor) -> torch.Tensor:")
+        if widens:
+            lines.append("        if self.project:")
+            lines.append("            s0 = self.preprocess1(s0)")
     index = {id(e): k for k, e in enumerate(cell.edges)}
     for n in cell.node_names:
         terms = []
