@@ -1,0 +1,169 @@
+"""Chain-structured spaces (issue 16; examples/proxyless.cell, docs/network.md "Chain spaces").
+
+A stage is a one-input cell whose nodes form a chain of layers, each edge with its own choice. The
+checks: the supernet's structure against a hand count of candidates and parameters, derivation takes
+the argmax of every layer's own row, a `none` layer is the identity, the widening projection of a
+reduction stage, the generated torch source, ONNX, and the CLI end to end on tiny settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import EXAMPLES
+
+from nasir import cli
+from nasir.api import load
+from nasir.macro import plan
+from nasir.passes.derive import Derive
+from nasir.search.supernet import build_supernet, prepare
+from nasir.targets import network, torch_source
+
+SPACE = EXAMPLES / "proxyless.cell"
+KINDS = ("stage", "down1", "mid", "down2")
+MIXED = [("x", "l1"), ("l1", "a2"), ("l2", "a3")]  # the three searchable layers of every stage
+
+
+def _count(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _mixed_params(c: int, stride: int, first: bool) -> int:
+    """Weights of one mixed edge at c channels in the supernet (BN without affine there: no weights).
+    SepConv k: two (depthwise c*k*k + pointwise c*c); DilConv 3: c*9 + c*c (ops.md); skip_connect at
+    stride 2 is FactorizedReduce, two 1x1 convs c -> c/2; `none` and a stride-1 skip have none."""
+    p = 2 * (9 * c + c * c) + 2 * (25 * c + c * c) + (9 * c + c * c)
+    return p + (c * c if first and stride == 2 else 0)
+
+
+def test_supernet_structure_by_hand():
+    spec = load(SPACE)
+    sn = build_supernet(spec, overrides={"C": 4}, seed=0, channels_last=False)
+    # one alpha row per layer of every stage, four candidates each: every layer chooses for itself
+    assert {k: tuple(v.shape) for k, v in sn.alphas.items()} == {k: (3, 4) for k in KINDS}
+    first = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "skip_connect")
+    layer = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "none")
+    assert sn.rows["stage"] == (first, layer, layer)
+    # channels: stage C = 4, down1 8 (stride 2), mid 8, down2 16 (stride 2)
+    p = sn.plan
+    assert [(b.cell, b.C_p, b.C, b.stride, b.scale) for b in p.body] == [
+        ("stage", 4, 4, 1, 1), ("down1", 4, 8, 2, 2), ("mid", 8, 8, 1, 2), ("down2", 8, 16, 2, 4)]
+    stem = 1 * 4 * 9 + 2 * 4  # conv3x3(1 -> 4) + the stem's affine BN
+    cells = [
+        3 * _mixed_params(4, 1, False),
+        4 * 8 + _mixed_params(8, 2, True) + 2 * _mixed_params(8, 1, False),  # 1x1 projection 4 -> 8
+        3 * _mixed_params(8, 1, False),
+        8 * 16 + _mixed_params(16, 2, True) + 2 * _mixed_params(16, 1, False),
+    ]
+    head = 16 * 10 + 10
+    assert [_count(m) for m in sn.net.cells] == cells
+    assert _count(sn.net) == stem + sum(cells) + head
+    out = sn(torch.randn(2, 1, 8, 8))
+    assert out.shape == (2, 10)
+
+
+def _rows(choice: dict[str, list[int]]) -> dict[str, list[list[float]]]:
+    """Score rows whose argmax is the given candidate index per layer."""
+    out = {}
+    for kind, picks in choice.items():
+        rows = []
+        for k, i in enumerate(picks):
+            row = [0.1 + 0.01 * j + 0.001 * k for j in range(4)]
+            row[i] = 0.9
+            rows.append(row)
+        out[kind] = rows
+    return out
+
+
+def _derived(choice: dict[str, list[int]]):
+    spec = prepare(load(SPACE))
+    return Derive(_rows(choice)).run(spec).spec
+
+
+def _op(cell, src, dst) -> str:
+    return next(e.op for e in cell.edges if (e.src, e.dst) == (src, dst))
+
+
+def test_derivation_takes_each_layers_own_argmax():
+    choice = {"stage": [0, 3, 1], "down1": [3, 2, 0], "mid": [1, 1, 3], "down2": [2, 0, 2]}
+    derived = _derived(choice)
+    first = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "skip_connect")
+    layer = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "none")
+    for kind, picks in choice.items():
+        cell = derived.cell(kind)
+        want = [first[picks[0]], layer[picks[1]], layer[picks[2]]]
+        assert [_op(cell, s, d) for s, d in MIXED] == want, kind
+        # the residual skips stay as written
+        assert _op(cell, "l1", "l2") == _op(cell, "a2", "l2") == "skip_connect"
+
+
+def _text(spec) -> str:
+    from nasir.search.runner import _canonical  # the derived.cell text `nasir search` writes
+
+    return _canonical(spec)
+
+
+def test_a_none_layer_is_the_identity():
+    """Derived to `none`, layer 2 of the first stage has no weights and the network computes what the
+    same network without that layer computes (hand-written below), weight for weight."""
+    derived = _derived({"stage": [0, 3, 1], "down1": [0, 0, 0], "mid": [0, 0, 0], "down2": [0, 0, 0]})
+    text = _text(derived)
+    assert "a2 = none(l1)" in text
+    without = text.replace("  a2 = none(l1)\n", "").replace("l2 = skip_connect(l1) + skip_connect(a2)", "l2 = skip_connect(l1)", 1)
+    assert without != text
+    a = load(text, name="with.cell")
+    b = load(without, name="without.cell")
+    net_a = network.build(a, plan(a, overrides={"C": 4}), seed=3).eval()
+    net_b = network.build(b, plan(b, overrides={"C": 4}), seed=3).eval()
+    assert _count(net_a.cells[0]) == _count(net_b.cells[0]) == 2 * (9 * 4 + 16 + 8) + 2 * (25 * 4 + 16 + 8)  # sep 3x3, sep 5x5 (ops.md; affine BN)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net_a(x), net_b(x))
+
+
+def test_widening_stage_projects_and_the_generated_source_matches():
+    derived = _derived({"stage": [1, 0, 3], "down1": [3, 3, 3], "mid": [2, 3, 0], "down2": [0, 1, 2]})
+    spec = load(_text(derived), name="d.cell")
+    p = plan(spec, overrides={"C": 4})
+    net = network.build(spec, p, seed=0).eval()
+    proj = net.cells[1].preprocess1.op[1]
+    assert (proj.in_channels, proj.out_channels, proj.kernel_size) == (4, 8, (1, 1))
+    ns: dict = {"__name__": "generated_chain"}
+    exec(torch_source.generate(spec, p), ns)  # the generated module's text, run as Python
+    torch.manual_seed(0)
+    gen = ns["Network"]().eval()
+    assert list(gen.state_dict()) == list(net.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(gen(x), net(x))
+
+
+def test_cli_search_derive_check_and_onnx_end_to_end(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert cli.main(["search", str(SPACE), "--data", "digits", "--out", str(out), "--epochs", "1",
+                     "--limit-batches", "2", "--set", "C=4"]) == 0  # fmt: skip
+    derived = out / "derived.cell"
+    spec = load(derived)
+    assert not spec.is_search_space and [c.name for c in spec.cells] == list(KINDS)
+    assert cli.main(["check", str(derived)]) == 0
+    onnx_path = tmp_path / "d.onnx"
+    assert cli.main(["compile", str(derived), "--target", "onnx", "-o", str(onnx_path), "--set", "C=4"]) == 0
+    net = network.build(spec, plan(spec, overrides={"C": 4}), seed=0).eval()
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        want = net(x).numpy()
+    sess = ort.InferenceSession(str(onnx_path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert got.shape == (1, 10)
+    # the compiled ONNX graph is the derived network at seed 0 (compile's default seed)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kinds", [("first", "layer")])
+def test_stage_choices_have_one_size(kinds):
+    """The supernet keeps one alpha matrix per cell kind, so a stage's op sets have one size: the
+    example's first-layer set swaps `none` for `skip_connect` rather than adding it."""
+    text = SPACE.read_text()
+    assert "opset first = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, skip_connect}" in text
+    assert "opset layer = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, none}" in text
