@@ -167,3 +167,13 @@ def test_stage_choices_have_one_size(kinds):
     text = SPACE.read_text()
     assert "opset first = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, skip_connect}" in text
     assert "opset layer = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, none}" in text
+
+
+def test_a_one_input_normal_cell_must_still_keep_its_channels():
+    """Only a reduction stage widens; a normal one-input cell fed other channels is refused, pointed."""
+    from nasir.diagnostics import DiagnosticError
+
+    text = SPACE.read_text().replace("stack 2 cells(2 * C): mid, down2 at 1/2", "stack 1 cells(4 * C): mid")
+    spec = load(text.replace('include "ops.cell"', f'include "{EXAMPLES / "ops.cell"}"'), name="wide.cell")
+    with pytest.raises(DiagnosticError, match="inconsistent channels: cell 'mid' expects 32 channels, gets 16"):
+        build_supernet(spec, overrides={"C": 8}, channels_last=False)
