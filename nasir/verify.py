@@ -197,6 +197,8 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
     if plan is not None:
         for d in search_space_problems(spec, plan, n):
             bag.items.append(d)
+        for d in chain_problems(spec, plan, n):
+            bag.items.append(d)
 
 
 def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
@@ -282,3 +284,26 @@ def search_space_problems(spec: ir.Spec, plan, network: ir.Network | None = None
                                   aux.span if aux is not None else span,
                                   "switch it off for the search (e.g. --set auxiliary=false) and train the derived network with it"))  # fmt: skip
     return out
+
+
+def chain_problems(spec: ir.Spec, plan, network: ir.Network) -> list:
+    """Channel problems of one-input cells (chain stages, docs/network.md "Chain spaces"), from the
+    channels the Plan records: a one-input reduction cell widens through a 1 x 1 projection, but a
+    one-input normal cell must read as many channels as it has (C_p == C). Reported by `nasir check`
+    at the stack that places the cell, rather than when the network is built."""
+    from nasir.diagnostics import Diagnostic
+
+    out: list[Diagnostic] = []
+    stacks = [b for b in network.body if isinstance(b, ir.Stack)]
+    for b in plan.cells:
+        c = spec.cell(b.cell)
+        if c is None or len(c.inputs) != 1 or c.reduction or b.C_p == b.C:
+            continue
+        at = next((s for s in stacks if s.cell == b.cell), None)
+        out.append(Diagnostic(f"inconsistent channels: cell '{b.cell}' expects {b.C} channels, gets {b.C_p}",
+                              at.span if at is not None else c.span,
+                              "a one-input cell keeps its channels; widen in a reduction cell ('stride 2 from inputs') "
+                              "or a 'residual' block"))  # fmt: skip
+        break  # the first one: later cells read what it would have made
+    return out
+

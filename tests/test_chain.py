@@ -160,20 +160,27 @@ def test_cli_search_derive_check_and_onnx_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kinds", [("first", "layer")])
-def test_stage_choices_have_one_size(kinds):
-    """The supernet keeps one alpha matrix per cell kind, so a stage's op sets have one size: the
-    example's first-layer set swaps `none` for `skip_connect` rather than adding it."""
-    text = SPACE.read_text()
-    assert "opset first = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, skip_connect}" in text
-    assert "opset layer = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, none}" in text
-
-
-def test_a_one_input_normal_cell_must_still_keep_its_channels():
-    """Only a reduction stage widens; a normal one-input cell fed other channels is refused, pointed."""
+def test_a_stage_whose_op_sets_differ_in_size_is_refused_at_the_cell():
+    """The supernet keeps one alpha matrix per cell kind, so the example's first-layer set swaps `none`
+    for `skip_connect` rather than adding it; a stage with sets of 4 and 5 ops is refused, pointed."""
     from nasir.diagnostics import DiagnosticError
 
+    text = SPACE.read_text().replace("opset first = {sep_conv_3x3,", "opset first = {none, sep_conv_3x3,")
+    assert text != SPACE.read_text()
+    spec = load(text.replace('include "ops.cell"', f'include "{EXAMPLES / "ops.cell"}"'), name="sizes.cell",
+                allow_include_outside=True)  # fmt: skip
+    with pytest.raises(DiagnosticError, match="cell 'stage' mixes choices of different sizes"):
+        build_supernet(spec, overrides={"C": 4}, channels_last=False)
+
+
+def test_a_one_input_normal_cell_must_still_keep_its_channels(tmp_path, capsys):
+    """Only a reduction stage widens; a normal one-input cell fed other channels is refused, pointed
+    at the stack that places it, by `nasir check` (nasir/verify.py chain_problems)."""
+    (tmp_path / "ops.cell").write_text((EXAMPLES / "ops.cell").read_text())
+    f = tmp_path / "wide.cell"
     text = SPACE.read_text().replace("stack 2 cells(2 * C): mid, down2 at 1/2", "stack 1 cells(4 * C): mid")
-    spec = load(text.replace('include "ops.cell"', f'include "{EXAMPLES / "ops.cell"}"'), name="wide.cell")
-    with pytest.raises(DiagnosticError, match="inconsistent channels: cell 'mid' expects 32 channels, gets 16"):
-        build_supernet(spec, overrides={"C": 8}, channels_last=False)
+    f.write_text(text)
+    assert cli.main(["check", str(f), "--set", "C=8"]) == 2
+    err = capsys.readouterr().err
+    line = 1 + text[: text.index("stack 1 cells(4 * C)")].count("\n")
+    assert f"wide.cell:{line}:3: error: inconsistent channels: cell 'mid' expects 32 channels, gets 16" in err
