@@ -92,7 +92,7 @@ class LayerPlan:
 class CellPlan:
     """One stacked cell: its kind, its C, whether it stands at a reduction position and follows one;
     the channels of the two previous states it reads (C_pp, C_p), its output channels (C_out = the
-    output multiplier times C, ops.md "A DARTS cell"), its stride (2 for a cell with `stride 2 from
+    output multiplier times C, docs/ops.md "A DARTS cell"), its stride (2 for a cell with `stride 2 from
     inputs`) and the total downsampling `scale` of its output relative to the network input."""
 
     cell: str
@@ -154,7 +154,7 @@ class Plan:
 
 
 def _cell_shape(spec: ir.Spec, name: str | None) -> tuple[int, int]:
-    """A cell kind's output multiplier (len(concat), or 1 for a single-node output; ops.md "A DARTS
+    """A cell kind's output multiplier (len(concat), or 1 for a single-node output; docs/ops.md "A DARTS
     cell") and stride (2 with `stride 2 from inputs`). An unknown kind counts as (1, 1): the
     verifier reports it."""
     cell = spec.cell(name) if name is not None else None

@@ -108,7 +108,7 @@ def feature_levels(spec: ir.Spec, plan: Plan) -> list[FeatureLevel]:
     """The detection levels of a network, from the Plan alone (nothing is built or run).
 
     A level is the output of the last body block before each reduction and of the last block. The
-    Plan records every block's output channels (a cell's output multiplier times its C, ops.md "A
+    Plan records every block's output channels (a cell's output multiplier times its C, docs/ops.md "A
     DARTS cell"; a residual block's C_out), its stride (2 for a cell with `stride 2 from inputs` and
     for a residual block) and the total downsampling `scale` after it (stem strides included), so
     this is a walk over `plan.body` (nasir/macro.py).

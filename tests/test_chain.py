@@ -31,7 +31,7 @@ def _count(m: torch.nn.Module) -> int:
 
 def _mixed_params(c: int, stride: int, first: bool) -> int:
     """Weights of one mixed edge at c channels in the supernet (BN without affine there: no weights).
-    SepConv k: two (depthwise c*k*k + pointwise c*c); DilConv 3: c*9 + c*c (ops.md); skip_connect at
+    SepConv k: two (depthwise c*k*k + pointwise c*c); DilConv 3: c*9 + c*c (docs/ops.md); skip_connect at
     stride 2 is FactorizedReduce, two 1x1 convs c -> c/2; `none` and a stride-1 skip have none."""
     p = 2 * (9 * c + c * c) + 2 * (25 * c + c * c) + (9 * c + c * c)
     return p + (c * c if first and stride == 2 else 0)
@@ -116,7 +116,7 @@ def test_a_none_layer_is_the_identity():
     b = load(without, name="without.cell")
     net_a = network.build(a, plan(a, overrides={"C": 4}), seed=3).eval()
     net_b = network.build(b, plan(b, overrides={"C": 4}), seed=3).eval()
-    assert _count(net_a.cells[0]) == _count(net_b.cells[0]) == 2 * (9 * 4 + 16 + 8) + 2 * (25 * 4 + 16 + 8)  # sep 3x3, sep 5x5 (ops.md; affine BN)
+    assert _count(net_a.cells[0]) == _count(net_b.cells[0]) == 2 * (9 * 4 + 16 + 8) + 2 * (25 * 4 + 16 + 8)  # sep 3x3, sep 5x5 (docs/ops.md; affine BN)
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(net_a(x), net_b(x))

@@ -1,7 +1,7 @@
 """The elaborated network (nasir/macro.py Plan) carries channels and strides per layer and cell, and the
 layer registry (nasir/layers.py) is the one place a stem/head layer kind is defined.
 
-Expected values are hand computations from the DARTS macro (ops.md "A DARTS cell": a cell outputs
+Expected values are hand computations from the DARTS macro (docs/ops.md "A DARTS cell": a cell outputs
 len(concat) x C channels; `stride 2 from inputs` halves the map) written out below."""
 
 from __future__ import annotations
