@@ -61,11 +61,14 @@ class CellModule(nn.Module):
         self.multiplier = len(self._concat) if cell.output.kind == "concat" else 1
         self.drop_prob = 0.0
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+    def input_states(self, s0: torch.Tensor, s1: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The cell's input states after preprocessing (two inputs; or one, projected if it widens)."""
         if self.two_inputs:
-            states = [self.preprocess0(s0), self.preprocess1(s1)]
-        else:
-            states = [self.preprocess1(s0) if self._project else s0]
+            return [self.preprocess0(s0), self.preprocess1(s1)]
+        return [self.preprocess1(s0) if self._project else s0]
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+        states = self.input_states(s0, s1)
         for schedule in self._schedule:
             total = None
             for k, src in schedule:

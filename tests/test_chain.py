@@ -184,3 +184,16 @@ def test_a_one_input_normal_cell_must_still_keep_its_channels(tmp_path, capsys):
     err = capsys.readouterr().err
     line = 1 + text[: text.index("stack 1 cells(4 * C)")].count("\n")
     assert f"wide.cell:{line}:3: error: inconsistent channels: cell 'mid' expects 32 channels, gets 16" in err
+
+
+def test_the_fused_supernet_projects_a_widening_stage_as_the_plain_one():
+    """--fuse runs FusedCell, which prepares its inputs as CellModule does: same weights, same logits
+    up to float rounding (docs/performance.md "Fusion")."""
+    spec = load(SPACE)
+    plain = build_supernet(spec, overrides={"C": 4}, seed=0, channels_last=False).eval()
+    fused = build_supernet(spec, overrides={"C": 4}, seed=0, channels_last=False, fuse=True).eval()
+    assert sum(type(m).__name__ == "FusedCell" for m in fused.net.cells) == 4
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-6)
