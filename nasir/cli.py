@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters, MACs, cell depth/width; for a search space its size")
     i.add_argument("file", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--input", type=_input_shape, metavar="C,H,W",
+                   help="count MACs (and the backbone's) at this input size, e.g. 3,224,224 (default: the network's input)")  # fmt: skip
     _add_set(i)
 
     co = sub.add_parser("compile", help="lower a derived architecture to a target")
@@ -150,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("genotype", metavar="GENOTYPE_FILE", help="a file with a Genotype(...) or an NB201 string; '-' reads stdin")
     im.add_argument("--macro", choices=("cifar", "imagenet", "nb201"), help="the network to place the cells in "
                     "(default: cifar for a DARTS genotype, nb201 for an NB201 string)")  # fmt: skip
-    im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2)")
+    im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2; "
+                    "a key of a dict of genotypes, e.g. AutoDL's DARTS or Networks.DARTS)")
     im.add_argument("-o", "--output", type=Path, help="the .cell file to write (default: stdout)")
     _add_set(im)
 
@@ -192,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="the data it was trained on (default: the checkpoint's, else digits)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--seed", type=limits.seed, help="the seed of the held-out split used in training (default: the checkpoint's, else 0)")
+    ev.add_argument("--task", choices=("classification", "detection"), default="classification",
+                    help="detection: COCO AP, AP50, AP75, APS, APM, APL of a detector (--data coco:PATH)")
     _add_set(ev)
 
     try:
@@ -210,7 +215,58 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--tolerance", type=_tolerance, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
     _add_include_flag(sub)
+    _add_ops_command(sub)
     return p
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive integers such as 3,224,224, got '{text}'")
+    return shape  # type: ignore[return-value]
+
+
+def _add_ops_command(sub) -> None:
+    """`nasir ops [SPEC]` and `--ops FILE` on every command (docs/ops.md, "Your own ops")."""
+    o = sub.add_parser("ops", help="list every op: parameters, weights, where it comes from")
+    o.add_argument("file", nargs="?", type=Path, help="a spec: include the op files it names")
+    o.add_argument("--json", action="store_true", help="print JSON instead of text")
+    o.add_argument("--allow-include-outside", action="store_true",
+                   help="let 'include' and 'ops' read files outside the spec's directory tree")  # fmt: skip
+    for parser in sub.choices.values():
+        parser.add_argument("--ops", dest="op_files", action="append", type=Path, default=[], metavar="FILE.py",
+                            help="load the user's ops from this Python file (runs it; docs/ops.md)")  # fmt: skip
+
+
+def _load_op_flags(args) -> None:
+    """Load every --ops FILE into the current scope's registry (nasir/ops.py)."""
+    from nasir import ops
+
+    for f in getattr(args, "op_files", []):
+        try:
+            ops.load_file(f)
+        except ops.OpFileError as e:
+            raise DiagnosticError([Diagnostic(f"--ops {f}: cannot load ops from '{f}': {e}")]) from None
+
+
+def cmd_ops(args) -> int:
+    import json
+
+    from nasir.ops import op_table, render_ops
+
+    used = None
+    if args.file is not None:  # load the spec: its op files join the scope, and its ops are marked
+        from nasir.api import load
+
+        spec = load(args.file)
+        used = {o for c in spec.cells for e in c.edges for o in e.candidates if o is not None}
+        used |= {o for s in spec.opsets for o in s.ops}
+    rows = op_table(used)
+    print(json.dumps(rows, indent=2) if args.json else render_ops(rows))
+    return 0
 
 
 # Commands that read no .cell spec (import reads a genotype; its output is a spec text it writes).
@@ -278,7 +334,7 @@ def cmd_info(args) -> int:
 
     from nasir.analysis import info, render
 
-    d = info(args.file, overrides=args.overrides)
+    d = info(args.file, overrides=args.overrides, input_shape=args.input) if args.input else info(args.file, overrides=args.overrides)
     print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
 
@@ -349,9 +405,13 @@ def cmd_draw(args) -> int:
 
 def cmd_import(args) -> int:
     from nasir.compile import import_genotype
+    from nasir.genotype import collect_notes
     from nasir.io import atomic_write
 
-    text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+    with collect_notes() as notes:  # what a genotypes.py held besides genotypes (AutoDL's functions, classes)
+        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+    for note in notes:
+        print(note.render(), file=sys.stderr)
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -451,6 +511,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.task == "detection":  # COCO box AP with pycocotools (nasir/coco_eval.py)
+        from nasir.coco_eval import eval_checkpoint, format_ap
+
+        metrics, n, split = eval_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device,
+                                            seed=args.seed)  # fmt: skip
+        print(f"{format_ap(metrics)}  on {n} images ({split})")
+        return 0
     from nasir.train import evaluate_checkpoint
 
     loss, acc, n = evaluate_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
@@ -470,6 +537,7 @@ COMMANDS = {
     "search": cmd_search,
     "check": cmd_check, "fmt": cmd_fmt, "info": cmd_info, "compile": cmd_compile, "draw": cmd_draw,
     "import": cmd_import, "export-genotype": cmd_export_genotype, "verify-export": cmd_verify_export,
+    "ops": cmd_ops,
 }  # fmt: skip
 
 
@@ -496,8 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:])
         token = limits.ALLOW_INCLUDE_OUTSIDE.set(bool(getattr(args, "allow_include_outside", False)))
+        from nasir import ops
+
         try:
-            return COMMANDS[args.command](args)
+            with ops.scope():  # op files this command loads (--ops, a spec's `ops`) end with it
+                _load_op_flags(args)
+                return COMMANDS[args.command](args)
         finally:
             limits.ALLOW_INCLUDE_OUTSIDE.reset(token)
     except DiagnosticError as e:

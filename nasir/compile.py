@@ -127,6 +127,10 @@ def _few(keys: Sequence[str], n: int = 4) -> str:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a checkpoint into `model`; keys and shapes must match (an auxiliary head the model lacks is ignored)."""
     sd = load_checkpoint(path)
+    from nasir.autodl import from_tiny_network, is_tiny_network
+
+    if is_tiny_network(sd):  # AutoDL's NAS-Bench-201 TinyNetwork: renamed edge by edge (nasir/autodl.py)
+        sd = from_tiny_network(model, sd, path)
     own = model.state_dict()
     if not any(k.startswith("auxiliary_head.") for k in own):
         # The auxiliary head only trains; a network built without it infers the same without its weights.

@@ -12,8 +12,11 @@ In a NAS-Bench-201 string `|op~i|` on node j means op(node i) feeds node j; node
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -156,12 +159,14 @@ def _unquote(s: str) -> str:
     return "".join(out)
 
 
-def _transformer(source: SourceFile) -> Transformer:
+def _transformer(source: SourceFile, base: int = 0) -> Transformer:
+    """Parse tree -> _Py values; `base` is the offset in `source` of the text that was parsed (one statement)."""
+
     def sp(meta) -> Span | None:
-        return None if getattr(meta, "empty", True) else source.span(meta.start_pos, meta.end_pos)
+        return None if getattr(meta, "empty", True) else source.span(base + meta.start_pos, base + meta.end_pos)
 
     def tsp(tok: Token) -> Span:
-        return source.span(tok.start_pos, tok.end_pos)
+        return source.span(base + tok.start_pos, base + tok.end_pos)
 
     def integer(tok: Token) -> int:
         if len(tok) > _MAX_DIGITS:
@@ -190,7 +195,7 @@ def _transformer(source: SourceFile) -> Transformer:
 
         def string(self, meta, c):
             tok = c[0]
-            a, b = tok.start_pos + 1, tok.end_pos - 1
+            a, b = base + tok.start_pos + 1, base + tok.end_pos - 1
             return _Py("str", _unquote(str(tok)), source.span(a, b), offsets=(a, b))
 
         def integer(self, meta, c):
@@ -219,6 +224,12 @@ def _transformer(source: SourceFile) -> Transformer:
 
         def py_tuple(self, meta, c):
             return _Py("tuple", tuple(x for x in c if x is not None), sp(meta))
+
+        def py_dict(self, meta, c):
+            return _Py("dict", tuple(x for x in c if x is not None), sp(meta))
+
+        def dict_item(self, meta, c):
+            return c[0], c[1]
 
         def call(self, meta, c):
             (name, name_span), *args = c
@@ -302,18 +313,20 @@ def _expected(p: Lark, expected: set[str]) -> tuple[str, set[str]]:
     return describe_expected(p, expected, _TOKEN_WORDS)
 
 
-def _syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diagnostic:
-    text = source.text
+def _syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark, text: str | None = None,
+                       end: int | None = None) -> Diagnostic:  # fmt: skip
+    """`text`: the text that was parsed, at the offsets of `source` (parts blanked); `end`: where the parse ended."""
+    text = source.text if text is None else text
     if isinstance(err, UnexpectedToken) and err.token.type == "$END":
         err = UnexpectedEOF(err.expected)  # type: ignore[assignment]
     if isinstance(err, UnexpectedEOF):
-        still_open = _open_brackets(text, len(text))
+        still_open = _open_brackets(text, len(text) if end is None else end)
         if still_open:
             ch, pos = still_open[-1]
             closer = _CLOSE[_OPEN.index(ch)]
             return Diagnostic(f"'{ch}' is never closed", source.span(pos), f"add '{closer}' to close it")
         words, _ = _expected(p, set(err.expected))
-        end = len(text.rstrip())
+        end = len(text.rstrip()) if end is None else len(text[:end].rstrip())
         return Diagnostic("unexpected end of input; expected " + words, source.span(max(0, end - 1), end))
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
@@ -347,12 +360,169 @@ def _parse(source: SourceFile, start: str, text: str | None = None) -> Any:
         tree = p.parse(source.text if text is None else text, start=start)
     except UnexpectedInput as err:
         raise DiagnosticError([_syntax_diagnostic(source, err, p)]) from None
+    return _transform(source, tree)
+
+
+# ---- a genotypes.py with more than genotypes ------------------------------------------------------
+# AutoDL's genotype files (docs/autodl.md)
+# hold functions, classes and expressions beside the genotypes. The file is cut into top-level
+# statements; definitions (def, class, if, for, ...), docstrings and plain statements the grammar cannot
+# read are skipped with one note, unless they mention a genotype: a broken genotype is still an error at
+# its line:col, never skipped.
+_COMPOUND = re.compile(r"(?:def|class|if|for|while|with|try|async)\b|@")
+_CONTINUES = re.compile(r"(?:elif|else|except|finally)\b")
+_GENOTYPE_LIKE = re.compile(r"\b(?:Genotype|Structure|CellStructure)\s*\(|['\"]\s*\|\s*\w+\s*~")
+
+
+@attrs.frozen
+class _Statement:
+    start: int
+    end: int
+    compound: bool  # a definition or a control-flow block: never genotype data
+
+
+def _logical_lines(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every logical line with code: brackets, backslashes and triple-quoted strings continue it."""
+    out: list[tuple[int, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        start, depth, code = i, 0, False
+        while i < n:
+            c = text[i]
+            if c == "#":
+                j = text.find("\n", i)
+                i = n if j < 0 else j
+                continue
+            if c == "\n":
+                if depth == 0:
+                    break
+            elif c == "\\" and text.startswith("\n", i + 1):
+                i += 2
+                continue
+            elif c in "'\"":
+                code = True
+                if text.startswith(c * 3, i):
+                    j = text.find(c * 3, i + 3)
+                    i = n if j < 0 else j + 3
+                    continue
+                j = i + 1
+                while j < n and text[j] not in (c, "\n"):
+                    j += 2 if text[j] == "\\" else 1
+                i = j + 1 if j < n and text[j] == c else j
+                continue
+            elif c in "([{":
+                depth, code = depth + 1, True
+            elif c in ")]}":
+                depth, code = max(0, depth - 1), True
+            elif not c.isspace():
+                code = True
+            i += 1
+        if code:
+            out.append((start, i))
+        i += 1
+    return out
+
+
+def _statements(text: str) -> list[_Statement]:
+    """Top-level statements: a line at column 0 starts one; indented lines belong to the block above them."""
+    out: list[_Statement] = []
+    decorator = False  # the line before was `@decorator`: its def or class follows
+    for a, b in _logical_lines(text):
+        first = _skip_trivia(text, a)
+        indented = first > a and text[first - 1] != "\n"
+        if out and out[-1].compound and (indented or decorator or _CONTINUES.match(text, first)):
+            out[-1] = attrs.evolve(out[-1], end=b)
+        else:
+            out.append(_Statement(first, b, bool(_COMPOUND.match(text, first)) and not indented))
+        decorator = text.startswith("@", first) and not indented
+    return out
+
+
+def _kind(text: str, st: _Statement) -> str:
+    """What a skipped statement is, for the note: def, class, if, ..., decorated, docstring, other."""
+    if text.startswith("@", st.start):
+        return "decorated"
+    if st.compound:
+        return text[st.start : st.end].split(None, 1)[0].rstrip(":(")
+    return "docstring" if text.startswith(('"""', "'''"), st.start) else "other"
+
+
+def _parse_file(source: SourceFile) -> tuple[list[_Stmt], list[_Statement], DiagnosticError | None]:
+    """The statements of a genotype file the grammar reads, those skipped, and the first syntax error skipped."""
+    deep = _too_deep(source)
+    if deep is not None:
+        raise DiagnosticError([deep])
+    text, p = source.text, parser()
+    try:  # the common case, a file of genotypes only: one parse
+        return _transform(source, p.parse(text, start="start")), [], None
+    except UnexpectedInput:
+        pass
+    stmts: list[_Stmt] = []
+    skipped: list[_Statement] = []
+    first_error: DiagnosticError | None = None
+    for st in _statements(text):
+        if st.compound or text.startswith(('"""', "'''"), st.start):
+            skipped.append(st)
+            continue
+        chunk = text[st.start : st.end]
+        try:
+            tree = p.parse(chunk, start="start")
+        except UnexpectedInput as err:
+            blanked = _blank_outside(text, st.start, st.end)
+            diag = DiagnosticError([_syntax_diagnostic(source, _shift(err, st.start), p, blanked, st.end)])
+            if _GENOTYPE_LIKE.search(chunk):
+                raise diag from None
+            first_error = first_error or diag
+            skipped.append(st)
+            continue
+        stmts.extend(_transform(source, tree, st.start))
+    return stmts, skipped, first_error
+
+
+def _shift(err: UnexpectedInput, base: int) -> UnexpectedInput:
+    if isinstance(err, UnexpectedCharacters):
+        err.pos_in_stream += base
+    elif isinstance(err, UnexpectedToken) and err.token.type != "$END":
+        tok = err.token
+        err.token = Token(tok.type, str(tok), start_pos=(tok.start_pos or 0) + base, end_pos=(tok.end_pos or 0) + base)
+    return err
+
+
+def _transform(source: SourceFile, tree: Any, base: int = 0) -> Any:
     try:
-        return _transformer(source).transform(tree)
+        return _transformer(source, base).transform(tree)
     except VisitError as e:  # never show lark internals
         if isinstance(e.orig_exc, DiagnosticError):
             raise e.orig_exc from None
         raise
+
+
+def _lines(source: SourceFile, skipped: list[_Statement]) -> str:
+    ranges = []
+    for st in skipped:
+        a, b = source.position(st.start)[0], source.position(max(st.start, st.end - 1))[0]
+        ranges.append(str(a) if a == b else f"{a}-{b}")
+    return ", ".join(ranges[:8]) + (f", ... ({len(ranges) - 8} more)" if len(ranges) > 8 else "")
+
+
+_NOTES: contextvars.ContextVar[list[Diagnostic] | None] = contextvars.ContextVar("genotype_notes", default=None)
+
+
+@contextlib.contextmanager
+def collect_notes() -> Iterator[list[Diagnostic]]:
+    """Collect the notes genotype reading makes (what a genotypes.py had besides genotypes) into a list."""
+    notes: list[Diagnostic] = []
+    token = _NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
+
+
+def _note(d: Diagnostic) -> None:
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.append(d)
 
 
 def _blank_outside(text: str, a: int, b: int) -> str:
@@ -380,7 +550,7 @@ def _describe(v: _Py) -> str:
         return f"a tuple of {len(v.value)}"
     return {
         "str": f"the string '{v.value}'", "int": f"the integer {v.value}", "float": f"the number {v.value}",
-        "none": "None", "bool": str(v.value), "list": "a list", "call": f"a call of '{v.value}'",
+        "none": "None", "bool": str(v.value), "list": "a list", "dict": "a dict", "call": f"a call of '{v.value}'",
         "ref": f"the name '{v.value}'",
     }[v.kind]  # fmt: skip
 
@@ -397,39 +567,104 @@ def _is_nb201_string(v: _Py) -> bool:
     return v.kind == "str" and v.value.lstrip().startswith("|")
 
 
-def _select(source: SourceFile, stmts: list[_Stmt], name: str | None) -> _Py:
-    what = "a Genotype(...) or a NAS-Bench-201 string"
-    if name is None:
-        found = [s for s in stmts if _is_genotype_call(s.value) or _is_nb201_string(s.value)]
-        if len(found) > 1:  # several genotypes: taking the first silently imported the wrong one (issue 14.5)
-            names = [s.target for s in found if s.target is not None]
-            listed = ", ".join(names) if names else "none of them is named"
-            unnamed = len(found) - len(names)
-            listed += f" (and {unnamed} unnamed)" if names and unnamed else ""
-            raise error_at(found[1].value.span, f"{source.name} defines {len(found)} genotypes; choose one with --name",
-                           f"names: {listed}")  # fmt: skip
-        if found:
-            return found[0].value
-        if not stmts:
-            raise error_at(None, f"{source.name} is empty; expected {what}")
-        first = stmts[0].value
-        raise error_at(first.span, f"expected {what}, found {_describe(first)}")
-    env = {s.target: s.value for s in stmts if s.target is not None}
-    if name not in env:
-        hint = did_you_mean(name, env) or ("names defined: " + ", ".join(env) if env else None)
-        raise error_at(None, f"{source.name} defines no genotype named '{name}'", hint)
-    value, seen = env[name], [name]
-    while value.kind == "ref":  # an alias, e.g. `DARTS = DARTS_V2`
+_WHAT = "a Genotype(...) or a NAS-Bench-201 string"
+
+
+def _is_structure_call(v: _Py) -> bool:
+    """AutoDL's NAS-Bench-201 list form: `Structure([(('nor_conv_3x3', 0),), ...])` (docs/autodl.md)."""
+    return v.kind == "call" and v.value.split(".")[-1] in ("Structure", "CellStructure")
+
+
+def _is_genotype_data(v: _Py) -> bool:
+    return _is_genotype_call(v) or _is_nb201_string(v) or _is_structure_call(v)
+
+
+def _follow(source: SourceFile, env: dict[str, _Py], name: str, value: _Py) -> _Py:
+    """Follow aliases (`DARTS = DARTS_V2`) to the value they name."""
+    seen = [name]
+    while value.kind == "ref":
         if value.value not in env:
-            raise error_at(
-                value.span, f"'{value.value}' is not defined in {source.name}", did_you_mean(value.value, env)
-            )
+            raise error_at(value.span, f"'{value.value}' is not defined in {source.name}", did_you_mean(value.value, env))
         if value.value in seen:
             raise error_at(value.span, "aliases refer to each other in a cycle: " + " -> ".join(seen + [value.value]))
         seen.append(value.value)
         value = env[value.value]
-    if not (_is_genotype_call(value) or _is_nb201_string(value)):
-        raise error_at(value.span, f"'{name}' is {_describe(value)}, not {what}")
+    return value
+
+
+@attrs.frozen
+class _Entry:
+    """A genotype in a dict literal, AutoDL's `Networks = {'DARTS': DARTS_V2, ...}`."""
+
+    table: str | None  # the name the dict is assigned to
+    key: str
+    value: _Py  # aliases followed
+
+
+def _dict_entries(source: SourceFile, stmts: list[_Stmt], env: dict[str, _Py]) -> list[_Entry]:
+    out = []
+    for s in stmts:
+        if s.value.kind != "dict":
+            continue
+        for k, v in s.value.value:
+            if k.kind != "str":
+                continue
+            try:
+                v = _follow(source, env, f"{s.target or 'dict'}['{k.value}']", v)
+            except DiagnosticError:  # a dict of other things (names defined elsewhere) is not genotype data
+                continue
+            if _is_genotype_data(v):
+                out.append(_Entry(s.target, k.value, v))
+    return out
+
+
+def _select(source: SourceFile, stmts: list[_Stmt], name: str | None, first_error: DiagnosticError | None = None) -> _Py:
+    env = {s.target: s.value for s in stmts if s.target is not None}
+    entries = _dict_entries(source, stmts, env)
+    if name is None:
+        found = [s for s in stmts if _is_genotype_data(s.value)]
+        distinct = {id(s.value): s.value for s in found} | {id(e.value): e.value for e in entries}
+        if len(distinct) > 1:  # several genotypes: taking the first silently imported the wrong one (issue 14.5)
+            names = [s.target for s in found if s.target is not None]
+            listed = ", ".join(names) if names else "none of them is named"
+            unnamed = len(found) - len(names)
+            listed += f" (and {unnamed} unnamed)" if names and unnamed else ""
+            tables: dict[str | None, list[str]] = {}
+            for e in entries:
+                tables.setdefault(e.table, []).append(e.key)
+            for table, keys in tables.items():
+                listed += f"; keys of {table or 'a dict'}: " + ", ".join(keys)
+            second = list(distinct.values())[1]
+            raise error_at(second.span, f"{source.name} defines {len(distinct)} genotypes; choose one with --name",
+                           f"names: {listed}")  # fmt: skip
+        if distinct:
+            return next(iter(distinct.values()))
+        if first_error is not None:  # nothing readable: the syntax error is the likelier reason
+            raise first_error
+        if not stmts:
+            raise error_at(None, f"{source.name} is empty; expected {_WHAT}")
+        first = stmts[0].value
+        raise error_at(first.span, f"expected {_WHAT}, found {_describe(first)}")
+    if name not in env:
+        table, _, key = name.partition(".")
+        by_key = [e for e in entries if e.key == (key if key and table in env else name) and (not key or e.table == table)]
+        if len({id(e.value) for e in by_key}) == 1:
+            return by_key[0].value
+        if by_key:
+            raise error_at(None, f"'{name}' is a key of several dicts with different genotypes",
+                           "choose one as DICT.KEY: " + ", ".join(f"{e.table}.{e.key}" for e in by_key))  # fmt: skip
+        known = list(env) + [e.key for e in entries]
+        if first_error is not None and not env:
+            raise first_error
+        hint = did_you_mean(name, known) or ("names defined: " + ", ".join(known) if known else None)
+        raise error_at(None, f"{source.name} defines no genotype named '{name}'", hint)
+    value = _follow(source, env, name, env[name])
+    if value.kind == "dict":
+        keys = [e.key for e in entries if e.table == name]
+        raise error_at(value.span, f"'{name}' is a dict, not {_WHAT}",
+                       "choose one of its keys: --name " + (", ".join(keys) if keys else "(it holds no genotype)"))  # fmt: skip
+    if not _is_genotype_data(value):
+        raise error_at(value.span, f"'{name}' is {_describe(value)}, not {_WHAT}")
     return value
 
 
@@ -652,24 +887,43 @@ def _nb201_from_nodes(nodes: list[tuple[tuple[_Pair, ...], Span | None]], span: 
     if len(nodes) != 3:
         bag.error(span, f"a NAS-Bench-201 string has 3 nodes, found {len(nodes)}",
                   "nodes are separated by '+': |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")  # fmt: skip
+    full: list[list[Pair]] = []
     for j, (edges, node_span) in enumerate(nodes, start=1):
-        before = bag.error_count
-        sources: set[int] = set()
+        sources: dict[int, str] = {}
+        if not edges:
+            bag.error(node_span, f"node {j} has no edges; it reads at least one of nodes 0..{j - 1}")
         for p in edges:
             if p.op not in ops.REGISTRY:
                 bag.error(p.op_span, f"unknown op '{p.op}'", ops.unknown_op_hint(p.op))
             if not 0 <= p.index < j:
                 bag.error(p.index_span, f"index {p.index} is out of range: node {j} may read nodes 0..{j - 1}")
             elif p.index in sources:
-                bag.error(p.index_span, f"node {j} reads node {p.index} twice")
-            sources.add(p.index)
-        if len(nodes) == 3 and len(edges) != j and bag.error_count == before:
-            bag.error(
-                node_span,
-                f"node {j} has {_count(len(edges), 'edge')}; in NAS-Bench-201 it reads each of nodes 0..{j - 1} once",
-            )
+                bag.error(p.index_span, f"node {j} reads node {p.index} twice", "NAS-Bench-201 has one op per edge")
+            sources.setdefault(p.index, p.op)
+        if len(sources) == j:
+            full.append([(p.op, p.index) for p in edges])  # complete: as written
+        else:  # AutoDL's short form leaves out `none` edges (Structure.str2fullstructure fills them in)
+            full.append([(sources.get(i, "none"), i) for i in range(j)])
     bag.check()
-    return NB201Arch([[(p.op, p.index) for p in edges] for edges, _ in nodes], span=span)
+    return NB201Arch(full, span=span)
+
+
+def _nb201_from_structure(call: _Py) -> NB201Arch:
+    """`Structure([((op, i), ...), ...])`: one tuple per node of the (op, input node) pairs feeding it."""
+    bag = DiagnosticBag()
+    arg = call.args[0].value if len(call.args) == 1 and call.args[0].name is None else None
+    if arg is None or arg.kind not in ("list", "tuple"):
+        raise error_at(call.span, "Structure(...) takes one list: a tuple of (op, input node) pairs per node",
+                       "e.g. Structure([(('nor_conv_3x3', 0),), (('nor_conv_3x3', 1),), (('skip_connect', 0), ('skip_connect', 2))])")  # fmt: skip
+    nodes = []
+    for node in arg.value:
+        if node.kind not in ("list", "tuple"):
+            bag.error(node.span, f"a node of Structure(...) is a tuple of (op, input node) pairs, found {_describe(node)}")
+            continue
+        pairs = [_read_pair(bag, x) for x in node.value]
+        nodes.append((tuple(p for p in pairs if p is not None), node.span))
+    bag.check()
+    return _nb201_from_nodes(nodes, call.span)
 
 
 def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<stdin>") -> AnyGenotype:
@@ -684,18 +938,26 @@ def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<s
         return _parse_genotype(text, name, source_name)
 
 
-def _parse_genotype(text: str, name: str | None, source_name: str) -> Genotype | NB201Arch:
+def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotype:
     source = SourceFile(source_name, text)
     start = _skip_trivia(text)
     if start < len(text) and text[start] == "|":
         nodes, span = _parse(source, "nb201")
         return _nb201_from_nodes(nodes, span)
-    stmts = _parse(source, "start")
-    value = _select(source, stmts, name)
+    stmts, skipped, first_error = _parse_file(source)
+    value = _select(source, stmts, name, first_error)
+    if skipped:
+        kinds = sorted({_kind(source.text, st) for st in skipped})
+        _note(Diagnostic(f"skipped {_count(len(skipped), 'statement')} of {source.name} that "
+                         f"{'is' if len(skipped) == 1 else 'are'} not genotype data "
+                         f"(lines {_lines(source, skipped)}: {', '.join(kinds)})", source.span(skipped[0].start),
+                         severity="note"))  # fmt: skip
     if value.kind == "str":
         a, b = value.offsets  # type: ignore[misc]
         nodes, span = _parse(source, "nb201", _blank_outside(text, a, b))
         return _nb201_from_nodes(nodes, span)
+    if _is_structure_call(value):
+        return _nb201_from_structure(value)
     return _genotype_from_call(value)
 
 
@@ -708,11 +970,10 @@ def read_genotype(path: str | Path, name: str | None = None) -> AnyGenotype:
 
 
 # ---- genotype -> .cell ---------------------------------------------------------------------------
-def _check(g: Genotype | NB201Arch) -> None:
-    """Validate a genotype built in code (parsed ones are already checked, with positions)."""
+def _check(g: Genotype | NB201Arch) -> Genotype | NB201Arch:
+    """Validate a genotype built in code (parsed ones are already checked, with positions); missing NB201 edges -> none."""
     if isinstance(g, NB201Arch):
-        _nb201_from_nodes([(tuple(_Pair(op, None, i, None) for op, i in node), None) for node in g.nodes], None)
-        return
+        return _nb201_from_nodes([(tuple(_Pair(op, None, i, None) for op, i in node), None) for node in g.nodes], None)
     bag = DiagnosticBag()
     for cell, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
         if len(pairs) % 2:
@@ -721,6 +982,7 @@ def _check(g: Genotype | NB201Arch) -> None:
         flat = [_Pair(op, None, i, None) for op, i in pairs]
         _check_cell(bag, cell, [flat[k : k + 2] for k in range(0, len(flat), 2)], [(i, None) for i in concat], None)
     bag.check()
+    return g
 
 
 def _darts_cell(name: str, pairs: tuple[Pair, ...], concat: tuple[int, ...], reduction: bool) -> ir.Cell:
@@ -735,7 +997,7 @@ def _darts_cell(name: str, pairs: tuple[Pair, ...], concat: tuple[int, ...], red
 
 def genotype_cells(g: Genotype | NB201Arch) -> tuple[ir.Cell, ...]:
     """The derived cells of a genotype: (normal, reduce) for DARTS, (nbcell,) for NAS-Bench-201."""
-    _check(g)
+    g = _check(g)
     if isinstance(g, NB201Arch):
         states = (NB201_INPUT,) + tuple(f"n{j}" for j in range(1, len(g.nodes) + 1))
         edges = tuple(ir.Edge(states[i], states[j], op=op) for j, node in enumerate(g.nodes, start=1) for op, i in node)

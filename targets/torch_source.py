@@ -30,7 +30,7 @@ class OpCode:
 
     expr: str
     needs: tuple[str, ...] = ()
-    identity: bool = False  # exempt from drop-path (ops.md, "A DARTS cell")
+    identity: bool = False  # exempt from drop-path (docs/ops.md, "A DARTS cell")
 
 
 def _pool(stride: int, p: Mapping[str, Any]) -> OpCode:
@@ -59,6 +59,16 @@ def _relu_conv_bn(stride: int, p: Mapping[str, Any]) -> OpCode:
     return OpCode(f"ReLUConvBN(C, C, {k}, {stride}, {k // 2})", ("ReLUConvBN",))
 
 
+def _dual_sep(stride: int, p: Mapping[str, Any]) -> OpCode:
+    k = p.get("kernel", 3)
+    return OpCode(f"DualSepConv(C, C, {k}, {stride}, {k // 2}, 1)", ("DualSepConv",))
+
+
+def _mbconv(stride: int, p: Mapping[str, Any]) -> OpCode:
+    k, e, se, act = p.get("kernel", 3), p.get("expand", 6), p.get("se", 0.0), p.get("act", "relu6")
+    return OpCode(f"MBConv(C, C, {k}, {stride}, {e}, {float(se)!r}, {act!r})", ("MBConv",))
+
+
 # Registry builder name -> emitter (stride, op params) -> OpCode. The expressions spell out what the
 # builders of nasir.targets.blocks construct; tests/targets/test_torch_source.py checks every op of the
 # registry at stride 1 and 2 against `OpDef.build`, so a drift between the two fails there.
@@ -70,19 +80,50 @@ EMITTERS: Mapping[str, Callable[[int, Mapping[str, Any]], OpCode]] = {
     "dil_conv": _dil,
     "conv_7x1_1x7": lambda stride, p: OpCode(f"conv_7x1_1x7(C, {stride}, True)", ("conv_7x1_1x7",)),
     "relu_conv_bn": _relu_conv_bn,
+    "conv_3x1_1x3": lambda stride, p: OpCode(f"conv_3x1_1x3(C, {stride}, True)", ("conv_3x1_1x3",)),
+    "dual_sep_conv": _dual_sep,
+    "mbconv": _mbconv,
 }
 
 # Blocks that may be copied into a generated module, in an order where each follows what it uses.
 BLOCKS = (
     "drop_path", "Identity", "Zero", "ReLUConvBN", "DilConv", "SepConv", "FactorizedReduce", "conv_7x1_1x7",
-    "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "ResidualBlock",
+    "conv_3x1_1x3", "DualSepConv", "MBConv", "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "ResidualBlock",
 )  # fmt: skip
-_DEPENDS = {"ResidualBlock": ("ReLUConvBN",)}
+_DEPENDS = {"ResidualBlock": ("ReLUConvBN",), "DualSepConv": ("DilConv",)}
+
+# A user's op (docs/ops.md, "Your own ops") is not copied: the generated module imports the op file by
+# its absolute path when it builds the network (which needs that file, and nasir for its decorator).
+USER_OP_HELPER = '''\
+def user_op(path: str, builder: str):
+    """The builder `builder` of the op file `path` (imported once; importing it runs that file)."""
+    import importlib.util
+    import re
+    import sys
+
+    name = "nasir_generated_ops_" + re.sub(r"[^A-Za-z0-9_]", "_", path)
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return getattr(module, builder)'''
+
+
+def _user_op(d: ops.OpDef, stride: int) -> OpCode:
+    assert d.factory is not None
+    kwargs = "".join(f", {k}={v!r}" for k, v in d.params.items())
+    return OpCode(f"user_op({d.origin!r}, {d.factory.__name__!r})(C, {stride}, True{kwargs})", ("user_op",))
 
 
 def op_code(name: str, stride: int) -> OpCode:
     """The constructor expression of registry op `name` at `stride` (channels `C`)."""
     d = ops.REGISTRY[name]
+    if d.signature:  # a family's bare name: its defaults
+        d = d.bind({})
+    if d.factory is not None:
+        return _user_op(d, stride)
     return EMITTERS[d.builder](stride, d.params)
 
 
@@ -91,7 +132,10 @@ def block_source(names: set[str]) -> str:
     wanted = set(names)
     for n in list(wanted):
         wanted.update(_DEPENDS.get(n, ()))
-    return "\n\n\n".join(inspect.getsource(getattr(blocks, n)).rstrip() for n in BLOCKS if n in wanted)
+    parts = [inspect.getsource(getattr(blocks, n)).rstrip() for n in BLOCKS if n in wanted]
+    if "user_op" in wanted:
+        parts.append(USER_OP_HELPER)
+    return "\n\n\n".join(parts)
 
 
 def class_name(cell: ir.Cell) -> str:
@@ -161,7 +205,7 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     lines.append("        ])")
     lines.append("")
     lines.append("    def drop(self, h: torch.Tensor) -> torch.Tensor:")
-    lines.append('        """Drop-path in training (ops.md, "A DARTS cell"); identity ops never pass through here."""')
+    lines.append('        """Drop-path in training (docs/ops.md, "A DARTS cell"); identity ops never pass through here."""')
     lines.append("        return drop_path(h, self.drop_prob, self.training)")
     lines.append("")
     needs.add("drop_path")
@@ -326,7 +370,7 @@ import torch
 from torch import nn
 '''
     classes[0] = _section("cells") + classes[0]
-    body = [_section("building blocks (shared/design/ops.md)") + block_source(needs), *classes, _section("network") + net]
+    body = [_section("building blocks (docs/ops.md)") + block_source(needs), *classes, _section("network") + net]
     c, h, w = plan.input
     return header + "\n\n" + "\n\n\n".join(body) + "\n\n\n" + _MAIN.format(c=c, h=h, w=w)
 

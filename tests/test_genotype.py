@@ -380,7 +380,7 @@ MALFORMED = {
     ),
     "missing closing bracket of a list": (
         "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), normal_concat=[2], reduce=[], reduce_concat=[2])",
-        ["1:73: unexpected '='; expected '(', ')', ',', '-', '.', '[', ']', a name, ..."],
+        ["1:73: unexpected '='; expected '(', ')', ',', '-', '.', '[', ']', '{', ..."],
     ),
     "missing closing parenthesis at the end": (
         "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],\n  normal_concat=[2],\n",
@@ -421,7 +421,7 @@ MALFORMED = {
         ["1:39: expected an (op, index) pair like ('sep_conv_3x3', 0), found the number 1.5"],
     ),
     "unterminated string": ("Genotype(normal=[('sep_conv_3x3, 0)])", ["1:19: unterminated string"]),
-    "a dict": ("G = {'normal': []}", ["1:5: unexpected character '{'"]),
+    "a dict": ("G = {'normal': []}", ["1:5: expected a Genotype(...) or a NAS-Bench-201 string, found a dict"]),
     "not a genotype": ("PRIMITIVES = ['none']\n", ["1:14: expected a Genotype(...) or a NAS-Bench-201 string, found a list"]),
     "empty": ("# nothing here\n", ["<stdin> is empty; expected a Genotype(...) or a NAS-Bench-201 string"]),
     "nb201 with two nodes": (
@@ -436,9 +436,21 @@ MALFORMED = {
         "'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|conv_3x3~1|skip_connect~2|'",
         ["1:67: unknown op 'conv_3x3'"],
     ),
-    "nb201 missing edge": (
-        "|nor_conv_3x3~0|+|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
-        ["1:18: node 2 has 1 edge; in NAS-Bench-201 it reads each of nodes 0..1 once"],
+    "nb201 node reads a node twice": (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~0|+|skip_connect~0|",
+        ["1:47: node 2 reads node 0 twice"],
+    ),
+    "nb201 short form, index out of range": (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~2|+|skip_connect~0|",
+        ["1:32: index 2 is out of range: node 2 may read nodes 0..1"],
+    ),
+    "Structure with a node that is not a tuple": (
+        "Structure([(('nor_conv_3x3', 0),), 'skip_connect', (('skip_connect', 0),)])",
+        ["1:37: a node of Structure(...) is a tuple of (op, input node) pairs, found the string 'skip_connect'"],
+    ),
+    "Structure with two ops on one edge (AutoDL's AllFull_CODE, a supernet)": (
+        "Structure([(('skip_connect', 0), ('nor_conv_1x1', 0)), (('skip_connect', 1),), (('skip_connect', 2),)])",
+        ["1:51: node 1 reads node 0 twice"],
     ),
 }  # fmt: skip
 
@@ -464,7 +476,7 @@ def test_missing_bracket_hint_names_the_open_bracket():
 def test_eval_bait_is_an_error_and_never_runs(tmp_path):
     marker = tmp_path / "owned"
     bait = f"__import__('pathlib').Path('{marker}').touch()"
-    assert errors(bait) == ["1:22: unexpected '.'; expected '(', ')', ',', '-', '[', ']', a name, a number, ..."]
+    assert errors(bait) == ["1:22: unexpected '.'; expected '(', ')', ',', '-', '[', ']', '{', '}', ..."]
     assert errors("Genotype(normal=__import__('os'), normal_concat=[2], reduce=[], reduce_concat=[2])") == [
         "1:17: 'normal' must be a list of (op, index) pairs, found a call of '__import__'",
         "1:61: 'reduce' has no nodes",
@@ -576,3 +588,247 @@ def test_a_genotype_cell_past_the_node_limit_is_refused():
     with pytest.raises(DiagnosticError) as e:
         parse_genotype(f"Genotype(normal=[{pairs}], normal_concat=[{n + 1}], reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])")
     assert [d.message for d in e.value.diagnostics] == [f"'normal' has {n:,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}"]
+
+
+# ---- AutoDL (D-X-Y/AutoDL-Projects): short NB201 strings, genotype files with more than genotypes ----------
+def test_autodl_short_nb201_string_reads_missing_edges_as_none():
+    # AutoDL's ResNet_CODE (lib/models/cell_searchs/genotypes.py) as a short string: node 3 lists 2 of its 3 inputs.
+    short = "|nor_conv_3x3~0|+|nor_conv_3x3~1|+|skip_connect~0|skip_connect~2|"
+    full = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"  # filled in by hand
+    arch = parse_genotype(short)
+    assert str(arch) == full and arch == parse_genotype(full)
+    spec = load(genotype_to_spec_text(arch))
+    assert spec_to_nb201(spec) == full
+    (cell,) = genotype_cells(arch)
+    assert sorted((e.src, e.dst, e.op) for e in cell.edges if e.op != "none") == [
+        ("n1", "n2", "nor_conv_3x3"), ("n2", "n3", "skip_connect"), ("x", "n1", "nor_conv_3x3"), ("x", "n3", "skip_connect"),
+    ]  # fmt: skip
+    # edges written out of order in a short node come back in input order
+    assert str(parse_genotype("|skip_connect~0|+|avg_pool_3x3~1|+|nor_conv_1x1~2|nor_conv_3x3~0|")) == (
+        "|skip_connect~0|+|none~0|avg_pool_3x3~1|+|nor_conv_3x3~0|none~1|nor_conv_1x1~2|"
+    )
+    # a code-built arch with a short node is filled in the same way
+    assert genotype_cells(NB201Arch([[("skip_connect", 0)], [("nor_conv_3x3", 1)], [("skip_connect", 2)]]))[0].edges == (
+        genotype_cells(parse_genotype("|skip_connect~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|skip_connect~2|"))[0].edges
+    )
+
+
+# A genotypes.py in the layout of AutoDL's lib/nas_infer_model/DXYs/genotypes.py and lib/models/cell_searchs/
+# genotypes.py: imports, a namedtuple with two extra fields, lists and a dict of primitives, a function, a class,
+# Genotype(...) calls, Structure(...) calls (NB201 list form), dicts that name genotypes, a trailing function.
+AUTODL_FILE = """\
+from copy import deepcopy
+from collections import namedtuple
+
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat connectN connects')
+
+PRIMITIVES_small = [
+    'max_pool_3x3',
+    'skip_connect',
+]
+
+PRIMITIVES = {'small': PRIMITIVES_small,
+              'large': PRIMITIVES_small}
+
+def get_combination(space, num):
+  combs = []
+  for i in range(num):
+    combs.append( [(func, i)] for func in space )
+  return combs
+
+
+class Structure:
+
+  def __init__(self, genotype):
+    assert isinstance(genotype, list), 'invalid class of genotype : {:}'.format(type(genotype))
+    self.nodes = [tuple(deepcopy(x)) for x in genotype]
+
+  def tostr(self):
+    return '+'.join('|{:}|'.format('|'.join(x[0] + '~{:}'.format(x[1]) for x in n)) for n in self.nodes)
+
+
+DARTS_V1 = Genotype(
+  normal=[
+    (('sep_conv_3x3', 1), ('sep_conv_3x3', 0)), # step 1
+    (('skip_connect', 0), ('sep_conv_3x3', 1)), # step 2
+    (('skip_connect', 0), ('sep_conv_3x3', 1)), # step 3
+    (('sep_conv_3x3', 0), ('skip_connect', 2))  # step 4
+  ],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    (('max_pool_3x3', 0), ('max_pool_3x3', 1)), # step 1
+    (('skip_connect', 2), ('max_pool_3x3', 0)), # step 2
+    (('max_pool_3x3', 0), ('skip_connect', 2)), # step 3
+    (('skip_connect', 2), ('avg_pool_3x3', 0))  # step 4
+  ],
+  reduce_concat=[2, 3, 4, 5],
+  connectN=None, connects=None,
+)
+
+# DARTS: Differentiable Architecture Search, ICLR 2019
+DARTS_V2 = Genotype(
+  normal=[
+    (('sep_conv_3x3', 0), ('sep_conv_3x3', 1)), # step 1
+    (('sep_conv_3x3', 0), ('sep_conv_3x3', 1)), # step 2
+    (('sep_conv_3x3', 1), ('skip_connect', 0)), # step 3
+    (('skip_connect', 0), ('dil_conv_3x3', 2))  # step 4
+  ],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    (('max_pool_3x3', 0), ('max_pool_3x3', 1)), # step 1
+    (('skip_connect', 2), ('max_pool_3x3', 1)), # step 2
+    (('max_pool_3x3', 0), ('skip_connect', 2)), # step 3
+    (('skip_connect', 2), ('max_pool_3x3', 1))  # step 4
+  ],
+  reduce_concat=[2, 3, 4, 5],
+  connectN=None, connects=None,
+)
+
+GDAS_V1 = Genotype(
+  normal=[
+    (('skip_connect', 0), ('skip_connect', 1)),
+    (('skip_connect', 0), ('sep_conv_5x5', 2)),
+    (('sep_conv_3x3', 3), ('skip_connect', 0)),
+    (('sep_conv_5x5', 4), ('sep_conv_3x3', 3))],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    (('sep_conv_5x5', 0), ('sep_conv_3x3', 1)),
+    (('sep_conv_5x5', 2), ('sep_conv_5x5', 1)),
+    (('dil_conv_5x5', 2), ('sep_conv_3x3', 1)),
+    (('sep_conv_5x5', 0), ('sep_conv_5x5', 1))],
+  reduce_concat=[2, 3, 4, 5],
+  connectN=None, connects=None
+)
+
+ResNet_CODE = Structure(
+  [(('nor_conv_3x3', 0), ), # node-1
+   (('nor_conv_3x3', 1), ), # node-2
+   (('skip_connect', 0), ('skip_connect', 2))] # node-3
+  )
+
+Networks = {'DARTS_V1': DARTS_V1,
+            'DARTS_V2': DARTS_V2,
+            'DARTS'   : DARTS_V2,
+            'GDAS_V1' : GDAS_V1,
+           }
+
+architectures = {'resnet': ResNet_CODE}
+
+if __name__ == '__main__':
+  print(Networks['DARTS'])
+
+def build_genotype_from_dict(xdict):
+  import pdb; pdb.set_trace()
+"""
+
+# DARTS_V2 of the DARTS repository in its flat form, written out from the DARTS paper's Figure 4 (= DARTS_V2 above)
+DARTS_V2_FLAT = parse_genotype(DARTS_V2)
+
+
+def _autodl(name=None):
+    from nasir.genotype import collect_notes
+
+    with collect_notes() as notes:
+        g = parse_genotype(AUTODL_FILE, name, source_name="genotypes.py")
+    return g, notes
+
+
+def test_autodl_genotype_file_without_name_lists_every_genotype():
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(AUTODL_FILE, source_name="genotypes.py")
+    (d,) = e.value.diagnostics
+    calls = re.findall(r"^(\w+) = (?:Genotype|Structure)\(", AUTODL_FILE, re.M)  # independent list of definitions
+    assert calls == ["DARTS_V1", "DARTS_V2", "GDAS_V1", "ResNet_CODE"]
+    assert d.message == f"genotypes.py defines {len(calls)} genotypes; choose one with --name"
+    assert d.hint == "names: " + ", ".join(calls) + "; keys of Networks: DARTS_V1, DARTS_V2, DARTS, GDAS_V1; keys of architectures: resnet"
+
+
+def test_autodl_genotype_file_by_name_by_dict_key_and_by_dict_dot_key():
+    g, notes = _autodl("DARTS_V2")
+    assert g == DARTS_V2_FLAT  # AutoDL's node-pair form with extra fields = the DARTS repository's flat form
+    assert _autodl("DARTS")[0] == g == _autodl("Networks.DARTS")[0]  # a dict key that aliases DARTS_V2
+    gdas, _ = _autodl("GDAS_V1")
+    assert gdas.normal[:4] == (("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 0), ("sep_conv_5x5", 2))
+    assert gdas.reduce[4] == ("dil_conv_5x5", 2) and gdas.normal_concat == (2, 3, 4, 5)
+    resnet, _ = _autodl("resnet")  # Structure(...) list form, short: missing edges are none
+    assert str(resnet) == "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
+    assert _autodl("ResNet_CODE")[0] == resnet
+
+
+def test_autodl_genotype_file_notes_the_skipped_statements_once():
+    _, notes = _autodl("DARTS_V1")
+    lines = AUTODL_FILE.splitlines()
+    starts = [i + 1 for i, line in enumerate(lines) if re.match(r"(def|class|if) ", line)]
+    assert len(starts) == 4
+    (note,) = notes
+    assert note.severity == "note" and note.span.line == starts[0]
+    assert note.message.startswith(f"skipped 4 statements of genotypes.py that are not genotype data (lines {starts[0]}-")
+    assert note.message.endswith(": class, def, if)")
+    for a in starts:
+        assert re.search(rf"\b{a}-\d+", note.message)
+
+
+def test_autodl_genotype_file_keeps_refusing_a_broken_genotype_and_unknown_names():
+    broken = AUTODL_FILE.replace("(('sep_conv_5x5', 0), ('sep_conv_3x3', 1)),", "(('sep_conv_5x5', 0) ('sep_conv_3x3', 1)),")
+    line = next(i + 1 for i, s in enumerate(broken.splitlines()) if "('sep_conv_5x5', 0) ('sep" in s)
+    assert errors(broken, "DARTS_V2") == [f"{line}:26: unexpected '('; expected ')', ','"]
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(AUTODL_FILE, "DARST", source_name="genotypes.py")
+    assert e.value.diagnostics[0].message == "genotypes.py defines no genotype named 'DARST'"
+    assert e.value.diagnostics[0].hint == "did you mean 'DARTS'?"
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(AUTODL_FILE, "Networks", source_name="genotypes.py")
+    assert e.value.diagnostics[0].hint == "choose one of its keys: --name DARTS_V1, DARTS_V2, DARTS, GDAS_V1"
+
+
+def test_import_cli_takes_a_name_from_an_autodl_file_and_prints_the_note(tmp_path, capsys):
+    from nasir.cli import main
+
+    f = tmp_path / "genotypes.py"
+    f.write_text(AUTODL_FILE)
+    assert main(["import", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "defines 4 genotypes; choose one with --name" in err and "keys of Networks: DARTS_V1" in err
+    assert main(["import", str(f), "--name", "GDAS_V1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("note: skipped 4 statements") == 0 and err.count("note: skipped 4 statements") == 1
+    assert load(out).cell("normal") == genotype_cells(parse_genotype(AUTODL_FILE, "GDAS_V1"))[0]
+
+
+# AutoDL's SETN (DXYs/genotypes.py) uses conv_3x1_1x3, an op HB adds in this session.
+SETN = """\
+SETN = Genotype(
+  normal=[
+    (('skip_connect', 0), ('sep_conv_5x5', 1)),
+    (('sep_conv_5x5', 0), ('sep_conv_3x3', 1)),
+    (('sep_conv_5x5', 1), ('sep_conv_5x5', 3)),
+    (('max_pool_3x3', 1), ('conv_3x1_1x3', 4))],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    (('sep_conv_3x3', 0), ('sep_conv_5x5', 1)),
+    (('avg_pool_3x3', 0), ('sep_conv_5x5', 1)),
+    (('avg_pool_3x3', 0), ('sep_conv_5x5', 1)),
+    (('avg_pool_3x3', 0), ('skip_connect', 1))],
+  reduce_concat=[2, 3, 4, 5],
+  connectN=None, connects=None
+)
+"""
+
+
+def test_autodl_setn_imports():
+    text = AUTODL_FILE.replace("ResNet_CODE = Structure(", SETN + "\nResNet_CODE = Structure(")
+    setn = parse_genotype(text, "SETN")
+    assert setn.normal[-1] == ("conv_3x1_1x3", 4) and setn.reduce[-1] == ("skip_connect", 1)
+    load(genotype_to_spec_text(setn))
+
+
+def test_decorated_definitions_and_docstrings_are_skipped_as_one_statement_each():
+    from nasir.genotype import collect_notes
+
+    text = ('"""Genotypes of a paper.\n\n|not~0| an NB201 string in prose\n"""\n'
+            "@register\n@other(1)\ndef build(x):\n    return x\n\n" + DARTS_V2 + "\nx = a + b\n")  # fmt: skip
+    with collect_notes() as notes:
+        assert parse_genotype(text, source_name="g.py") == parse_genotype(DARTS_V2)
+    (note,) = notes
+    # the docstring (lines 1-4), the decorated function (5-8) and the expression (11)
+    assert note.message == "skipped 3 statements of g.py that are not genotype data (lines 1-4, 5-8, 11: decorated, docstring, other)"
