@@ -1,8 +1,10 @@
 """Chain-structured spaces (issue 16; examples/proxyless.cell, docs/network.md "Chain spaces").
 
-A stage is a one-input cell whose nodes form a chain of layers, each edge with its own choice. The
+A stage is a one-input cell whose nodes form a chain of layers, each edge with its own choice. Two
+forms: the example's MBConv layers (which add their input themselves; `skip_connect` drops a layer)
+and RESIDUAL below, written with DARTS ops and explicit skip edges (`none` drops a layer). The
 checks: the supernet's structure against a hand count of candidates and parameters, derivation takes
-the argmax of every layer's own row, a `none` layer is the identity, the widening projection of a
+the argmax of every layer's own row, a dropped layer is the identity, the widening projection of a
 reduction stage, the generated torch source, ONNX, and the CLI end to end on tiny settings."""
 
 from __future__ import annotations
@@ -21,6 +23,49 @@ from nasir.search.supernet import build_supernet, prepare
 from nasir.targets import network, torch_source
 
 SPACE = EXAMPLES / "proxyless.cell"
+# The residual form: layer k is l_k = l_(k-1) + op(l_(k-1)), an edge into a_k and two skip edges.
+RESIDUAL = """\
+opset first = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, skip_connect}
+opset layer = {sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, none}
+
+cell stage {
+  inputs x
+  nodes  l1, a2, l2, a3, l3
+  edges  x -> l1 : choice(first)
+  edges  l1 -> a2 : choice(layer)
+  edges  l1 -> l2 : skip_connect
+  edges  a2 -> l2 : skip_connect
+  edges  l2 -> a3 : choice(layer)
+  edges  l2 -> l3 : skip_connect
+  edges  a3 -> l3 : skip_connect
+  output l3
+}
+
+cell down1 like stage {
+  stride 2 from inputs
+}
+
+cell mid like stage {
+}
+
+cell down2 like down1 {
+}
+
+network proxyless(C = 8, classes = 10) {
+  input (1, 8, 8)
+  stem  conv3x3(C), bn
+  stack 2 cells(C): stage, down1 at 1/2
+  stack 2 cells(2 * C): mid, down2 at 1/2
+  head  global_avg_pool, linear(classes)
+}
+
+search {
+  method darts(order = 1)
+  select magnitude
+  epochs 1
+  batch_size 32
+}
+"""
 KINDS = ("stage", "down1", "mid", "down2")
 MIXED = [("x", "l1"), ("l1", "a2"), ("l2", "a3")]  # the three searchable layers of every stage
 
@@ -38,7 +83,7 @@ def _mixed_params(c: int, stride: int, first: bool) -> int:
 
 
 def test_supernet_structure_by_hand():
-    spec = load(SPACE)
+    spec = load(RESIDUAL, name="residual.cell")
     sn = build_supernet(spec, overrides={"C": 4}, seed=0, channels_last=False)
     # one alpha row per layer of every stage, four candidates each: every layer chooses for itself
     assert {k: tuple(v.shape) for k, v in sn.alphas.items()} == {k: (3, 4) for k in KINDS}
@@ -77,7 +122,7 @@ def _rows(choice: dict[str, list[int]]) -> dict[str, list[list[float]]]:
 
 
 def _derived(choice: dict[str, list[int]]):
-    spec = prepare(load(SPACE))
+    spec = prepare(load(RESIDUAL, name="residual.cell"))
     return Derive(_rows(choice)).run(spec).spec
 
 
@@ -165,10 +210,9 @@ def test_a_stage_whose_op_sets_differ_in_size_is_refused_at_the_cell():
     for `skip_connect` rather than adding it; a stage with sets of 4 and 5 ops is refused, pointed."""
     from nasir.diagnostics import DiagnosticError
 
-    text = SPACE.read_text().replace("opset first = {sep_conv_3x3,", "opset first = {none, sep_conv_3x3,")
-    assert text != SPACE.read_text()
-    spec = load(text.replace('include "ops.cell"', f'include "{EXAMPLES / "ops.cell"}"'), name="sizes.cell",
-                allow_include_outside=True)  # fmt: skip
+    text = RESIDUAL.replace("opset first = {sep_conv_3x3,", "opset first = {none, sep_conv_3x3,")
+    assert text != RESIDUAL
+    spec = load(text, name="sizes.cell")
     with pytest.raises(DiagnosticError, match="cell 'stage' mixes choices of different sizes"):
         build_supernet(spec, overrides={"C": 4}, channels_last=False)
 
@@ -176,9 +220,8 @@ def test_a_stage_whose_op_sets_differ_in_size_is_refused_at_the_cell():
 def test_a_one_input_normal_cell_must_still_keep_its_channels(tmp_path, capsys):
     """Only a reduction stage widens; a normal one-input cell fed other channels is refused, pointed
     at the stack that places it, by `nasir check` (nasir/verify.py chain_problems)."""
-    (tmp_path / "ops.cell").write_text((EXAMPLES / "ops.cell").read_text())
     f = tmp_path / "wide.cell"
-    text = SPACE.read_text().replace("stack 2 cells(2 * C): mid, down2 at 1/2", "stack 1 cells(4 * C): mid")
+    text = RESIDUAL.replace("stack 2 cells(2 * C): mid, down2 at 1/2", "stack 1 cells(4 * C): mid")
     f.write_text(text)
     assert cli.main(["check", str(f), "--set", "C=8"]) == 2
     err = capsys.readouterr().err
@@ -189,7 +232,7 @@ def test_a_one_input_normal_cell_must_still_keep_its_channels(tmp_path, capsys):
 def test_the_fused_supernet_projects_a_widening_stage_as_the_plain_one():
     """--fuse runs FusedCell, which prepares its inputs as CellModule does: same weights, same logits
     up to float rounding (docs/performance.md "Fusion")."""
-    spec = load(SPACE)
+    spec = load(RESIDUAL, name="residual.cell")
     plain = build_supernet(spec, overrides={"C": 4}, seed=0, channels_last=False).eval()
     fused = build_supernet(spec, overrides={"C": 4}, seed=0, channels_last=False, fuse=True).eval()
     assert sum(type(m).__name__ == "FusedCell" for m in fused.net.cells) == 4
@@ -197,3 +240,52 @@ def test_the_fused_supernet_projects_a_widening_stage_as_the_plain_one():
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def _mbconv_params(c: int, e: int, k: int) -> int:
+    """MBConv weights at c channels in the supernet (BN without affine): expand 1x1 c -> h, depthwise
+    k x k on h, project 1x1 h -> c, h = c * e (docs/ops.md "MBConv")."""
+    h = c * e
+    return c * h + k * k * h + h * c
+
+
+def test_mbconv_example_supernet_by_hand():
+    sn = build_supernet(load(SPACE), overrides={"C": 4}, seed=0, channels_last=False)
+    assert {k: tuple(v.shape) for k, v in sn.alphas.items()} == {k: (3, 4) for k in KINDS}
+
+    def edge(c: int, stride: int) -> int:  # the three MBConvs, plus skip_connect (FactorizedReduce at stride 2)
+        return _mbconv_params(c, 3, 3) + _mbconv_params(c, 3, 5) + _mbconv_params(c, 6, 3) + (c * c if stride == 2 else 0)
+
+    cells = [3 * edge(4, 1), 4 * 8 + edge(8, 2) + 2 * edge(8, 1), 3 * edge(8, 1), 8 * 16 + edge(16, 2) + 2 * edge(16, 1)]
+    assert [_count(m) for m in sn.net.cells] == cells
+    assert _count(sn.net) == 1 * 4 * 9 + 2 * 4 + sum(cells) + 16 * 10 + 10
+
+
+def test_mbconv_layers_derived_to_skip_connect_are_the_identity():
+    spec = prepare(load(SPACE))
+    choice = {"stage": [0, 3, 2], "down1": [1, 0, 3], "mid": [3, 3, 3], "down2": [2, 1, 0]}
+    derived = Derive(_rows(choice)).run(spec).spec
+    mb = ("mbconv(k = 3, e = 3)", "mbconv(k = 5, e = 3)", "mbconv(k = 3, e = 6)", "skip_connect")
+    for kind, picks in choice.items():
+        assert [_op(derived.cell(kind), s, d) for s, d in (("x", "l1"), ("l1", "l2"), ("l2", "l3"))] == [mb[i] for i in picks]
+    text = _text(derived)
+    d = load(text, name="d.cell")
+    p = plan(d, overrides={"C": 4})
+    net = network.build(d, p, seed=0).eval()
+    mid = net.cells[2]
+    assert _count(mid) == 0  # every layer of `mid` dropped
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(mid(x), x)
+    # stage keeps two MBConvs (affine BN in the derived network: 2 per channel of each BN)
+    e33 = _mbconv_params(4, 3, 3) + 2 * 12 + 2 * 12 + 2 * 4
+    e36 = _mbconv_params(4, 6, 3) + 2 * 24 + 2 * 24 + 2 * 4
+    assert _count(net.cells[0]) == e33 + e36
+    ns: dict = {"__name__": "generated_mbconv_chain"}
+    exec(torch_source.generate(d, p), ns)  # the generated module's text, run as Python
+    torch.manual_seed(0)
+    gen = ns["Network"]().eval()
+    assert list(gen.state_dict()) == list(net.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(gen(x), net(x))
