@@ -19,6 +19,7 @@ import attrs
 
 from nasir import ir, ops
 from nasir.diagnostics import error_at
+from nasir.layers import LAYERS
 from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
 from nasir.targets import blocks
 
@@ -188,6 +189,12 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         needs.update({"FactorizedReduce", "ReLUConvBN"})
         lines.append("        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)")
         lines.append("        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
+    widens = not two and cell.reduction  # a one-input reduction cell (a chain stage) may widen: docs/network.md
+    if widens:
+        needs.add("ReLUConvBN")
+        lines.append("        self.project = C_p != C  # a 1 x 1 projection widens the input first (docs/network.md)")
+        lines.append("        if self.project:")
+        lines.append("            self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
     lines.append("        self._ops = nn.ModuleList([")
     identity: list[bool] = []
     for k, e in enumerate(cell.edges):
@@ -208,6 +215,9 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         lines.append("        s1 = self.preprocess1(s1)")
     else:
         lines.append("    def forward(self, s0: torch.Tensor) -> torch.Tensor:")
+        if widens:
+            lines.append("        if self.project:")
+            lines.append("            s0 = self.preprocess1(s0)")
     index = {id(e): k for k, e in enumerate(cell.edges)}
     for n in cell.node_names:
         terms = []
@@ -221,18 +231,9 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     return "\n".join(lines), needs
 
 
-def _stem(layers: tuple[LayerPlan, ...], c_in: int) -> tuple[list[str], int]:
-    mods, c = [], c_in
-    for x in layers:
-        if x.name == "conv3x3":
-            out = int(x.args[0])
-            mods.append(f"nn.Conv2d({c}, {out}, 3, stride={int(x.kw('stride', 1))}, padding=1, bias=False)")
-            c = out
-        elif x.name == "bn":
-            mods.append(f"nn.BatchNorm2d({c})")
-        elif x.name == "relu":
-            mods.append("nn.ReLU(inplace=False)")
-    return mods, c
+def _layers(layers: tuple[LayerPlan, ...]) -> list[str]:
+    """Each layer's constructor expression from the layer registry (nasir/layers.py)."""
+    return [LAYERS[x.name].emit(x) for x in layers]
 
 
 def _sequential(attr: str, mods: list[str]) -> list[str]:
@@ -254,14 +255,10 @@ def network_class(spec: ir.Spec, plan: Plan) -> tuple[str, set[str]]:
     init: list[str] = []
     fwd: list[str] = []
     two_stems = len(plan.stems) == 2
-    c_in = plan.input[0]
     if two_stems:
-        mods0, c = _stem(plan.stems[0], c_in)
-        mods1, c = _stem(plan.stems[1], c)
-        init += _sequential("stem0", mods0) + _sequential("stem1", mods1)
+        init += _sequential("stem0", _layers(plan.stems[0])) + _sequential("stem1", _layers(plan.stems[1]))
     else:
-        mods, c = _stem(plan.stems[0] if plan.stems else (), c_in)
-        init += _sequential("stem", mods)
+        init += _sequential("stem", _layers(plan.stems[0] if plan.stems else ()))
     cells = {c_.name: c_ for c_ in spec.cells}
     any_two = any(len(cells[b.cell].inputs) == 2 for b in plan.cells)
     if any_two:
@@ -270,50 +267,31 @@ def network_class(spec: ir.Spec, plan: Plan) -> tuple[str, set[str]]:
         fwd.append("        s = self.stem0(x)\n        s = self.stem1(s)" if two_stems else "        s = self.stem(x)")
     last = "s1" if any_two else "s"
     init.append("        self.cells = nn.ModuleList()")
-    C_pp, C_p = c, c
     has_aux = False
     for i, b in enumerate(plan.body):
         if isinstance(b, ResidualPlan):
             needs.add("ResidualBlock")
-            init.append(f"        self.cells.append(ResidualBlock({C_p}, {b.C_out}))  # {i}: residual reduction")
+            init.append(f"        self.cells.append(ResidualBlock({b.C_in}, {b.C_out}))  # {i}: residual reduction")
             call = f"self.cells[{i}]({last})"
-            C_pp, C_p = C_p, b.C_out
         else:
             assert isinstance(b, CellPlan)
             cell = cells[b.cell]
             assert cell.output is not None
             note = " (stride 2)" if b.reduction else ""
-            init.append(f"        self.cells.append({class_name(cell)}({C_pp}, {C_p}, {b.C}, {b.reduction_prev}, drop_path_prob))"
+            init.append(f"        self.cells.append({class_name(cell)}({b.C_pp}, {b.C_p}, {b.C}, {b.reduction_prev}, drop_path_prob))"
                         f"  # {i}: {cell.name}{note}")  # fmt: skip
             call = f"self.cells[{i}](s0, s1)" if len(cell.inputs) == 2 else f"self.cells[{i}]({last})"
-            mult = len(cell.output.nodes) if cell.output.kind == "concat" else 1
-            C_pp, C_p = C_p, mult * b.C
         fwd.append(f"        s0, s1 = s1, {call}" if any_two else f"        s = {call}")
         if i == plan.aux_after and plan.aux_style is not None:
             head = "AuxiliaryHeadCIFAR" if plan.aux_style == "cifar" else "AuxiliaryHeadImageNet"
             needs.add(head)
             has_aux = True
-            init.append(f"        self.auxiliary_head = {head}({C_p}, {plan.classes})  # reads the output of cell {i}")
+            init.append(f"        self.auxiliary_head = {head}({b.C_out}, {plan.classes})  # reads the output of cell {i}")
             fwd.append(f"        aux_in = {last}")
-    pre: list[str] = []
-    post: list[str] = []
-    classifier = "nn.Identity()"
-    pooled = False
-    for x in plan.head:
-        if x.name == "bn":
-            pre.append(f"nn.BatchNorm2d({C_p})")
-        elif x.name == "relu":
-            (post if pooled else pre).append("nn.ReLU(inplace=False)")
-        elif x.name == "global_avg_pool":
-            pre.append("nn.AdaptiveAvgPool2d(1)")
-            pooled = True
-        elif x.name == "avg_pool":
-            pre.append(f"nn.AvgPool2d({int(x.args[0])})")
-            pooled = True
-        elif x.name == "dropout":
-            post.append(f"nn.Dropout({float(x.args[0]) if x.args else 0.0})")
-        elif x.name == "linear":
-            classifier = f"nn.Linear({C_p}, {int(x.args[0])})"
+    parts: dict[str, list[str]] = {"pre": [], "post": [], "classifier": ["nn.Identity()"]}
+    for x, code in zip(plan.head, _layers(plan.head)):
+        parts[x.slot].append(code)
+    pre, post, classifier = parts["pre"], parts["post"], parts["classifier"][-1]
     init.append(f"        self.classifier = {classifier}")
     init += _sequential("head_pre", pre) + _sequential("head_post", post)
     fwd.append(f"        logits = self.classifier(self.head_post(torch.flatten(self.head_pre({last}), 1)))")

@@ -425,7 +425,7 @@ class FusedCell(CellModule):
         plan = getattr(self, "_fusion", None)
         if plan is None or weights is None or (self.training and self.drop_prob > 0.0):
             return super().forward(s0, s1, weights)
-        states = [self.preprocess0(s0), self.preprocess1(s1)] if self.two_inputs else [s0]
+        states = self.input_states(s0, s1)  # a widening chain stage projects its input (docs/network.md)
         n_in = len(states)
         acc: list[torch.Tensor | None] = [None] * len(self._schedule)
         for i, out_edges in enumerate(plan):
