@@ -6,7 +6,7 @@ as a ratio to eager at the same batch. A training step is what `nasir train` doe
 the data: forward, cross-entropy, backward, SGD with momentum (train mode: batch statistics; no
 auxiliary head, no drop-path). Inference runs in eval mode under `torch.inference_mode` (ORT: the ONNX
 file `nasir compile --target onnx` writes, BatchNorm folded). Every engine gets `--threads` intra-op
-threads (default 2, performance.md's setting) and the same input.
+threads (default 2, docs/performance.md's setting) and the same input.
 
 `torch.compile` (inductor, default mode, static shapes: one compilation per batch size and mode) runs
 in a child process per variant, so a compilation that does not finish is killed after

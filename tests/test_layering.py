@@ -17,12 +17,13 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
      ("nasir.source", "nasir.diagnostics", "nasir.limits", "nasir.io", "nasir.ir", "nasir.frontend", "nasir.grammar",
       "nasir.genotype", "nasir.fmt", "nasir.printer", "nasir.macros", "nasir.ops", "nasir.rnn.space", "nasir.rnn.text")),
     ("ir", "meaning of the IR: network elaboration, the verifier, analysis, `load` (parse + verify), provenance records",
-     ("nasir.macro", "nasir.verify", "nasir.analysis", "nasir.api", "nasir.provenance", "nasir.rnn.check", "nasir.rnn.info")),
+     ("nasir.macro", "nasir.verify", "nasir.analysis", "nasir.api", "nasir.provenance", "nasir.rnn.check", "nasir.rnn.info",
+      "nasir.layers")),
     ("passes", "IR -> IR transformations, the pass manager and the pipelines (nasir.rnn.lower lowers with them)",
      ("nasir.pipeline", "nasir.passes", "nasir.rnn.lower")),
     ("runtime", "torch: modules, targets, search, training, language models, lowering to files",
      ("nasir.targets", "nasir.search", "nasir.rnn", "nasir.train", "nasir.lower", "nasir.compile", "nasir.device",
-      "nasir.finite")),
+      "nasir.finite", "nasir.data", "nasir.autodl", "nasir.coco_eval")),
     ("api", "the public functions in nasir/__init__.py, dispatching to the runtime",
      ("nasir",)),
     ("cli", "argument parsing and printing over the library",
@@ -34,7 +35,7 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
 KNOWN: set[tuple[str, str]] = {
     ("nasir.ops", "nasir.targets.blocks"),  # the op registry builds modules: builder lookup belongs in targets
     ("nasir.genotype", "nasir.rnn.lower"),  # recurrent genotype import lowers through passes
-    ("nasir.analysis", "nasir.compile"),  # `nasir info` builds networks and supernets to count them
+    ("nasir.analysis", "nasir.lower"),  # `nasir info` builds networks and supernets to count them
     ("nasir.analysis", "nasir.search.supernet"),
     ("nasir.analysis", "nasir.targets.blocks"),
     ("nasir.analysis", "nasir.passes.topology"),
@@ -87,20 +88,11 @@ def test_the_layering_check_sees_function_local_imports():
 NOTES = ("methods", "performance", "ops", "recurrent", "gpu", "cli", "dsl-sketch", "passes")
 SOURCES = ("nasir", "passes", "targets", "grammar", "benchmarks", "tests", "docs")
 # docs/ops.md is written on another branch (HB) in this session; drop it here once merged.
-WRITTEN_ELSEWHERE = {"docs/ops.md"}
+WRITTEN_ELSEWHERE: set[str] = set()
 # Bare citations of notes outside docs/ (the notes the project was designed from, not in the
 # repository) in files other sessions own; same rule as KNOWN.
 BARE_KNOWN = {
-    ("benchmarks/frontend.py", "performance.md"), ("benchmarks/lowering.py", "performance.md"),
-    ("benchmarks/search_step.py", "methods.md"), ("benchmarks/search_step.py", "performance.md"),
-    ("benchmarks/throughput.py", "performance.md"), ("nasir/analysis.py", "shared/design/ops.md"),
-    ("nasir/macros.py", "shared/design/ops.md"), ("nasir/ops.py", "ops.md"), ("nasir/ops.py", "shared/design/ops.md"),
-    ("nasir/search/data.py", "cli.md"), ("nasir/search/supernet.py", "performance.md"), ("pyproject.toml", "ops.md"),
-    ("targets/blocks.py", "ops.md"), ("targets/blocks.py", "shared/design/ops.md"), ("targets/detection.py", "ops.md"),
-    ("targets/torch_source.py", "ops.md"), ("targets/torch_source.py", "shared/design/ops.md"),
-    ("tests/search/test_architect.py", "methods.md"), ("tests/search/test_data.py", "cli.md"),
-    ("tests/search/test_runner.py", "methods.md"), ("tests/search/test_supernet.py", "methods.md"),
-    ("tests/search/test_supernet.py", "ops.md"), ("tests/targets/test_blocks.py", "shared/design/ops.md"),
+    ("nasir/search/data.py", "cli.md"), ("tests/search/test_architect.py", "methods.md"), ("tests/search/test_data.py", "cli.md"), ("tests/search/test_runner.py", "methods.md"),
 }  # fmt: skip
 CITED = re.compile(r"docs/[\w./-]+?\.md")
 BARE = re.compile(r"(?<![\w/.-])(?:shared/design/)?(?:" + "|".join(map(re.escape, NOTES)) + r")\.md")

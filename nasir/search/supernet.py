@@ -630,7 +630,7 @@ def prepare(spec: ir.Spec) -> ir.Spec:
 
 def default_channels_last() -> bool:
     """The layout `nasir search` picks by default: channels_last when it runs on the CPU, which it does
-    when no CUDA device is present (performance.md: NHWC runs the CPU supernet in ~0.63 x the time)."""
+    when no CUDA device is present (docs/performance.md: NHWC runs the CPU supernet in ~0.63 x the time)."""
     return not torch.cuda.is_available()
 
 
