@@ -217,7 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(ve)
     _add_include_flag(sub)
     _add_ops_command(sub)
+    _add_network_flag(sub)
     return p
+
+
+# Commands that elaborate a network of the spec (docs/cli.md, "Several networks in one file").
+NETWORK_COMMANDS = ("check", "info", "compile", "draw", "export-genotype", "verify-export", "train", "eval", "search")
+
+
+def _add_network_flag(sub) -> None:
+    """--network NAME on every command that elaborates a network (added after all the commands exist,
+    so the search command defined in nasir/search/cli.py gets it too)."""
+    for name in NETWORK_COMMANDS:
+        if name in sub.choices:
+            sub.choices[name].add_argument("--network", metavar="NAME", help="which network of the file to use "
+                                           "(default: the first it declares)")  # fmt: skip
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -290,7 +304,7 @@ def cmd_check(args) -> int:
 
     for f in args.files:
         try:
-            spec = load(f, overrides=args.overrides)
+            spec = load(f, overrides=args.overrides, network=args.network)
             for w in spec.warnings:
                 print(w.render(), file=sys.stderr)
         except DiagnosticError as e:
@@ -333,9 +347,10 @@ def cmd_fmt(args) -> int:
 def cmd_info(args) -> int:
     import json
 
-    from nasir.analysis import info, render
+    from nasir.analysis import render
+    from nasir.measure import info
 
-    d = info(args.file, overrides=args.overrides, input_shape=args.input) if args.input else info(args.file, overrides=args.overrides)
+    d = info(args.file, overrides=args.overrides, input_shape=args.input, network=args.network)
     print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
 
@@ -361,7 +376,8 @@ def cmd_compile(args) -> int:
 
     if args.dump_after is None and args.output is None:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
-    spec = load(args.file, overrides=args.overrides)  # read once: the dump, the checks and the lowering share it
+    # read once: the dump, the checks and the lowering share it; --network puts the chosen network first
+    spec = load(args.file, overrides=args.overrides, network=args.network)
     if args.dump_after is not None:
         from nasir.passes import pipeline as pass_pipeline
         from nasir.passes.fuse import describe
@@ -394,7 +410,7 @@ def cmd_draw(args) -> int:
     from nasir.api import load
     from nasir.targets.draw import draw
 
-    out = draw(load(args.file, overrides=args.overrides), args.output, alphas=args.alphas)
+    out = draw(load(args.file, overrides=args.overrides, network=args.network), args.output, alphas=args.alphas)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -423,7 +439,7 @@ def cmd_export_genotype(args) -> int:
     from nasir.api import load
     from nasir.genotype import spec_to_genotype, spec_to_nb201
 
-    spec = load(args.file)
+    spec = load(args.file, network=args.network)  # a cell pair taken from the chosen network's stacks
     one_input = bool(spec.cells) and all(len(c.inputs) == 1 for c in spec.cells)
     print(spec_to_nb201(spec) if one_input else spec_to_genotype(spec))
     return 0
@@ -439,7 +455,8 @@ def cmd_verify_export(args) -> int:
         seed = int(recorded) if recorded is not None and recorded.isdigit() and int(recorded) <= limits.MAX_SEED else 0
         if recorded is not None:
             print(f"seed {seed} (recorded in {args.model})")
-    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides)
+    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides,
+                          network=args.network)  # fmt: skip
     provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
     if provider:
         print(f"ran on {provider}")
@@ -476,7 +493,7 @@ def cmd_train(args) -> int:
         if args.data is None:
             raise DiagnosticError([Diagnostic("--task detection needs COCO-format data: --data coco:PATH", hint="see 'nasir train --help'")])
         coco_path(data)  # a bad --data is reported before the spec is even read
-    spec = load(args.file, overrides=args.overrides)
+    spec = load(args.file, overrides=args.overrides, network=args.network)
     preset = args.preset or ("detection" if detection else "digits" if data == "digits" else None)
     cfg = TrainConfig.from_preset(
         preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -508,6 +525,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.task == "detection":  # COCO box AP with pycocotools (nasir/coco_eval.py)
+        if args.network is not None:  # eval_checkpoint reads the spec from its path (no network= yet)
+            raise DiagnosticError([Diagnostic("--network is not available with --task detection yet", None,
+                                              "put the detector's network first in the file")])  # fmt: skip
         from nasir.coco_eval import eval_checkpoint, format_ap
 
         metrics, n, split = eval_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device,
@@ -516,7 +536,12 @@ def cmd_eval(args) -> int:
         return 0
     from nasir.train import evaluate_checkpoint
 
-    loss, acc, n = evaluate_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
+    spec = args.file
+    if args.network is not None:  # evaluate_checkpoint takes a loaded spec: the chosen network first
+        from nasir.api import load
+
+        spec = load(args.file, overrides=args.overrides, network=args.network)
+    loss, acc, n = evaluate_checkpoint(spec, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
     print(f"accuracy {acc:.4f}  loss {loss:.4f}  on {n} held-out images")
     return 0
 
@@ -524,6 +549,12 @@ def cmd_eval(args) -> int:
 def cmd_search(args) -> int:
     from nasir.search.cli import run_search
 
+    if args.network is not None:
+        # The runner elaborates the spec's first network and takes a loaded spec in place of the path:
+        # load it once here with the chosen network first (nasir.api.select_network).
+        from nasir.api import load
+
+        args.file = load(args.file, overrides=args.overrides, network=args.network)
     return run_search(args)
 
 

@@ -36,7 +36,12 @@ def test_search_mirrors_the_runners_parameters():
     def described(fn):
         return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
-    assert described(nasir.search) == described(search)
+    ours, runner = described(nasir.search), described(search)
+    if "network" not in [name for name, _, _ in runner]:  # `network` selects the spec's network before the runner
+        # is called (nasir.api.select_network) until the runner takes it itself; then both must agree.
+        assert ours[-1] == ("network", inspect.Parameter.KEYWORD_ONLY, None)
+        ours = ours[:-1]
+    assert ours == runner
 
 
 def test_train_takes_every_keyword_of_nasir_train_train():

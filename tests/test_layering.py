@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
      ("nasir.pipeline", "nasir.passes", "nasir.rnn.lower")),
     ("runtime", "torch: modules, targets, search, training, language models, lowering to files",
      ("nasir.targets", "nasir.search", "nasir.rnn", "nasir.train", "nasir.lower", "nasir.compile", "nasir.device",
-      "nasir.finite", "nasir.data", "nasir.autodl", "nasir.coco_eval")),
+      "nasir.finite", "nasir.data", "nasir.autodl", "nasir.coco_eval", "nasir.measure")),
     ("api", "the public functions in nasir/__init__.py, dispatching to the runtime",
      ("nasir",)),
     ("cli", "argument parsing and printing over the library",
@@ -35,11 +35,6 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
 KNOWN: set[tuple[str, str]] = {
     ("nasir.ops", "nasir.targets.blocks"),  # the op registry builds modules: builder lookup belongs in targets
     ("nasir.genotype", "nasir.rnn.lower"),  # recurrent genotype import lowers through passes
-    ("nasir.analysis", "nasir.lower"),  # `nasir info` builds networks and supernets to count them
-    ("nasir.analysis", "nasir.search.supernet"),
-    ("nasir.analysis", "nasir.targets.blocks"),
-    ("nasir.analysis", "nasir.passes.topology"),
-    ("nasir.analysis", "nasir.rnn.lower"),
 }
 
 
