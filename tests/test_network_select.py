@@ -190,3 +190,15 @@ network tiny(C = 2, layers = 2, classes = 10) {
     code, out_text, _ = run(capsys, "info", out / "derived.cell", "--json")
     assert json.loads(out_text)["parameters"] == {"C": 2, "layers": 2, "classes": 10}
     assert run(capsys, "search", path, "--network", "small", "--out", tmp_path / "x", "--epochs", "1")[0] == 2
+
+
+def test_weights_made_with_one_network_are_refused_for_another():
+    from nasir import provenance as prov
+    from nasir.lower import resolve
+
+    spec = spec_of(TWO)
+    grey, first = resolve(spec, None, "grey"), resolve(spec, None, None)
+    then = prov.record(grey[0], kind="train", plan=grey[1])
+    prov.require_same(then, prov.record(*[resolve(spec, None, "grey")[0]], kind="train", plan=grey[1]), prov.ARCHITECTURE, "w")
+    with pytest.raises(DiagnosticError, match="w"):
+        prov.require_same(then, prov.record(first[0], kind="train", plan=first[1]), prov.ARCHITECTURE, "w")
