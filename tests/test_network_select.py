@@ -202,3 +202,18 @@ def test_weights_made_with_one_network_are_refused_for_another():
     prov.require_same(then, prov.record(*[resolve(spec, None, "grey")[0]], kind="train", plan=grey[1]), prov.ARCHITECTURE, "w")
     with pytest.raises(DiagnosticError, match="w"):
         prov.require_same(then, prov.record(first[0], kind="train", plan=first[1]), prov.ARCHITECTURE, "w")
+
+
+def test_train_and_eval_take_the_network_and_its_weights_fit_only_it(tmp_path, capsys):
+    path = write(tmp_path, CELLS + WIDE + GREY.replace("linear(5)", "linear(10)"))  # digits: 10 classes, 1 x 8 x 8
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", path, "--network", "grey", "--data", "digits", "--out", out, "--epochs", "1",
+                       "--limit-batches", "1", "--batch-size", "8")  # fmt: skip
+    assert code == 0, err
+    sd = torch.load(out / "best.pt", weights_only=True)
+    sd = sd.get("model", sd)
+    assert tuple(sd["stem.0.weight"].shape) == (6, 1, 3, 3)  # grey's stem: 3 * C = 6 channels from 1 (wide: 12 from 3)
+    code, text, err = run(capsys, "eval", path, "--network", "grey", "--weights", out / "best.pt")
+    assert code == 0 and "held-out images" in text, err
+    code, _, err = run(capsys, "eval", path, "--weights", out / "best.pt")  # the first network, wide: refused
+    assert code == 2 and "network wide" in err
