@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", help="parse and verify .cell files")
-    c.add_argument("files", nargs="+", type=Path)
+    c.add_argument("files", nargs="+", type=Path, help="'-' reads standard input (includes resolve from the current directory)")
     _add_set(c)
 
     f = sub.add_parser("fmt", help="lay out .cell text (lossless: comments, like, patterns, includes stay)")
@@ -287,9 +287,11 @@ def cmd_check(args) -> int:
     errors: list[Diagnostic] = []
     from nasir.api import load
 
+    if sum(str(f) == "-" for f in args.files) > 1:
+        raise DiagnosticError([Diagnostic("'-' (standard input) can be checked once")])
     for f in args.files:
         try:
-            spec = load(f, overrides=args.overrides)
+            spec = _load_stdin(args.overrides) if str(f) == "-" else load(f, overrides=args.overrides)
             for w in spec.warnings:
                 print(w.render(), file=sys.stderr)
         except DiagnosticError as e:
@@ -299,6 +301,16 @@ def cmd_check(args) -> int:
     n = len(args.files)
     print(f"ok: {n} file{'s' * (n != 1)} checked", file=sys.stderr)
     return 0
+
+
+def _load_stdin(overrides):
+    """`nasir check -`: the spec on standard input, named <stdin> (as `nasir import -` reads a genotype)."""
+    from nasir.api import load
+    from nasir.frontend import read_stdin
+
+    text = read_stdin().text
+    # load() reads a string without a newline or '{' as a path; a final newline changes no position
+    return load(text if "\n" in text or "{" in text else text + "\n", overrides=overrides, name="<stdin>")
 
 
 def cmd_fmt(args) -> int:

@@ -930,12 +930,45 @@ def read_regular(path: Path, name: str | None = None) -> SourceFile:
         raise ReadError(e.strerror or str(e)) from None
     finally:
         os.close(fd)
+    name = str(path) if name is None else name
+    return SourceFile(name, decode_text(b"".join(chunks)), quote=name.endswith(".cell"))
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 bytes -> text. A leading UTF-8 byte-order mark (some Windows editors write one) is not part
+    of the text: it is dropped, so line 1, column 1 is the first character written (issue 16)."""
     try:
-        text = b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ReadError("not UTF-8 text") from None
-    name = str(path) if name is None else name
-    return SourceFile(name, text, quote=name.endswith(".cell"))
+
+
+STDIN_NAME = "<stdin>"
+
+
+def read_stdin() -> SourceFile:
+    """Standard input as a spec (`nasir check -`), named `<stdin>` as `nasir import -` names it; at most
+    limits.MAX_SOURCE_BYTES, UTF-8, a byte-order mark dropped (`decode_text`). Its includes and op files
+    resolve from the current directory, the spec's directory tree being that directory."""
+    import sys
+
+    stream = getattr(sys.stdin, "buffer", None)
+    try:
+        if stream is not None:
+            data = stream.read(limits.MAX_SOURCE_BYTES + 1)
+            too_long = len(data) > limits.MAX_SOURCE_BYTES
+            text = "" if too_long else decode_text(data)
+        else:  # a text stream without bytes underneath (an embedding program's own stdin)
+            text = sys.stdin.read(limits.MAX_SOURCE_BYTES + 1) if sys.stdin is not None else ""
+            too_long = len(text.encode("utf-8")) > limits.MAX_SOURCE_BYTES
+            text = text.removeprefix("\ufeff")
+    except ReadError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read {STDIN_NAME}: {e}")]) from None
+    except OSError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read {STDIN_NAME}: {e.strerror or e}")]) from None
+    if too_long:
+        raise DiagnosticError([Diagnostic(f"cannot read {STDIN_NAME}: more than {limits.MAX_SOURCE_BYTES:,} bytes; a spec is at most that")])
+    return SourceFile(STDIN_NAME, text)
 
 
 def resolve_spec(source: SourceFile, bag: DiagnosticBag, path: Path | None = None, *,
