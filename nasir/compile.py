@@ -272,16 +272,26 @@ def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *,
 
 # ---- genotypes ---------------------------------------------------------------------------------------
 def import_genotype(path: str | Path, macro: str | None = None, *, overrides: Sequence[str] | None = None,
-                    name: str | None = None) -> str:  # fmt: skip
+                    name: str | None = None, macro_from: str | Path | None = None) -> str:  # fmt: skip
     """The library side of `nasir import`: a genotype file (`-`: stdin) -> `.cell` text in a macro network.
 
+    `macro_from`: a `.cell` file whose network(s) take the genotype's cells instead of a canonical
+    macro (nasir/user_macro.py); `macro` and `macro_from` exclude each other.
     `overrides` ("name=value") become the defaults of the macro's parameters in the text, so the
     file states the network it was imported for; they are checked like `--set` (unknown names, bad values).
     """
     from nasir.genotype import genotype_to_spec_text, read_genotype
 
+    if macro is not None and macro_from is not None:
+        raise DiagnosticError([Diagnostic(f"macro '{macro}' and macro_from '{macro_from}' both name the network; give one")])
     g = read_genotype(path, name)
-    text = genotype_to_spec_text(g, macro=macro, source_name=None if str(path) == "-" else str(path))
+    source_name = None if str(path) == "-" else str(path)
+    if macro_from is not None:
+        from nasir.user_macro import place_in_network
+
+        text = place_in_network(g, macro_from, source_name)
+    else:
+        text = genotype_to_spec_text(g, macro=macro, source_name=source_name)
     return set_defaults(text, list(overrides or []))
 
 
