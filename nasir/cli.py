@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2; "
                     "a key of a dict of genotypes, e.g. AutoDL's DARTS or Networks.DARTS)")
     im.add_argument("--macro-from", type=Path, metavar="FILE.cell", help="place the cells in the network(s) of "
-                    "your own .cell file instead: its network and search blocks are kept, its cells replaced")  # fmt: skip
+                    "your own .cell file instead: its network is kept, its cells replaced")  # fmt: skip
     im.add_argument("-o", "--output", type=Path, help="the .cell file to write (default: stdout)")
     _add_set(im)
 

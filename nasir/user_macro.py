@@ -1,10 +1,9 @@
 """`nasir import GENOTYPE --macro-from FILE.cell`: a genotype's cells placed in the user's own network.
 
-The network (every network of FILE), its search block and any fixed cell it stacks beside the
-genotype's come from FILE; the cells come from the genotype and replace FILE's cells of the same names
+The network (every network of FILE) and any fixed cell it stacks beside the genotype's come from FILE; the cells come from the genotype and replace FILE's cells of the same names
 (normal and reduce for a DARTS genotype, nbcell for a NAS-Bench-201 string, rnn for a recurrent
-genotype). FILE's search-space cells that the genotype does not replace, and its op sets, are left out:
-the result is a derived network. Before any text is written the combination is verified as one spec,
+genotype). FILE's search-space cells that the genotype does not replace, its op sets and its search
+block are left out: the result is a derived network. Before any text is written the combination is verified as one spec,
 so a network that stacks a cell the genotype cannot provide, in a role it cannot play (a normal cell
 as a reduction), or at sizes it cannot take is an error at FILE:line:col. See docs/import_macro.md.
 """
@@ -138,19 +137,19 @@ def place_in_network(g, macro_from: str | Path, genotype_name: str | None = None
     bag.check()
     # Verify the combination before writing it: the network's own checks (strides, inputs, sizes) now
     # see the genotype's cells, and report at the network's statements in the user's file.
-    combined = attrs.evolve(spec, cells=cells + tuple(kept.values()), opsets=())
+    combined = attrs.evolve(spec, cells=cells + tuple(kept.values()), opsets=(), search=None)
     bag = verify(combined, None, None, DiagnosticBag())
     bag.items = [d for d in bag.items if d.severity == "error"]
     bag.check()
 
-    # The user's own network and search text stays as written (comments, expressions); what came from
-    # an include is printed from the IR, so the file needs no include (op sets only served the search cells).
-    # Kept fixed cells are printed too: a `like` in their text could name a cell the genotype replaced.
+    # The user's own network text stays as written (comments, expressions); a network from an include is
+    # printed from the IR, so the file needs no include (op sets only served the search cells). Kept fixed
+    # cells are printed too: a `like` in their text could name a cell the genotype replaced. The search
+    # block is left out: it configures a search, and a derived network has nothing to search (its limits
+    # would even be checked against the fixed edges).
     blocks = [printer.cell(c) for c in cells + tuple(kept.values())]
     blocks += [printer.network(x) for x in spec.networks if not _own(spec, x)]
-    if spec.search is not None and not _own(spec, spec.search):
-        blocks.append(printer.search(spec.search))
-    blocks += [text for keyword, text in _declarations(source) if keyword in ("network", "search")]
+    blocks += [text for keyword, text in _declarations(source) if keyword == "network"]
     origin = f" from {genotype_name}" if genotype_name else ""
     header = f"# Imported{origin} by nasir into the network of {path}:\n# {g}\n"
     out = header + "\n\n".join(blocks) + "\n"

@@ -57,12 +57,22 @@ def test_darts_genotype_in_the_digits_network_has_the_examples_cells_and_the_use
     user = load(files / "digits.cell")
     reference = load(EXAMPLES / "darts_v2.cell")
     assert out.cells == reference.cells  # DARTS_V2's normal and reduce cells, as the example writes them
-    assert out.networks == user.networks and out.search == user.search
+    assert out.networks == user.networks
+    assert user.search is not None and out.search is None  # a derived network has nothing to search
     assert not out.is_search_space
     # the user's network block is there verbatim; the op sets and their include served the search cells only
     network_block = (files / "digits.cell").read_text().split("\n\n")[3]
     assert network_block.startswith("network digits(") and network_block in text
-    assert 'include "' not in text and "opset" not in text and "choice" not in text
+    assert 'include "' not in text and "opset" not in text and "choice" not in text and "search {" not in text
+
+
+def test_the_search_blocks_limits_do_not_reach_the_derived_network(files):
+    # DARTS_V2's normal nodes n0 and n1 read only sep_conv_3x3: with the search block kept, this limit
+    # (meant for the search) would make the verifier refuse the derived network.
+    lim = files / "lim.cell"
+    lim.write_text((files / "digits.cell").read_text().replace("  batch_size 64\n", "  batch_size 64\n  limit sep_conv_3x3 <= 0 per cell\n"))
+    load(lim)
+    assert load(import_genotype(files / "darts_v2.py", macro_from=lim)).cells == load(EXAMPLES / "darts_v2.cell").cells
 
 
 def test_nb201_string_in_the_nb201_example_equals_the_canonical_import(files):
