@@ -87,14 +87,13 @@ def _pattern(lex: Lexicon) -> re.Pattern[str]:
 
 def tokens(text: str, lex: Lexicon, start: int = 0, end: int | None = None) -> Iterator[Token]:
     """The tokens of `text` that start in [start, end); the last may reach past `end` (a string, a comment)."""
-    pattern = _pattern(lex)
-    stop = len(text) if end is None else min(end, len(text))
-    i = start
-    while i < stop:
-        m = pattern.match(text, i)
-        assert m is not None and m.end() > i  # the last alternative matches any character
-        yield Token(m.lastgroup, i, m.end())  # type: ignore[arg-type]
-        i = m.end()
+    stop = len(text) if end is None else end
+    # Every position starts a match (the last alternative takes any one character), so the matches
+    # tile the text; the text is not cut at `end`, so a token across it is the token of the whole text.
+    for m in _pattern(lex).finditer(text, start):
+        if m.start() >= stop:
+            return
+        yield Token(m.lastgroup, m.start(), m.end())  # type: ignore[arg-type]
 
 
 def skip_trivia(text: str, lex: Lexicon, i: int = 0) -> int:
