@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: cifar for a DARTS genotype, nb201 for an NB201 string)")  # fmt: skip
     im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2; "
                     "a key of a dict of genotypes, e.g. AutoDL's DARTS or Networks.DARTS)")
+    im.add_argument("--macro-from", type=Path, metavar="FILE.cell", help="place the cells in the network(s) of "
+                    "your own .cell file instead: its network is kept, its cells replaced")  # fmt: skip
     im.add_argument("-o", "--output", type=Path, help="the .cell file to write (default: stdout)")
     _add_set(im)
 
@@ -420,8 +422,11 @@ def cmd_import(args) -> int:
     from nasir.genotype import collect_notes
     from nasir.io import atomic_write
 
+    macro_from = args.macro_from
+    if macro_from is not None and args.macro is not None:
+        raise DiagnosticError([Diagnostic("--macro-from and --macro both name the network; give one")])
     with collect_notes() as notes:  # what a genotypes.py held besides genotypes (AutoDL's functions, classes)
-        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name, macro_from=macro_from)
     for note in notes:
         print(note.render(), file=sys.stderr)
     if args.output is None:
