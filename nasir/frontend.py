@@ -18,7 +18,7 @@ from typing import TypeVar, Union
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nasir import ir, limits, ops
+from nasir import ir, limits, ops, scan
 from nasir import syntax as syn
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
 from nasir.rnn.space import PRIMITIVES as RECURRENT_OPS
@@ -113,40 +113,13 @@ _TOP_KEYWORDS = re.compile(r"\b(include|ops|opset|cell|network|search)\b")
 
 
 def _depth_at(text: str, offset: int) -> int:
-    return _scan(text[:offset])[1]
+    """How many braces are open at `offset` (comments and strings skipped; nasir/scan.py)."""
+    return scan.depth_at(text, offset, scan.CELL)
 
 
 def _top_level_chunks(text: str) -> list[tuple[int, int]]:
-    starts, _ = _scan(text)
-    bounds = starts + [len(text)]
-    return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
-
-
-def _scan(text: str) -> tuple[list[int], int]:
-    """Offsets of top-level declarations and the final brace depth (comments and strings skipped)."""
-    starts, depth, i = [], 0, 0
-    while i < len(text):
-        c = text[i]
-        if c == "#":
-            i = text.find("\n", i)
-            i = len(text) if i < 0 else i
-            continue
-        if c == '"':
-            j = text.find('"', i + 1)
-            i = len(text) if j < 0 else j + 1
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth = max(0, depth - 1)
-        elif depth == 0 and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
-            m = _TOP_KEYWORDS.match(text, i)
-            if m:
-                starts.append(i)
-                i = m.end()
-                continue
-        i += 1
-    return starts, depth
+    """(start, end) of each top-level declaration, to re-parse it alone after a syntax error (nasir/scan.py)."""
+    return scan.top_level_chunks(text, _TOP_KEYWORDS, scan.CELL)
 
 
 def parse_tree(source: SourceFile) -> Tree:

@@ -103,6 +103,13 @@ def test_syntax_error_points_at_the_unexpected_token():
     assert errors_of("cell c {\n  inputs a\n  nodes n0, , n1\n}\n") == [(3, 13, "unexpected ','; expected a name")]
 
 
+def test_an_unterminated_string_ends_at_its_line_so_later_declarations_are_still_checked():
+    # the string token ends at the newline, as grammar/cell.lark's STRING does (one scanner, nasir/scan.py);
+    # the ')' is column 69: 68 characters precede it on line 2, counted by hand
+    text = 'include "a.cell\ncell x { inputs a  nodes n0  edges a -> n0: skip_connect  output n0 ) }\n'
+    assert errors_of(text) == [(1, 9, "unexpected character '\"'"), (2, 69, "unexpected ')'; expected '}', a name")]
+
+
 def test_missing_brace_is_reported_at_the_next_declaration():
     errs = errors_of("cell c {\n  inputs a\n  output a\n\nopset s = {none}\n")
     assert errs == [(5, 1, "'opset' cannot appear inside a block")]
