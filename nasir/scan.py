@@ -49,6 +49,8 @@ class Lexicon:
 # braces only; '(' and '[' never enclose a declaration, so they are plain code here and a stray one in
 # broken text cannot hide the declarations after it.
 CELL = Lexicon(quotes='"', escapes=False, triple=False, opens="{", closes="}", continuation=False)
+# The keywords that start a top-level declaration of .cell text (grammar/cell.lark, `decl`).
+CELL_DECLARATIONS = re.compile(r"\b(include|opset|cell|network|search)\b")
 # Genotype text (grammar/genotype.lark): Python's strings, brackets and line continuations.
 PYTHON = Lexicon(quotes="'\"", escapes=True, triple=True, opens="([{", closes=")]}", continuation=True)
 

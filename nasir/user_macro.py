@@ -1,11 +1,12 @@
 """`nasir import GENOTYPE --macro-from FILE.cell`: a genotype's cells placed in the user's own network.
 
-The network (every network of FILE) and any fixed cell it stacks beside the genotype's come from FILE; the cells come from the genotype and replace FILE's cells of the same names
-(normal and reduce for a DARTS genotype, nbcell for a NAS-Bench-201 string, rnn for a recurrent
-genotype). FILE's search-space cells that the genotype does not replace, its op sets and its search
-block are left out: the result is a derived network. Before any text is written the combination is verified as one spec,
-so a network that stacks a cell the genotype cannot provide, in a role it cannot play (a normal cell
-as a reduction), or at sizes it cannot take is an error at FILE:line:col. See docs/import_macro.md.
+The network (every network of FILE) and any fixed cell it stacks beside the genotype's come from FILE;
+the cells come from the genotype and replace FILE's cells of the same names (normal and reduce for a
+DARTS genotype, nbcell for a NAS-Bench-201 string, rnn for a recurrent genotype). FILE's search-space
+cells that the genotype does not replace, its op sets and its search block are left out: the result is
+a derived network. Before any text is written the combination is verified as one spec, so a network
+that stacks a cell the genotype cannot provide, in a role it cannot play (a reduction cell as a normal
+one), or at sizes it cannot take is an error at FILE:line:col. See docs/import_macro.md.
 """
 
 from __future__ import annotations
@@ -19,24 +20,19 @@ from nasir import ir, printer, scan
 from nasir.api import load
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from nasir.frontend import read_source, resolve_spec
+from nasir.genotype import AnyGenotype, NB201Arch, RecurrentGenotype, genotype_cells, recurrent_cell
 from nasir.source import SourceFile, Span
 from nasir.verify import verify
 
-_KEYWORDS = re.compile(r"\b(include|opset|cell|network|search)\b")  # the top-level declarations (grammar/cell.lark)
 
-
-def _kind(g) -> str:
-    from nasir.genotype import NB201Arch, RecurrentGenotype
-
+def _kind(g: AnyGenotype) -> str:
     if isinstance(g, RecurrentGenotype):
         return "recurrent genotype"
     return "NAS-Bench-201 string" if isinstance(g, NB201Arch) else "DARTS genotype"
 
 
-def genotype_cells_of(g) -> tuple[ir.Cell, ...]:
+def genotype_cells_of(g: AnyGenotype) -> tuple[ir.Cell, ...]:
     """The derived cells a genotype supplies, by the names the canonical macros stack them under."""
-    from nasir.genotype import RecurrentGenotype, genotype_cells, recurrent_cell
-
     return (recurrent_cell(g),) if isinstance(g, RecurrentGenotype) else genotype_cells(g)
 
 
@@ -82,7 +78,7 @@ def _declarations(source: SourceFile) -> list[tuple[str, str]]:
     text = source.text
     out = []
     prev_end = 0
-    for a, b in scan.top_level_chunks(text, _KEYWORDS, scan.CELL):
+    for a, b in scan.top_level_chunks(text, scan.CELL_DECLARATIONS, scan.CELL):
         before = text[prev_end:a]
         nl = before.rfind("\n")
         if nl < 0 or before[nl + 1 :].strip():  # the keyword does not start its line
@@ -98,12 +94,12 @@ def _declarations(source: SourceFile) -> list[tuple[str, str]]:
         eol = b if eol < 0 else eol
         if text[end:eol].strip().startswith("#"):
             end = eol
-        out.append((_KEYWORDS.match(text, a).group(1), text[lead:end]))  # type: ignore[union-attr]
+        out.append((scan.CELL_DECLARATIONS.match(text, a).group(1), text[lead:end]))  # type: ignore[union-attr]
         prev_end = end
     return out
 
 
-def place_in_network(g, macro_from: str | Path, genotype_name: str | None = None) -> str:
+def place_in_network(g: AnyGenotype, macro_from: str | Path, genotype_name: str | None = None) -> str:
     """A complete `.cell` text: the cells of genotype `g` in the network(s) of the user's file `macro_from`."""
     path = Path(macro_from)
     source = read_source(path)

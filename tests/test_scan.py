@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import io
 import random
-import re
 import tokenize
 
 from nasir import scan
 from nasir.scan import CELL, PYTHON
 
-KEYWORDS = re.compile(r"\b(include|opset|cell|network|search)\b")
+KEYWORDS = scan.CELL_DECLARATIONS
 
 
 def kinds(text, lex):
