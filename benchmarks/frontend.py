@@ -1,4 +1,4 @@
-"""How fast the front end answers: `nasir check` wall time (target < 0.5 s, performance.md).
+"""How fast the front end answers: `nasir check` wall time (target < 0.5 s, docs/performance.md).
 
 Runs `nasir check` on every example in fresh processes (the way a user or an editor runs it), after
 one warm-up run that fills lark's grammar cache, and prints the median; also the in-process time of

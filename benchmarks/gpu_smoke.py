@@ -184,7 +184,7 @@ def _darts_batches(plan, n: int, seed: int):
 def tf32(tmp: Path) -> tuple[bool, str]:
     import torch
 
-    from nasir.compile import resolve
+    from nasir.lower import resolve
     from nasir.device import fp32_arch_grads
     from nasir.search.architect import Architect
     from nasir.search.supernet import build_supernet, prepare
@@ -224,7 +224,7 @@ def tf32(tmp: Path) -> tuple[bool, str]:
 def memory(tmp: Path) -> tuple[bool, str]:
     import torch
 
-    from nasir.compile import resolve
+    from nasir.lower import resolve
     from nasir.search.architect import Architect, weight_step
     from nasir.search.supernet import build_supernet, prepare
 
@@ -323,7 +323,7 @@ def ort_cuda(tmp: Path) -> tuple[bool, str]:
     import numpy as np
     import torch
 
-    from nasir.compile import build
+    from nasir.lower import build
     from nasir.targets import export
 
     model = build(DERIVED, overrides=["C=36", "layers=20"]).to(DEVICE).eval()

@@ -3,7 +3,7 @@
 Prints the time to compile examples/darts_v2.cell to an ONNX file (in process, after imports; and the
 whole `python -m nasir compile` command), then eager PyTorch vs TorchScript vs ONNX Runtime latency at
 batch 1 and 64 as medians after warm-up, with the ratios to eager. All engines use the same number of
-intra-op threads (`--threads`, default 2, performance.md's setting). Targets (performance.md): TorchScript /
+intra-op threads (`--threads`, default 2, docs/performance.md's setting). Targets (docs/performance.md): TorchScript /
 ONNX Runtime >= 4x eager at batch 1; .cell -> ONNX < 3 s.
 
     .venv/bin/python benchmarks/lowering.py [--threads 2] [--runs 7] [--batches 1 64]
@@ -52,7 +52,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from nasir.compile import build, compile
+    from nasir.lower import build, compile
 
     tmp = Path(tempfile.mkdtemp(prefix="nasir-bench-"))
     onnx_path, ts_path = tmp / "darts_v2.onnx", tmp / "darts_v2.ts"

@@ -55,7 +55,7 @@ def measure(fn: Callable[[], object]) -> tuple[float, float]:
 
 def stages(tmp: Path) -> dict[str, tuple[int, Callable[[int], Callable[[], object]]]]:
     from nasir.api import load
-    from nasir.compile import import_genotype
+    from nasir.lower import import_genotype
     from nasir.diagnostics import Diagnostic, DiagnosticError
     from nasir.fmt import format_text
     from nasir.frontend import parse_text

@@ -7,9 +7,9 @@
 Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
 a warm-up step, then `--steps` timed steps of each kind, the median reported:
   weight  forward, backward, clip 5, SGD momentum (train_search.py's weight step)
-  arch1   first-order architecture step (methods.md, DARTS, xi = 0)
+  arch1   first-order architecture step (docs/methods.md, DARTS, xi = 0)
   arch2   second-order architecture step (finite-difference Hessian-vector product)
-Peak memory is the child's ru_maxrss after its weight steps (what performance.md quotes) and after all.
+Peak memory is the child's ru_maxrss after its weight steps (what docs/performance.md quotes) and after all.
 A variant may name its kinds: `nasir-lowmem:weight` times only the weight step.
 
 Variants, each adding one change to the one before, so the ratios say what each change bought:
@@ -27,10 +27,10 @@ Variants, each adding one change to the one before, so the ratios say what each 
                  `nasir search` runs by default on a CPU
   nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op)
   nasir-pc4      PC-DARTS on the same space (method pcdarts, K = 4: partial channels + edge normalisation),
-                 otherwise as nasir; performance.md's target: peak memory <= 0.35 x full DARTS
+                 otherwise as nasir; docs/performance.md's target: peak memory <= 0.35 x full DARTS
 
 Ratios are taken against `original` when it ran, else against `reference`. Machines are shared and noisy
-(performance.md): compare variants of one run only; the thread count is fixed (`--threads`, default 2, as
+(docs/performance.md): compare variants of one run only; the thread count is fixed (`--threads`, default 2, as
 the original figures); another process on the cores makes 2-thread timings jump (OpenMP waits on a
 descheduled thread), so look at the load average printed with each row.
 """
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'-' if ratio is None else f'{ratio:.2f}x':>9}{_fmt(r.get('rss_weight_gib'), 'GiB'):>19}"
                   f"{_fmt(r['rss_gib'], 'GiB'):>10}{r['load']:>6.1f}", flush=True)  # fmt: skip
     base = "original" if any(r["variant"] == "original" for r in rows) else "reference"
-    print(f"\nratios against the {base} of the same batch (and against performance.md's original figures):")
+    print(f"\nratios against the {base} of the same batch (and against docs/performance.md's original figures):")
     for r in rows:
         ref = next((x for x in rows if x["variant"] == base and x["batch"] == r["batch"]), None)
         orig = ORIGINAL.get(r["batch"], {})

@@ -155,7 +155,7 @@ def replay_early_stop(archs: list[str], patience: int) -> int:
 
 # ---- the runs -----------------------------------------------------------------------------------------
 def run_search(key: str, seed: int, args, runs: Path) -> dict[str, Any]:
-    from nasir.compile import resolve
+    from nasir.lower import resolve
     from nasir.search.runner import derived_text, search
     from nasir.search.supernet import prepare
 

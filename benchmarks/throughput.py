@@ -6,7 +6,7 @@ as a ratio to eager at the same batch. A training step is what `nasir train` doe
 the data: forward, cross-entropy, backward, SGD with momentum (train mode: batch statistics; no
 auxiliary head, no drop-path). Inference runs in eval mode under `torch.inference_mode` (ORT: the ONNX
 file `nasir compile --target onnx` writes, BatchNorm folded). Every engine gets `--threads` intra-op
-threads (default 2, performance.md's setting) and the same input.
+threads (default 2, docs/performance.md's setting) and the same input.
 
 `torch.compile` (inductor, default mode, static shapes: one compilation per batch size and mode) runs
 in a child process per variant, so a compilation that does not finish is killed after
@@ -73,7 +73,7 @@ def _setup(device: str, threads: int, mode: str, batch: int):
     """The network (seed 0), an input batch and labels on `device`, in the mode's state."""
     import torch
 
-    from nasir.compile import build
+    from nasir.lower import build
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def main() -> None:
     if not args.no_ort:
         import onnxruntime as ort
 
-        from nasir.compile import compile
+        from nasir.lower import compile
 
         onnx_path = tmp / "darts_v2.onnx"
         t = time.perf_counter()

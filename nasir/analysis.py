@@ -1,7 +1,7 @@
 """What `nasir info` reports: size and cost of a derived network, shape of its cells, size of a search space.
 
 - Parameters and MACs are counted on the built module (targets/blocks.py `count_params`,
-  `count_macs`, by the rules of shared/design/ops.md, "Counting rules").
+  `count_macs`, by the rules of docs/ops.md, "Counting rules").
 - Depth and width of a derived cell follow SDARTS (Chen & Hsieh, 2020), appendix 7.4: the depth is
   the number of connections on the longest path from the input nodes to the output node; the width
   adds the widths (c each) of the intermediate nodes directly connected to the inputs, where a node
@@ -251,9 +251,13 @@ def _shapes_only():
     return torch.device("meta")
 
 
-def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
-    """Everything `nasir info` shows, as JSON-serialisable data (see the module docstring)."""
-    from nasir.compile import resolve
+def info(spec: ir.Spec | str | Path, overrides: Any = None, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+    """Everything `nasir info` shows, as JSON-serialisable data (see the module docstring).
+
+    `input_shape` (C, H, W): also count the MACs at that input, of the whole network and of its backbone
+    (stems and cells: everything but the classifier), as OStr-DARTS' Table VII reports backbone FLOPs at
+    224 x 224; FLOPs are given as 2 x MACs (one multiply and one add), labelled as such."""
+    from nasir.lower import resolve
 
     recurrent = _recurrent_spec(spec, overrides)
     if recurrent is not None:
@@ -283,6 +287,11 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
             w = cell_width(c)
             entry.update(depth=cell_depth(c), width=float(w), width_text=_fmt_width(w))
         out["cells"].append(entry)
+    if space and input_shape is not None:
+        from nasir.diagnostics import error_at
+
+        raise error_at(None, "--input counts the MACs of a derived network; this spec is a search space",
+                       "derive an architecture first (nasir search), then run nasir info on derived.cell")  # fmt: skip
     if space:
         sn, why = _supernet_weights(spec, plan)
         out["params"] = out["params_no_aux"] = out["macs"] = None
@@ -294,7 +303,7 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
             "candidates": None if any(e["candidates"] is None for e in out["cells"]) else math.prod(e["candidates"] for e in out["cells"]),
         }
         return out
-    from nasir.compile import build_from_plan
+    from nasir.lower import build_from_plan
     from nasir.targets.blocks import count_macs, count_params
 
     with _shapes_only():
@@ -302,7 +311,27 @@ def info(spec: ir.Spec | str | Path, overrides: Any = None) -> dict[str, Any]:
     total = count_params(model)
     aux = count_params(model.auxiliary_head) if model.auxiliary_head is not None else 0
     out.update(params=total, params_no_aux=total - aux, macs=count_macs(model, plan.input), space=None)
+    if input_shape is not None:
+        out["at_input"] = _macs_at(spec, model, plan, tuple(int(x) for x in input_shape))
     return out
+
+
+def _macs_at(spec: ir.Spec, model: Any, plan: Any, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """MACs of the network and of its backbone on one image of `shape` (docs/ops.md, "Counting rules")."""
+    from torch import nn
+
+    from nasir.diagnostics import error_at
+    from nasir.targets.blocks import count_macs
+
+    if shape[0] != plan.input[0]:
+        raise error_at(None, f"--input has {shape[0]} channels; network '{plan.network}' takes {plan.input[0]}")
+    try:
+        total = count_macs(model, shape)
+    except RuntimeError as e:  # e.g. an input too small for the reductions
+        raise error_at(None, f"network '{plan.network}' does not run on a {'x'.join(map(str, shape))} input: {str(e).splitlines()[0]}") from None
+    head = model.classifier
+    head_macs = head.in_features * head.out_features if isinstance(head, nn.Linear) else 0
+    return {"input": list(shape), "macs": total, "backbone_macs": total - head_macs, "backbone_flops": 2 * (total - head_macs)}
 
 
 def _recurrent_spec(spec: ir.Spec | str | Path, overrides: Any) -> tuple[ir.Spec, dict[str, Any]] | None:
@@ -390,6 +419,11 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"  parameters     {_n(d['params'])} ({_short(d['params'])})")
         lines.append(f"  without aux    {_n(d['params_no_aux'])} ({_short(d['params_no_aux'])})")
         lines.append(f"  MACs           {_n(d['macs'])} ({_short(d['macs'])}) per {shape} image")
+    at = d.get("at_input")
+    if at:
+        s_in = "x".join(map(str, at["input"]))
+        lines.append(f"  at {s_in}: MACs {_n(at['macs'])} ({_short(at['macs'])}); backbone (stems and cells) "
+                     f"{_n(at['backbone_macs'])} MACs ({_short(at['backbone_macs'])}), {_short(at['backbone_flops'])} FLOPs (2 x MACs)")  # fmt: skip
     s = d.get("space")
     if s:
         per = ", ".join(f"{c['name']} {c['mixed_edges']}" for c in d["cells"])

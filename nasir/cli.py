@@ -91,7 +91,8 @@ def _tolerance(text: str) -> float:
 
 
 def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], fields=None) -> None:
-    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py)."""
+    """Refuse --weights made from another spec or network (their provenance, nasir/provenance.py).
+    `spec_path` may be the loaded spec (nasir.lower.resolve takes either): then it is not read again."""
     from nasir import provenance as prov
 
     if weights is None:
@@ -99,7 +100,7 @@ def _check_weights(spec_path: Path, weights: Path | None, overrides: list[str], 
     then = prov.read(weights)
     if then is None:  # a bare state_dict: nothing recorded to compare
         return
-    from nasir.compile import resolve
+    from nasir.lower import resolve
 
     spec, plan = resolve(spec_path, overrides)
     now = prov.record(spec, kind=then.get("kind", ""), overrides=overrides, plan=plan)
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters, MACs, cell depth/width; for a search space its size")
     i.add_argument("file", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--input", type=_input_shape, metavar="C,H,W",
+                   help="count MACs (and the backbone's) at this input size, e.g. 3,224,224 (default: the network's input)")  # fmt: skip
     _add_set(i)
 
     co = sub.add_parser("compile", help="lower a derived architecture to a target")
@@ -215,7 +218,58 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--tolerance", type=_tolerance, default=1e-4, help="largest acceptable max abs diff (default 1e-4)")
     _add_set(ve)
     _add_include_flag(sub)
+    _add_ops_command(sub)
     return p
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive integers such as 3,224,224, got '{text}'")
+    return shape  # type: ignore[return-value]
+
+
+def _add_ops_command(sub) -> None:
+    """`nasir ops [SPEC]` and `--ops FILE` on every command (docs/ops.md, "Your own ops")."""
+    o = sub.add_parser("ops", help="list every op: parameters, weights, where it comes from")
+    o.add_argument("file", nargs="?", type=Path, help="a spec: include the op files it names")
+    o.add_argument("--json", action="store_true", help="print JSON instead of text")
+    o.add_argument("--allow-include-outside", action="store_true",
+                   help="let 'include' and 'ops' read files outside the spec's directory tree")  # fmt: skip
+    for parser in sub.choices.values():
+        parser.add_argument("--ops", dest="op_files", action="append", type=Path, default=[], metavar="FILE.py",
+                            help="load the user's ops from this Python file (runs it; docs/ops.md)")  # fmt: skip
+
+
+def _load_op_flags(args) -> None:
+    """Load every --ops FILE into the current scope's registry (nasir/ops.py)."""
+    from nasir import ops
+
+    for f in getattr(args, "op_files", []):
+        try:
+            ops.load_file(f)
+        except ops.OpFileError as e:
+            raise DiagnosticError([Diagnostic(f"--ops {f}: cannot load ops from '{f}': {e}")]) from None
+
+
+def cmd_ops(args) -> int:
+    import json
+
+    from nasir.ops import op_table, render_ops
+
+    used = None
+    if args.file is not None:  # load the spec: its op files join the scope, and its ops are marked
+        from nasir.api import load
+
+        spec = load(args.file)
+        used = {o for c in spec.cells for e in c.edges for o in e.candidates if o is not None}
+        used |= {o for s in spec.opsets for o in s.ops}
+    rows = op_table(used)
+    print(json.dumps(rows, indent=2) if args.json else render_ops(rows))
+    return 0
 
 
 # Commands that read no .cell spec (import reads a genotype; its output is a spec text it writes).
@@ -283,7 +337,7 @@ def cmd_info(args) -> int:
 
     from nasir.analysis import info, render
 
-    d = info(args.file, overrides=args.overrides)
+    d = info(args.file, overrides=args.overrides, input_shape=args.input) if args.input else info(args.file, overrides=args.overrides)
     print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
 
@@ -303,23 +357,23 @@ def _json_safe(x):
 
 
 def cmd_compile(args) -> int:
-    from nasir.compile import compile, weights_path
+    import nasir
+    from nasir.api import load
+    from nasir.lower import weights_path
 
+    if args.dump_after is None and args.output is None:
+        raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
+    spec = load(args.file, overrides=args.overrides)  # read once: the dump, the checks and the lowering share it
     if args.dump_after is not None:
-        from nasir.api import load
-        from nasir.passes.dead_nodes import DeadNodes
-        from nasir.passes.fuse import FuseOps, describe
-        from nasir.passes.mixed_ops import MixedOps
-        from nasir.passes.topology import Topology
-        from nasir.passes.zero_ops import ZeroOps
-        from nasir.pipeline import PassManager
+        from nasir.passes import pipeline as pass_pipeline
+        from nasir.passes.fuse import describe
 
-        spec = load(args.file, overrides=args.overrides)
-        # A search space runs the passes that build its supernet; a derived spec the clean-up passes.
-        passes = [MixedOps(), ZeroOps(), Topology(), FuseOps()] if spec.is_search_space else [DeadNodes()]
+        # The pipeline the spec goes through for real (nasir/pipeline.py): a search space's supernet
+        # builder runs "search", `nasir compile` of a derived spec runs "compile".
+        pipeline = "search" if spec.is_search_space else "compile"
         fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search --fuse` runs
-        out = PassManager(passes, verify=True, dump_after=None if fused else args.dump_after,
-                          dump=lambda text: sys.stdout.write(text)).run(spec)  # fmt: skip
+        out = pass_pipeline(pipeline, verify=True, dump_after=None if fused else args.dump_after,
+                            dump=lambda text: sys.stdout.write(text)).apply(spec)  # fmt: skip
         if fused:
             from nasir.printer import print_spec
 
@@ -330,14 +384,9 @@ def cmd_compile(args) -> int:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
 
     if args.target == "retinanet":  # a detector's checkpoint carries its network parameters: compare the spec only
-        _check_weights(args.file, args.weights, args.overrides, ("spec",))
-    out = None
-    if args.target in ("torch", "torchscript", "onnx"):  # a language model lowers through nasir/rnn
-        from nasir.rnn.hooks import compile_spec
-
-        out = compile_spec(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
-    if out is None:
-        out = compile(args.file, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
+        _check_weights(spec, args.weights, args.overrides, ("spec",))
+    # nasir.compile dispatches by what the spec holds: a language model lowers through nasir/rnn.
+    out = nasir.compile(spec, args.target, args.output, weights=args.weights, seed=args.seed, overrides=args.overrides)
     extra = f" and weights {weights_path(out)}" if args.target == "torch" and args.weights else ""
     print(f"wrote {out}{extra} ({args.target})", file=sys.stderr)
     return 0
@@ -353,9 +402,9 @@ def cmd_draw(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from nasir.compile import import_genotype
     from nasir.genotype import collect_notes
     from nasir.io import atomic_write
+    from nasir.lower import import_genotype
 
     macro_from = args.macro_from
     if macro_from is not None and args.macro is not None:
@@ -386,7 +435,7 @@ def cmd_export_genotype(args) -> int:
 
 
 def cmd_verify_export(args) -> int:
-    from nasir.compile import verify_export
+    from nasir.lower import verify_export
     from nasir.targets.export import read_metadata
 
     seed = args.seed
@@ -489,6 +538,7 @@ COMMANDS = {
     "search": cmd_search,
     "check": cmd_check, "fmt": cmd_fmt, "info": cmd_info, "compile": cmd_compile, "draw": cmd_draw,
     "import": cmd_import, "export-genotype": cmd_export_genotype, "verify-export": cmd_verify_export,
+    "ops": cmd_ops,
 }  # fmt: skip
 
 
@@ -515,8 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:])
         token = limits.ALLOW_INCLUDE_OUTSIDE.set(bool(getattr(args, "allow_include_outside", False)))
+        from nasir import ops
+
         try:
-            return COMMANDS[args.command](args)
+            with ops.scope():  # op files this command loads (--ops, a spec's `ops`) end with it
+                _load_op_flags(args)
+                return COMMANDS[args.command](args)
         finally:
             limits.ALLOW_INCLUDE_OUTSIDE.reset(token)
     except DiagnosticError as e:

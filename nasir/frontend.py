@@ -24,9 +24,12 @@ from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_yo
 from nasir.rnn.space import PRIMITIVES as RECURRENT_OPS
 from nasir.source import SourceFile, Span
 
-# Op names a set or an edge may use: the convolutional registry and the recurrent ops (docs/recurrent.md);
-# the verifier checks that each cell uses the ops of its kind.
-KNOWN_OPS = frozenset(ops.REGISTRY) | frozenset(RECURRENT_OPS)
+
+# Op names a set or an edge may use: the convolutional registry of the current scope (built-ins and the
+# op files loaded, docs/ops.md) and the recurrent ops (docs/recurrent.md); the verifier checks that each
+# cell uses the ops of its kind.
+def known_op(name: str) -> bool:
+    return name in RECURRENT_OPS or name in ops.REGISTRY
 
 
 @cache
@@ -106,7 +109,7 @@ def syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark) -> Diag
     )
 
 
-_TOP_KEYWORDS = re.compile(r"\b(include|opset|cell|network|search)\b")
+_TOP_KEYWORDS = re.compile(r"\b(include|ops|opset|cell|network|search)\b")
 
 
 def _depth_at(text: str, offset: int) -> int:
@@ -171,10 +174,23 @@ def parse_tree(source: SourceFile) -> Tree:
 
 # ---- tree -> raw declarations ---------------------------------------------------------------
 @attrs.frozen
+class OpItem:
+    """An op as written in a set or on an edge: a name, or a parametric op `mbconv(k = 5)` whose
+    arguments are (name, value, span of the argument) in the written order."""
+
+    name: str
+    span: Span | None
+    args: tuple[tuple[str, Any, Span | None], ...] | None = None
+
+    def text(self) -> str:
+        return self.name if self.args is None else ops.op_text(self.name, [(k, v) for k, v, _ in self.args])
+
+
+@attrs.frozen
 class SetExpr:
     kind: str  # ref | lit | diff | union
     name: str | None = None
-    items: tuple[tuple[str, Span], ...] = ()
+    items: tuple[OpItem, ...] = ()
     left: SetExpr | None = None
     right: SetExpr | None = None
     span: Span | None = attrs.field(default=None, eq=False)
@@ -183,7 +199,7 @@ class SetExpr:
         if self.kind == "ref":
             return self.name  # type: ignore[return-value]
         if self.kind == "lit":
-            return "{" + ", ".join(n for n, _ in self.items) + "}"
+            return "{" + ", ".join(i.text() for i in self.items) + "}"
         sign = "-" if self.kind == "diff" else "+"
         return f"{self.left.text()} {sign} {self.right.text()}"  # type: ignore[union-attr]
 
@@ -224,6 +240,21 @@ def _build_transformer(source: SourceFile) -> Transformer:
         def include(self, meta, c):
             return ir.Include(str(c[0])[1:-1], span=sp(meta))
 
+        def op_file(self, meta, c):
+            return ir.OpFile(str(c[0])[1:-1], span=sp(meta))
+
+        def op_plain(self, meta, c):
+            return OpItem(str(c[0]), tsp(c[0]))
+
+        def op_call(self, meta, c):
+            name, *args = c
+            return OpItem(str(name), sp(meta), tuple(a for a in args if a is not None))
+
+        def op_arg(self, meta, c):
+            v = c[1]
+            value = v.value if isinstance(v, ir.Num | ir.Bool) else v.name
+            return (str(c[0]), value, sp(meta))
+
         # op sets
         def opset(self, meta, c):
             return ("opset", str(c[0]), c[1], sp(meta), tsp(c[0]))
@@ -232,7 +263,7 @@ def _build_transformer(source: SourceFile) -> Transformer:
             return SetExpr("ref", name=str(c[0]), span=sp(meta))
 
         def set_lit(self, meta, c):
-            items = tuple((str(t), tsp(t)) for t in c if t is not None)
+            items = tuple(t for t in c if t is not None)
             return SetExpr("lit", items=items, span=sp(meta))
 
         def set_diff(self, meta, c):
@@ -280,7 +311,7 @@ def _build_transformer(source: SourceFile) -> Transformer:
             return ("choice", c[0], sp(meta))
 
         def edge_fixed(self, meta, c):
-            return ("fixed", str(c[0]), tsp(c[0]))
+            return ("fixed", c[0], c[0].span)
 
         def equation(self, meta, c):
             return Stmt("equation", (node(c[0]), tuple(c[1:])), sp(meta))
@@ -480,22 +511,49 @@ class Resolver:
         self.opsets: dict[str, ir.OpSet] = {}
         self.raw_cells: dict[str, RawCell] = {}
 
+    def op_name(self, item: OpItem) -> str | None:
+        """The op an item names (a parametric op: its canonical text), or None after reporting why not."""
+        if item.args is None:
+            if not known_op(item.name):
+                self.bag.error(item.span, f"unknown op '{item.name}'", ops.unknown_op_hint(item.name))
+                return None
+            fam = ops.active().family(item.name)
+            if fam is not None and fam.signature:
+                problems = fam.check_args([])
+                if problems:
+                    self.bag.error(item.span, problems[0][1], f"write {fam.name}(name = value, ...)")
+                    return None
+            return item.name
+        fam = ops.active().family(item.name)
+        if fam is None:
+            self.bag.error(item.span, f"unknown op '{item.name}'", ops.unknown_op_hint(item.name))
+            return None
+        problems = fam.check_args([(k, v) for k, v, _ in item.args])
+        for i, message in problems:
+            span = item.args[i][2] if 0 <= i < len(item.args) else item.span
+            hint = None if fam.signature else "it is not a parametric op"
+            self.bag.error(span, message, hint)
+        if problems:
+            return None
+        return fam.bind({k: v for k, v, _ in item.args}).name
+
     # op sets
     def eval_set(self, e: SetExpr) -> tuple[str, ...] | None:
         if e.kind == "ref":
             if e.name in self.opsets:
                 return self.opsets[e.name].ops
-            if e.name in KNOWN_OPS:
+            if known_op(e.name):  # type: ignore[arg-type]
                 return (e.name,)
             self.bag.error(e.span, f"unknown op or op set '{e.name}'", did_you_mean(e.name, [*self.opsets, *ops.REGISTRY, *RECURRENT_OPS]))
             return None
         if e.kind == "lit":
             out: list[str] = []
-            for name, span in e.items:
-                if name not in KNOWN_OPS:
-                    self.bag.error(span, f"unknown op '{name}'", ops.unknown_op_hint(name))
-                elif name in out:
-                    self.bag.error(span, f"op '{name}' listed twice")
+            for item in e.items:
+                name = self.op_name(item)
+                if name is None:
+                    continue
+                if name in out:
+                    self.bag.error(item.span, f"op '{name}' listed twice")
                 else:
                     out.append(name)
             return tuple(out)
@@ -510,7 +568,7 @@ class Resolver:
         return a + tuple(x for x in b if x not in a)
 
     def opset(self, name: str, expr: SetExpr, span: Span | None, name_span: Span) -> ir.OpSet | None:
-        if name in KNOWN_OPS:
+        if known_op(name):
             self.bag.error(name_span, f"op set '{name}' has the name of an op")
         result = self.eval_set(expr)
         if result is None:
@@ -598,7 +656,7 @@ class Resolver:
                     continue
                 defined_by_equation[target.name] = target.span
                 for op_name, op_span, src, src_span, term_span in terms:
-                    if op_name not in KNOWN_OPS:
+                    if not known_op(op_name):
                         self.bag.error(op_span, f"unknown op '{op_name}'", ops.unknown_op_hint(op_name))
                         continue
                     if src not in states:
@@ -667,11 +725,12 @@ class Resolver:
             fixed = None
         else:
             choice = None
-            fixed = op[1]
-            if fixed not in KNOWN_OPS:
-                hint = f"'{fixed}' is an op set; write choice({fixed})" if fixed in self.opsets else ops.unknown_op_hint(fixed)
-                self.bag.error(op[2], f"unknown op '{fixed}'", hint)
+            item: OpItem = op[1]
+            if item.args is None and item.name in self.opsets:
+                self.bag.error(op[2], f"unknown op '{item.name}'", f"'{item.name}' is an op set; write choice({item.name})")
                 fixed = None
+            else:
+                fixed = self.op_name(item)
         if srcs is None or dsts is None or (choice is None and fixed is None):
             return []
         if len(srcs) * len(dsts) > 4 * limits.MAX_EDGES_PER_CELL:  # too many even before ordering: do not build them
@@ -783,6 +842,11 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
     decls = parse_decls(source)
     out: list = []
     for d in decls:
+        if isinstance(d, ir.OpFile):
+            op_file = _op_file(path, d, bag, root, allow_outside)
+            if op_file is not None:
+                out.append(op_file)
+            continue
         if isinstance(d, ir.Include):
             if "\x00" in d.path:
                 bag.error(d.span, "an include path cannot contain a NUL character")
@@ -818,6 +882,44 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
             except DiagnosticError as e:
                 bag.items.extend(e.diagnostics)
         out.append(d)
+    return out
+
+
+def _op_file(path: Path, d: ir.OpFile, bag: DiagnosticBag, root: Path, allow_outside: bool) -> ir.OpFile | None:
+    """`ops "FILE"`: resolved like an include (relative to the naming file, inside the spec's directory
+    tree unless allowed), a regular `.py` file; loaded later by `_load_op_files`."""
+    if "\x00" in d.path:
+        bag.error(d.span, "an ops path cannot contain a NUL character")
+        return None
+    target = (path.parent / d.path).resolve()
+    if not allow_outside and not target.is_relative_to(root):
+        bag.error(d.span, f"'{d.path}' is outside {root}, the directory of the spec",
+                  "op files stay in the spec's directory tree like includes; pass --allow-include-outside "
+                  "(API: allow_include_outside=True) to load it")  # fmt: skip
+        return None
+    if Path(d.path).suffix != ".py":
+        bag.error(d.span, f"cannot load ops from '{d.path}': an op file is a Python file (.py)")
+        return None
+    if not target.is_file():
+        why = "no such file" if not target.exists() else "not a regular file"
+        bag.error(d.span, f"cannot load ops from '{d.path}': {why}")
+        return None
+    return attrs.evolve(d, resolved=str(target))
+
+
+def _load_op_files(files: list[ir.OpFile], bag: DiagnosticBag) -> list[ir.OpFile]:
+    """Import each op file once into the current scope's registry (nasir/ops.py): this runs the
+    user's code, which the spec named explicitly (docs/ops.md, "Your own ops")."""
+    out: list[ir.OpFile] = []
+    for f in files:
+        if any(g.resolved == f.resolved for g in out):
+            continue
+        try:
+            ops.load_file(f.resolved)
+        except ops.OpFileError as e:
+            bag.error(f.span, f"cannot load ops from '{f.path}': {e}")
+            continue
+        out.append(f)
     return out
 
 
@@ -882,6 +984,7 @@ def _resolve(source: SourceFile, bag: DiagnosticBag, path: Path, allow_include_o
     decls = load_decls(path, source, bag, allow_outside=allow_include_outside)
     res = Resolver(bag)
     includes: list[ir.Include] = []
+    op_files = _load_op_files([d for d in decls if isinstance(d, ir.OpFile)], bag)
     opsets, networks = [], []
     search = None
     raw_cells: list[RawCell] = []
@@ -889,6 +992,8 @@ def _resolve(source: SourceFile, bag: DiagnosticBag, path: Path, allow_include_o
         if isinstance(d, ir.Include):
             if d.span is None or d.span.file == source.name:
                 includes.append(d)
+        elif isinstance(d, ir.OpFile):
+            continue
         elif isinstance(d, RawCell):
             raw_cells.append(d)
             res.raw_cells.setdefault(d.name, d)
@@ -914,7 +1019,8 @@ def _resolve(source: SourceFile, bag: DiagnosticBag, path: Path, allow_include_o
         cells.append(res.cell(rc))
         if bag.error_count > before:
             broken.add(rc.name)
-    spec = ir.Spec(source.name, tuple(includes), tuple(opsets), tuple(cells), tuple(networks), search, tuple(bag.items))
+    spec = ir.Spec(source.name, tuple(includes), tuple(opsets), tuple(cells), tuple(networks), search, tuple(bag.items),
+                   op_files=tuple(op_files))  # fmt: skip
     return spec, broken
 
 

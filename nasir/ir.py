@@ -335,6 +335,16 @@ class Include:
 
 
 @attrs.frozen
+class OpFile:
+    """`ops "myops.py"`: a Python file of the user's own ops (docs/ops.md, "Your own ops"). `path` as
+    written (relative to the file that names it); `resolved`: the absolute path that was loaded."""
+
+    path: str
+    resolved: str = attrs.field(default="", eq=False)
+    span: Span | None = span_field()
+
+
+@attrs.frozen
 class Spec:
     """A parsed `.cell` file with its includes merged in; elements keep the file they came from."""
 
@@ -345,6 +355,9 @@ class Spec:
     networks: tuple[Network, ...] = ()
     search: SearchConfig | None = None
     warnings: tuple = attrs.field(default=(), eq=False, repr=False)
+    # The op files the spec and its includes name, in load order (docs/ops.md); at the end so that
+    # positional construction keeps working.
+    op_files: tuple[OpFile, ...] = ()
     # What the passes run so far have established (e.g. "mixed_ops", "zero_ops"); see nasir/pipeline.py.
     properties: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
 

@@ -13,16 +13,13 @@ import attrs
 
 from nasir import ir, limits
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
+from nasir.layers import LAYERS, kinds_for
 from nasir.source import SourceFile, Span
 
-# layer -> (what its one positional argument is, or None for no argument; whether it must be whole)
-LAYER_ARGS: dict[str, tuple[str | None, bool]] = {
-    "conv3x3": ("channels", True), "bn": (None, False), "relu": (None, False),
-    "global_avg_pool": (None, False), "avg_pool": ("pool size", True), "linear": ("classes", True),
-    "dropout": ("drop probability", False),
-}  # fmt: skip
-STEM_LAYERS = {"conv3x3", "bn", "relu"}
-HEAD_LAYERS = {"bn", "relu", "global_avg_pool", "avg_pool", "linear", "dropout"}
+# The layer kinds, their arguments and channel/stride rules: one registry (nasir/layers.py).
+LAYER_ARGS: dict[str, tuple[str | None, bool]] = {n: (k.arg, k.whole) for n, k in LAYERS.items()}
+STEM_LAYERS = kinds_for("stem")
+HEAD_LAYERS = kinds_for("head")
 AUX_STYLES = ("cifar", "imagenet")
 
 
@@ -74,9 +71,18 @@ def evaluate_int(e: ir.Expr, env: dict[str, Any], what: str, minimum: int = 1, m
 
 @attrs.frozen
 class LayerPlan:
+    """A stem or head layer with its arguments evaluated and the registry's rules applied
+    (nasir/layers.py): channels in and out, its stride, the total downsampling `scale` after it,
+    and, in a head, its `slot` ("pre": before the flatten, "post": after it, "classifier")."""
+
     name: str
     args: tuple[Any, ...] = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
+    C_in: int = 0
+    C_out: int = 0
+    stride: int = 1
+    scale: int = 1
+    slot: str = "stem"
 
     def kw(self, name: str, default: Any = None) -> Any:
         return dict(self.kwargs).get(name, default)
@@ -84,16 +90,30 @@ class LayerPlan:
 
 @attrs.frozen
 class CellPlan:
+    """One stacked cell: its kind, its C, whether it stands at a reduction position and follows one;
+    the channels of the two previous states it reads (C_pp, C_p), its output channels (C_out = the
+    output multiplier times C, docs/ops.md "A DARTS cell"), its stride (2 for a cell with `stride 2 from
+    inputs`) and the total downsampling `scale` of its output relative to the network input."""
+
     cell: str
     C: int
     reduction: bool
     reduction_prev: bool
+    C_pp: int = 0
+    C_p: int = 0
+    C_out: int = 0
+    stride: int = 1
+    scale: int = 1
 
 
 @attrs.frozen
 class ResidualPlan:
+    """NAS-Bench-201's residual reduction block: C_in -> C_out at stride 2."""
+
     C_in: int
     C_out: int
+    stride: int = 2
+    scale: int = 1
 
 
 @attrs.frozen
@@ -115,6 +135,33 @@ class Plan:
     @property
     def cells(self) -> tuple[CellPlan, ...]:
         return tuple(b for b in self.body if isinstance(b, CellPlan))
+
+    @property
+    def stem_channels(self) -> int:
+        """Channels after the stems (the input channels when there is no stem)."""
+        last = [s[-1] for s in self.stems if s]
+        return last[-1].C_out if last else self.input[0]
+
+    @property
+    def stem_scale(self) -> int:
+        last = [s[-1] for s in self.stems if s]
+        return last[-1].scale if last else 1
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the last body block's output (what the head reads)."""
+        return self.body[-1].C_out if self.body else self.stem_channels
+
+
+def _cell_shape(spec: ir.Spec, name: str | None) -> tuple[int, int]:
+    """A cell kind's output multiplier (len(concat), or 1 for a single-node output; docs/ops.md "A DARTS
+    cell") and stride (2 with `stride 2 from inputs`). An unknown kind counts as (1, 1): the
+    verifier reports it."""
+    cell = spec.cell(name) if name is not None else None
+    if cell is None or cell.output is None:
+        return 1, 1
+    multiplier = len(cell.output.nodes) if cell.output.kind == "concat" else 1
+    return multiplier, 2 if cell.reduction else 1
 
 
 def parse_overrides(items: list[str] | None) -> tuple[dict[str, Any], dict[str, Span]]:
@@ -191,13 +238,18 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
             bag.error(e.span, e.message, e.hint)
             return None
 
-    def layers(items: tuple[ir.Layer, ...], allowed: set[str], where: str) -> tuple[LayerPlan, ...]:
+    def layers(items: tuple[ir.Layer, ...], place: str, c: int, scale: int) -> tuple[tuple[LayerPlan, ...], int, int]:
+        """Evaluate the layers' arguments and apply the registry's rules (nasir/layers.py) from
+        `c` input channels at downsampling `scale`; returns the layers, channels and scale after."""
+        allowed = kinds_for(place)
         out = []
+        pooled = False
         for x in items:
             if x.name not in allowed:
-                bag.error(x.span, f"unknown {where} layer '{x.name}'", did_you_mean(x.name, allowed) or "known: " + ", ".join(sorted(allowed)))
+                bag.error(x.span, f"unknown {place} layer '{x.name}'", did_you_mean(x.name, allowed) or "known: " + ", ".join(sorted(allowed)))
                 continue
-            what, whole = LAYER_ARGS[x.name]
+            kind = LAYERS[x.name]
+            what, whole = kind.arg, kind.whole
             pos = [a for a in (x.args or ()) if a.name is None]
             if len(pos) != (what is not None):
                 bag.error(x.span, f"'{x.name}' takes {'one argument (' + what + ')' if what else 'no arguments'}")
@@ -207,30 +259,43 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
             for a in x.args or ():
                 if a.name is None:
                     continue
-                if a.name != "stride" or x.name != "conv3x3":
+                if a.name not in kind.keywords:
                     bag.error(a.span, f"'{x.name}' has no argument '{a.name}'")
                     continue
-                kwargs.append((a.name, guard(evaluate_int, a.value, env, "stride")))
-            kwargs = tuple(kwargs)
-            out.append(LayerPlan(x.name, args, kwargs))
-        return tuple(out)
+                kwargs.append((a.name, guard(evaluate_int, a.value, env, a.name)))
+            layer = LayerPlan(x.name, args, tuple(kwargs), C_in=c)
+            if None in args or any(v is None for _, v in kwargs):
+                continue  # reported
+            stride = kind.stride(layer)
+            c_out = kind.out_channels(layer)
+            scale *= stride
+            slot = "stem" if place == "stem" else kind.slot(layer, pooled)
+            pooled = pooled or kind.pools
+            out.append(attrs.evolve(layer, C_out=c_out, stride=stride, scale=scale, slot=slot))
+            c = c_out
+        return tuple(out), c, scale
 
     shape = (3, 32, 32)
     if network.input is not None:
         dims = [guard(evaluate_int, e, env, "input size", 1, limits.MAX_INPUT_SIDE) for e in network.input]
         shape = tuple(dims) if None not in dims else shape  # type: ignore[assignment]
-    stems = tuple(layers(s, STEM_LAYERS, "stem") for s in network.stems)
-    head = layers(network.head, HEAD_LAYERS, "head")
+    c, scale = shape[0], 1
+    stem_list = []
+    for s in network.stems:
+        layers_, c, scale = layers(s, "stem", c, scale)
+        stem_list.append(layers_)
+    stems = tuple(stem_list)
     body: list[CellPlan | ResidualPlan] = []
     aux_after = None
     reduction_prev = len(network.stems) == 2  # ImageNet: the first cell's input comes from a reduction
-    C_prev = None
+    C_pp = C_p = c  # the two previous states' channels, as the cells read them
     for b in network.body:
         if isinstance(b, ir.Residual):
             c_out = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
             if c_out is not None:
-                body.append(ResidualPlan(C_prev or c_out, c_out))
-                C_prev = c_out
+                scale *= 2
+                body.append(ResidualPlan(C_p, c_out, 2, scale))
+                C_pp, C_p = C_p, c_out
             continue
         count = guard(evaluate_int, b.count, env, "cell count", 1, limits.MAX_CELLS)
         C = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
@@ -245,11 +310,15 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
             red = b.reduce is not None and i in positions
             if red:
                 C *= 2
-            body.append(CellPlan(b.reduce if red else b.cell, C, red, reduction_prev))  # type: ignore[arg-type]
+            kind = b.reduce if red else b.cell
+            multiplier, stride = _cell_shape(spec, kind)
+            scale *= stride
+            body.append(CellPlan(kind, C, red, reduction_prev, C_pp, C_p, multiplier * C, stride, scale))  # type: ignore[arg-type]
+            C_pp, C_p = C_p, multiplier * C
             reduction_prev = red
             if aux is not None and aux_after is None and i == count * aux.at.num // aux.at.den:
                 aux_after = len(body) - 1
-        C_prev = C
+    head, _, _ = layers(network.head, "head", C_p, scale)
     aux_style = None
     if network.auxiliary is not None:
         a = network.auxiliary

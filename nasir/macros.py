@@ -1,6 +1,6 @@
 """The canonical macro networks that an imported genotype is placed in, as `.cell` source text.
 
-They are the networks of the reference implementations (shared/design/ops.md, "Macro networks") and
+They are the networks of the reference implementations (docs/ops.md, "Macro networks") and
 match the examples: `cifar` as in examples/darts_v2.cell, `imagenet` as in darts_v2_imagenet.cell,
 `nb201` as in nb201.cell. Parameters keep the published defaults; `--set` overrides them at load time.
 """

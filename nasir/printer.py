@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from nasir import ir
 
@@ -65,7 +67,8 @@ def _full_pattern(c: ir.Cell) -> bool:
 
 
 def _equation_form(c: ir.Cell) -> bool:
-    if not c.edges or any(e.is_choice for e in c.edges):
+    # A parametric op (`mbconv(k = 5)`) has no equation spelling: such cells print their edges.
+    if not c.edges or any(e.is_choice or "(" in (e.op or "") for e in c.edges):
         return False
     order = {n: i for i, n in enumerate(c.node_names)}
     dsts = [e.dst for e in c.edges]
@@ -163,9 +166,29 @@ def _own(spec: ir.Spec, x) -> bool:
     return span is None or span.file == spec.file
 
 
-def print_spec(spec: ir.Spec) -> str:
-    """Canonical text: includes, op sets, cells, networks, search; elements from includes stay there."""
+def op_file_lines(spec: ir.Spec, directory: str | Path | None = None) -> str:
+    """`ops "..."` lines (docs/ops.md, "Your own ops"). Without `directory`: the spec's own op files as
+    written. With it: every op file the spec loaded (its includes' too), each path relative to
+    `directory`, so that a standalone file written there (a derived cell) loads the same ops."""
+    if directory is None:
+        files = [f.path for f in spec.op_files if _own(spec, f)]
+    else:
+        files = []
+        for f in spec.op_files:
+            target = f.resolved or str(Path(f.span.file).parent / f.path if f.span else f.path)
+            rel = os.path.relpath(os.path.abspath(target), os.path.abspath(directory))
+            files.append(Path(rel).as_posix())
+    return "\n".join(f'ops "{p}"' for p in dict.fromkeys(files))
+
+
+def print_spec(spec: ir.Spec, directory: str | Path | None = None) -> str:
+    """Canonical text: includes, op files, op sets, cells, networks, search; elements from includes stay
+    there. `directory`: where the text will be written (op file paths are made relative to it)."""
     blocks: list[str] = []
+    if spec.op_files:
+        lines = op_file_lines(spec, directory)
+        if lines:
+            blocks.append(lines)
     if spec.includes:
         blocks.append("\n".join(f'include "{i.path}"' for i in spec.includes))
     own_sets = [o for o in spec.opsets if _own(spec, o)]
@@ -181,5 +204,13 @@ def print_spec(spec: ir.Spec) -> str:
 def _wrap_set(text: str, width: int = 96) -> str:
     if len(text) <= width or not text.startswith("{"):
         return text
-    items = text[1:-1].split(", ")
+    items, depth, cur = [], 0, ""
+    for ch in text[1:-1]:  # split at the top-level commas: a parametric op has commas inside (k = 5, e = 6)
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            items.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur.strip())
     return "{\n" + "".join(f"  {x},\n" for x in items) + "}"

@@ -189,8 +189,6 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
             if len(c.inputs) == 1 and c.output is not None and (c.output.kind == "concat" and len(c.output.nodes) != 1):
                 bag.error(c.output.span, f"inconsistent channels: one-input cell '{name}' must keep its channels, but its output concatenates {len(c.output.nodes)} nodes",
                           "write 'output NODE'")  # fmt: skip
-            if len(c.inputs) == 1 and c.reduction:
-                bag.error(b.span, f"one-input cell '{name}' cannot reduce; put a 'residual' block between stages")
         if b.reduce is not None and not b.at:
             bag.error(b.span, "a reduction cell needs positions, e.g. 'at 1/3, 2/3'")
     if not n.head or not any(x.name == "linear" for x in n.head):
@@ -198,6 +196,8 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
     plan = elaborate(spec, n, overrides, override_spans, bag)
     if plan is not None:
         for d in search_space_problems(spec, plan, n):
+            bag.items.append(d)
+        for d in chain_problems(spec, plan, n):
             bag.items.append(d)
 
 
@@ -284,3 +284,26 @@ def search_space_problems(spec: ir.Spec, plan, network: ir.Network | None = None
                                   aux.span if aux is not None else span,
                                   "switch it off for the search (e.g. --set auxiliary=false) and train the derived network with it"))  # fmt: skip
     return out
+
+
+def chain_problems(spec: ir.Spec, plan, network: ir.Network) -> list:
+    """Channel problems of one-input cells (chain stages, docs/network.md "Chain spaces"), from the
+    channels the Plan records: a one-input reduction cell widens through a 1 x 1 projection, but a
+    one-input normal cell must read as many channels as it has (C_p == C). Reported by `nasir check`
+    at the stack that places the cell, rather than when the network is built."""
+    from nasir.diagnostics import Diagnostic
+
+    out: list[Diagnostic] = []
+    stacks = [b for b in network.body if isinstance(b, ir.Stack)]
+    for b in plan.cells:
+        c = spec.cell(b.cell)
+        if c is None or len(c.inputs) != 1 or c.reduction or b.C_p == b.C:
+            continue
+        at = next((s for s in stacks if s.cell == b.cell), None)
+        out.append(Diagnostic(f"inconsistent channels: cell '{b.cell}' expects {b.C} channels, gets {b.C_p}",
+                              at.span if at is not None else c.span,
+                              "a one-input cell keeps its channels; widen in a reduction cell ('stride 2 from inputs') "
+                              "or a 'residual' block"))  # fmt: skip
+        break  # the first one: later cells read what it would have made
+    return out
+

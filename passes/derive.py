@@ -30,7 +30,7 @@ import attrs
 from nasir import ir, ops
 from nasir.diagnostics import error_at
 from nasir.passes.dead_nodes import eliminate
-from nasir.pipeline import Pass, PassResult
+from nasir.pipeline import Pass, PassManager, PassResult, assemble
 
 Scores = Mapping[str, Sequence[Sequence[float]]]  # cell kind -> alpha row -> score per candidate
 CostFn = Callable[[ir.Spec], Mapping[str, float]]  # derived spec -> {"params": ..., "macs": ...}
@@ -111,6 +111,7 @@ def _fixed(c: ir.Cell, chosen: list[Pick | ir.Edge], removed: set[str] = frozens
 class Derive(Pass):
     name = "derive"
     requires = frozenset({"mixed_ops"})
+    takes_arguments = True
 
     def __init__(self, scores: Scores, *, keep_edges: Mapping[str, set[tuple[str, str]]] | None = None,
                  remove_nodes: Mapping[str, set[str]] | None = None, drop_none: bool | None = None,
@@ -175,3 +176,13 @@ class Derive(Pass):
             for op, n in cap.items():
                 assert sum(isinstance(x, Pick) and x.op == op for x in sel) <= n, (name, op)
         return PassResult(derived, True)
+
+
+def derive(spec: ir.Spec, scores: Scores, *, keep_edges: Mapping[str, set[tuple[str, str]]] | None = None,
+           remove_nodes: Mapping[str, set[str]] | None = None, drop_none: bool | None = None,
+           cost: CostFn | None = None, dead_nodes: bool = True, verify: bool | None = None) -> ir.Spec:  # fmt: skip
+    """The derived spec of a searched IR (mixed_ops ran) through the "derive" pipeline of the pass
+    manager (nasir/pipeline.py): its `requires` are checked, the IR is verified after the pass under
+    pytest, `--dump-after derive` could print it. Same arguments and result as `Derive(...).run(spec).spec`."""
+    d = Derive(scores, keep_edges=keep_edges, remove_nodes=remove_nodes, drop_none=drop_none, cost=cost, dead_nodes=dead_nodes)
+    return PassManager(assemble("derive", [d]), verify=verify).apply(spec)

@@ -1,6 +1,6 @@
 """fuse_ops: plan how the supernet runs the mixed edges of each cell as fewer, larger operations.
 
-DARTS' mixed op (methods.md, DARTS: o_bar(x) = sum_o softmax(alpha)_o o(x)) runs every candidate of
+DARTS' mixed op (docs/methods.md, DARTS: o_bar(x) = sum_o softmax(alpha)_o o(x)) runs every candidate of
 every edge on its own. Seen as a graph, all candidates of an edge and all edges leaving one state read
 the same tensor, so (docs/performance.md, "Fusion"):
 - the candidates that begin with ReLU(x) (sep/dil conv, ReLUConvBN, conv 7x1-1x7, factorized reduce)

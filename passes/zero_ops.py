@@ -25,16 +25,12 @@ class ZeroOps(Pass):
     ensures = frozenset({"zero_ops"})
 
     def run(self, spec: ir.Spec) -> PassResult:
-        modified = False
         cells = []
         for c in spec.cells:
-            edges = []
-            for e in c.edges:
-                if e.alpha is not None:
-                    computed = tuple(o for o in e.candidates if not _is_zero(o))
-                    if computed != e.candidates:
-                        modified = True
-                    e = attrs.evolve(e, computed=computed)
-                edges.append(e)
-            cells.append(attrs.evolve(c, edges=tuple(edges)))
-        return PassResult(attrs.evolve(spec, cells=tuple(cells)), modified)
+            edges = tuple(attrs.evolve(e, computed=tuple(o for o in e.candidates if not _is_zero(o)))
+                          if e.alpha is not None else e for e in c.edges)  # fmt: skip
+            cells.append(c if edges == c.edges else attrs.evolve(c, edges=edges))
+        # Modified when the IR changed: setting `computed` on an edge without `none` changes the IR
+        # too (it was None), and a second run changes nothing (`computed` already set).
+        cells_t = tuple(cells)
+        return PassResult(attrs.evolve(spec, cells=cells_t), cells_t != spec.cells)

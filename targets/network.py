@@ -16,6 +16,7 @@ from torch import nn
 
 from nasir import ir, ops
 from nasir.diagnostics import error_at
+from nasir.layers import LAYERS
 from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
 from nasir.targets import blocks
 
@@ -43,6 +44,11 @@ class CellModule(nn.Module):
             self.preprocess0 = (blocks.FactorizedReduce(C_pp, C, affine) if reduction_prev
                                 else blocks.ReLUConvBN(C_pp, C, 1, 1, 0, affine))  # fmt: skip
             self.preprocess1 = blocks.ReLUConvBN(C_p, C, 1, 1, 0, affine)
+        elif C_p != C:
+            # A one-input reduction cell that widens (a chain stage, docs/network.md "Chain spaces"):
+            # a 1 x 1 projection C_p -> C as DARTS' preprocess1, then the cell's ops at C.
+            self.preprocess1 = blocks.ReLUConvBN(C_p, C, 1, 1, 0, affine)
+        self._project = not self.two_inputs and C_p != C
         index = {s: i for i, s in enumerate(cell.states)}
         self._ops = nn.ModuleList(make_op(e, C, cell.stride(e)) for e in cell.edges)
         # The schedule: for each intermediate node, the (edge index, source state index) it sums.
@@ -55,11 +61,14 @@ class CellModule(nn.Module):
         self.multiplier = len(self._concat) if cell.output.kind == "concat" else 1
         self.drop_prob = 0.0
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+    def input_states(self, s0: torch.Tensor, s1: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The cell's input states after preprocessing (two inputs; or one, projected if it widens)."""
         if self.two_inputs:
-            states = [self.preprocess0(s0), self.preprocess1(s1)]
-        else:
-            states = [s0]
+            return [self.preprocess0(s0), self.preprocess1(s1)]
+        return [self.preprocess1(s0) if self._project else s0]
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+        states = self.input_states(s0, s1)
         for schedule in self._schedule:
             total = None
             for k, src in schedule:
@@ -76,19 +85,9 @@ class CellModule(nn.Module):
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
-def _stem(layers: tuple[LayerPlan, ...], c_in: int) -> tuple[nn.Sequential, int]:
-    mods: list[nn.Module] = []
-    c = c_in
-    for x in layers:
-        if x.name == "conv3x3":
-            out = int(x.args[0])
-            mods.append(nn.Conv2d(c, out, 3, stride=int(x.kw("stride", 1)), padding=1, bias=False))
-            c = out
-        elif x.name == "bn":
-            mods.append(nn.BatchNorm2d(c))
-        elif x.name == "relu":
-            mods.append(nn.ReLU(inplace=False))
-    return nn.Sequential(*mods), c
+def _layers(layers: tuple[LayerPlan, ...]) -> list[nn.Module]:
+    """Each layer's module from the layer registry (nasir/layers.py): a straight walk over the plan."""
+    return [LAYERS[x.name].build(x) for x in layers]
 
 
 class Network(nn.Module):
@@ -98,57 +97,38 @@ class Network(nn.Module):
         super().__init__()
         make_op = make_op or fixed_op_factory(affine)
         self.plan = plan
-        c_in = plan.input[0]
         if len(plan.stems) == 2:
-            self.stem0, c = _stem(plan.stems[0], c_in)
-            self.stem1, c = _stem(plan.stems[1], c)
+            self.stem0 = nn.Sequential(*_layers(plan.stems[0]))
+            self.stem1 = nn.Sequential(*_layers(plan.stems[1]))
         else:
-            self.stem, c = _stem(plan.stems[0] if plan.stems else (), c_in)
-        C_pp, C_p = c, c
+            self.stem = nn.Sequential(*_layers(plan.stems[0] if plan.stems else ()))
         self.cells = nn.ModuleList()
         self.cell_kinds: list[str] = []
         self.auxiliary_head: nn.Module | None = None
         for i, b in enumerate(plan.body):
             if isinstance(b, ResidualPlan):
-                self.cells.append(blocks.ResidualBlock(C_p, b.C_out))
+                self.cells.append(blocks.ResidualBlock(b.C_in, b.C_out))
                 self.cell_kinds.append("")
-                C_pp, C_p = C_p, b.C_out
             else:
                 assert isinstance(b, CellPlan)
                 cell = spec.cell(b.cell)
                 if cell is None:
                     raise error_at(None, f"unknown cell '{b.cell}'")
-                if len(cell.inputs) == 1 and C_p != b.C:
-                    raise error_at(cell.span, f"inconsistent channels: cell '{cell.name}' expects {b.C} channels, gets {C_p}")
-                m = CellModule(cell, C_pp, C_p, b.C, b.reduction_prev, make_op, affine)
-                self.cells.append(m)
+                if len(cell.inputs) == 1 and b.C_p != b.C and not cell.reduction:
+                    raise error_at(cell.span, f"inconsistent channels: cell '{cell.name}' expects {b.C} channels, gets {b.C_p}")
+                self.cells.append(CellModule(cell, b.C_pp, b.C_p, b.C, b.reduction_prev, make_op, affine))
                 self.cell_kinds.append(cell.name)
-                C_pp, C_p = C_p, m.multiplier * b.C
             if i == plan.aux_after and plan.aux_style is not None:
                 head_cls = blocks.AuxiliaryHeadCIFAR if plan.aux_style == "cifar" else blocks.AuxiliaryHeadImageNet
-                self.auxiliary_head = head_cls(C_p, plan.classes)
-        pre: list[nn.Module] = []
-        post: list[nn.Module] = []
-        self.classifier: nn.Module = nn.Identity()
-        pooled = False
-        for x in plan.head:
-            if x.name == "bn":
-                pre.append(nn.BatchNorm2d(C_p))
-            elif x.name == "relu":
-                (post if pooled else pre).append(nn.ReLU(inplace=False))
-            elif x.name == "global_avg_pool":
-                pre.append(nn.AdaptiveAvgPool2d(1))
-                pooled = True
-            elif x.name == "avg_pool":
-                pre.append(nn.AvgPool2d(int(x.args[0])))
-                pooled = True
-            elif x.name == "dropout":
-                post.append(nn.Dropout(float(x.args[0]) if x.args else 0.0))
-            elif x.name == "linear":
-                self.classifier = nn.Linear(C_p, int(x.args[0]))
+                self.auxiliary_head = head_cls(b.C_out, plan.classes)
+        parts: dict[str, list[nn.Module]] = {"pre": [], "post": [], "classifier": [nn.Identity()]}
+        for x, m in zip(plan.head, _layers(plan.head)):
+            parts[x.slot].append(m)
+        pre, post = parts["pre"], parts["post"]
+        self.classifier: nn.Module = parts["classifier"][-1]
         self.head_pre = nn.Sequential(*pre)
         self.head_post = nn.Sequential(*post)
-        self.out_channels = C_p
+        self.out_channels = plan.out_channels
 
     @property
     def drop_path_prob(self) -> float:

@@ -19,6 +19,7 @@ import attrs
 
 from nasir import ir, ops
 from nasir.diagnostics import error_at
+from nasir.layers import LAYERS
 from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
 from nasir.targets import blocks
 
@@ -29,7 +30,7 @@ class OpCode:
 
     expr: str
     needs: tuple[str, ...] = ()
-    identity: bool = False  # exempt from drop-path (ops.md, "A DARTS cell")
+    identity: bool = False  # exempt from drop-path (docs/ops.md, "A DARTS cell")
 
 
 def _pool(stride: int, p: Mapping[str, Any]) -> OpCode:
@@ -58,6 +59,16 @@ def _relu_conv_bn(stride: int, p: Mapping[str, Any]) -> OpCode:
     return OpCode(f"ReLUConvBN(C, C, {k}, {stride}, {k // 2})", ("ReLUConvBN",))
 
 
+def _dual_sep(stride: int, p: Mapping[str, Any]) -> OpCode:
+    k = p.get("kernel", 3)
+    return OpCode(f"DualSepConv(C, C, {k}, {stride}, {k // 2}, 1)", ("DualSepConv",))
+
+
+def _mbconv(stride: int, p: Mapping[str, Any]) -> OpCode:
+    k, e, se, act = p.get("kernel", 3), p.get("expand", 6), p.get("se", 0.0), p.get("act", "relu6")
+    return OpCode(f"MBConv(C, C, {k}, {stride}, {e}, {float(se)!r}, {act!r})", ("MBConv",))
+
+
 # Registry builder name -> emitter (stride, op params) -> OpCode. The expressions spell out what the
 # builders of nasir.targets.blocks construct; tests/targets/test_torch_source.py checks every op of the
 # registry at stride 1 and 2 against `OpDef.build`, so a drift between the two fails there.
@@ -69,19 +80,50 @@ EMITTERS: Mapping[str, Callable[[int, Mapping[str, Any]], OpCode]] = {
     "dil_conv": _dil,
     "conv_7x1_1x7": lambda stride, p: OpCode(f"conv_7x1_1x7(C, {stride}, True)", ("conv_7x1_1x7",)),
     "relu_conv_bn": _relu_conv_bn,
+    "conv_3x1_1x3": lambda stride, p: OpCode(f"conv_3x1_1x3(C, {stride}, True)", ("conv_3x1_1x3",)),
+    "dual_sep_conv": _dual_sep,
+    "mbconv": _mbconv,
 }
 
 # Blocks that may be copied into a generated module, in an order where each follows what it uses.
 BLOCKS = (
     "drop_path", "Identity", "Zero", "ReLUConvBN", "DilConv", "SepConv", "FactorizedReduce", "conv_7x1_1x7",
-    "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "ResidualBlock",
+    "conv_3x1_1x3", "DualSepConv", "MBConv", "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "ResidualBlock",
 )  # fmt: skip
-_DEPENDS = {"ResidualBlock": ("ReLUConvBN",)}
+_DEPENDS = {"ResidualBlock": ("ReLUConvBN",), "DualSepConv": ("DilConv",)}
+
+# A user's op (docs/ops.md, "Your own ops") is not copied: the generated module imports the op file by
+# its absolute path when it builds the network (which needs that file, and nasir for its decorator).
+USER_OP_HELPER = '''\
+def user_op(path: str, builder: str):
+    """The builder `builder` of the op file `path` (imported once; importing it runs that file)."""
+    import importlib.util
+    import re
+    import sys
+
+    name = "nasir_generated_ops_" + re.sub(r"[^A-Za-z0-9_]", "_", path)
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return getattr(module, builder)'''
+
+
+def _user_op(d: ops.OpDef, stride: int) -> OpCode:
+    assert d.factory is not None
+    kwargs = "".join(f", {k}={v!r}" for k, v in d.params.items())
+    return OpCode(f"user_op({d.origin!r}, {d.factory.__name__!r})(C, {stride}, True{kwargs})", ("user_op",))
 
 
 def op_code(name: str, stride: int) -> OpCode:
     """The constructor expression of registry op `name` at `stride` (channels `C`)."""
     d = ops.REGISTRY[name]
+    if d.signature:  # a family's bare name: its defaults
+        d = d.bind({})
+    if d.factory is not None:
+        return _user_op(d, stride)
     return EMITTERS[d.builder](stride, d.params)
 
 
@@ -90,7 +132,10 @@ def block_source(names: set[str]) -> str:
     wanted = set(names)
     for n in list(wanted):
         wanted.update(_DEPENDS.get(n, ()))
-    return "\n\n\n".join(inspect.getsource(getattr(blocks, n)).rstrip() for n in BLOCKS if n in wanted)
+    parts = [inspect.getsource(getattr(blocks, n)).rstrip() for n in BLOCKS if n in wanted]
+    if "user_op" in wanted:
+        parts.append(USER_OP_HELPER)
+    return "\n\n\n".join(parts)
 
 
 def class_name(cell: ir.Cell) -> str:
@@ -144,6 +189,12 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         needs.update({"FactorizedReduce", "ReLUConvBN"})
         lines.append("        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)")
         lines.append("        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
+    widens = not two and cell.reduction  # a one-input reduction cell (a chain stage) may widen: docs/network.md
+    if widens:
+        needs.add("ReLUConvBN")
+        lines.append("        self.project = C_p != C  # a 1 x 1 projection widens the input first (docs/network.md)")
+        lines.append("        if self.project:")
+        lines.append("            self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
     lines.append("        self._ops = nn.ModuleList([")
     identity: list[bool] = []
     for k, e in enumerate(cell.edges):
@@ -154,7 +205,7 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     lines.append("        ])")
     lines.append("")
     lines.append("    def drop(self, h: torch.Tensor) -> torch.Tensor:")
-    lines.append('        """Drop-path in training (ops.md, "A DARTS cell"); identity ops never pass through here."""')
+    lines.append('        """Drop-path in training (docs/ops.md, "A DARTS cell"); identity ops never pass through here."""')
     lines.append("        return drop_path(h, self.drop_prob, self.training)")
     lines.append("")
     needs.add("drop_path")
@@ -164,6 +215,9 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         lines.append("        s1 = self.preprocess1(s1)")
     else:
         lines.append("    def forward(self, s0: torch.Tensor) -> torch.Tensor:")
+        if widens:
+            lines.append("        if self.project:")
+            lines.append("            s0 = self.preprocess1(s0)")
     index = {id(e): k for k, e in enumerate(cell.edges)}
     for n in cell.node_names:
         terms = []
@@ -177,18 +231,9 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     return "\n".join(lines), needs
 
 
-def _stem(layers: tuple[LayerPlan, ...], c_in: int) -> tuple[list[str], int]:
-    mods, c = [], c_in
-    for x in layers:
-        if x.name == "conv3x3":
-            out = int(x.args[0])
-            mods.append(f"nn.Conv2d({c}, {out}, 3, stride={int(x.kw('stride', 1))}, padding=1, bias=False)")
-            c = out
-        elif x.name == "bn":
-            mods.append(f"nn.BatchNorm2d({c})")
-        elif x.name == "relu":
-            mods.append("nn.ReLU(inplace=False)")
-    return mods, c
+def _layers(layers: tuple[LayerPlan, ...]) -> list[str]:
+    """Each layer's constructor expression from the layer registry (nasir/layers.py)."""
+    return [LAYERS[x.name].emit(x) for x in layers]
 
 
 def _sequential(attr: str, mods: list[str]) -> list[str]:
@@ -210,14 +255,10 @@ def network_class(spec: ir.Spec, plan: Plan) -> tuple[str, set[str]]:
     init: list[str] = []
     fwd: list[str] = []
     two_stems = len(plan.stems) == 2
-    c_in = plan.input[0]
     if two_stems:
-        mods0, c = _stem(plan.stems[0], c_in)
-        mods1, c = _stem(plan.stems[1], c)
-        init += _sequential("stem0", mods0) + _sequential("stem1", mods1)
+        init += _sequential("stem0", _layers(plan.stems[0])) + _sequential("stem1", _layers(plan.stems[1]))
     else:
-        mods, c = _stem(plan.stems[0] if plan.stems else (), c_in)
-        init += _sequential("stem", mods)
+        init += _sequential("stem", _layers(plan.stems[0] if plan.stems else ()))
     cells = {c_.name: c_ for c_ in spec.cells}
     any_two = any(len(cells[b.cell].inputs) == 2 for b in plan.cells)
     if any_two:
@@ -226,50 +267,31 @@ def network_class(spec: ir.Spec, plan: Plan) -> tuple[str, set[str]]:
         fwd.append("        s = self.stem0(x)\n        s = self.stem1(s)" if two_stems else "        s = self.stem(x)")
     last = "s1" if any_two else "s"
     init.append("        self.cells = nn.ModuleList()")
-    C_pp, C_p = c, c
     has_aux = False
     for i, b in enumerate(plan.body):
         if isinstance(b, ResidualPlan):
             needs.add("ResidualBlock")
-            init.append(f"        self.cells.append(ResidualBlock({C_p}, {b.C_out}))  # {i}: residual reduction")
+            init.append(f"        self.cells.append(ResidualBlock({b.C_in}, {b.C_out}))  # {i}: residual reduction")
             call = f"self.cells[{i}]({last})"
-            C_pp, C_p = C_p, b.C_out
         else:
             assert isinstance(b, CellPlan)
             cell = cells[b.cell]
             assert cell.output is not None
             note = " (stride 2)" if b.reduction else ""
-            init.append(f"        self.cells.append({class_name(cell)}({C_pp}, {C_p}, {b.C}, {b.reduction_prev}, drop_path_prob))"
+            init.append(f"        self.cells.append({class_name(cell)}({b.C_pp}, {b.C_p}, {b.C}, {b.reduction_prev}, drop_path_prob))"
                         f"  # {i}: {cell.name}{note}")  # fmt: skip
             call = f"self.cells[{i}](s0, s1)" if len(cell.inputs) == 2 else f"self.cells[{i}]({last})"
-            mult = len(cell.output.nodes) if cell.output.kind == "concat" else 1
-            C_pp, C_p = C_p, mult * b.C
         fwd.append(f"        s0, s1 = s1, {call}" if any_two else f"        s = {call}")
         if i == plan.aux_after and plan.aux_style is not None:
             head = "AuxiliaryHeadCIFAR" if plan.aux_style == "cifar" else "AuxiliaryHeadImageNet"
             needs.add(head)
             has_aux = True
-            init.append(f"        self.auxiliary_head = {head}({C_p}, {plan.classes})  # reads the output of cell {i}")
+            init.append(f"        self.auxiliary_head = {head}({b.C_out}, {plan.classes})  # reads the output of cell {i}")
             fwd.append(f"        aux_in = {last}")
-    pre: list[str] = []
-    post: list[str] = []
-    classifier = "nn.Identity()"
-    pooled = False
-    for x in plan.head:
-        if x.name == "bn":
-            pre.append(f"nn.BatchNorm2d({C_p})")
-        elif x.name == "relu":
-            (post if pooled else pre).append("nn.ReLU(inplace=False)")
-        elif x.name == "global_avg_pool":
-            pre.append("nn.AdaptiveAvgPool2d(1)")
-            pooled = True
-        elif x.name == "avg_pool":
-            pre.append(f"nn.AvgPool2d({int(x.args[0])})")
-            pooled = True
-        elif x.name == "dropout":
-            post.append(f"nn.Dropout({float(x.args[0]) if x.args else 0.0})")
-        elif x.name == "linear":
-            classifier = f"nn.Linear({C_p}, {int(x.args[0])})"
+    parts: dict[str, list[str]] = {"pre": [], "post": [], "classifier": ["nn.Identity()"]}
+    for x, code in zip(plan.head, _layers(plan.head)):
+        parts[x.slot].append(code)
+    pre, post, classifier = parts["pre"], parts["post"], parts["classifier"][-1]
     init.append(f"        self.classifier = {classifier}")
     init += _sequential("head_pre", pre) + _sequential("head_post", post)
     fwd.append(f"        logits = self.classifier(self.head_post(torch.flatten(self.head_pre({last}), 1)))")
@@ -348,7 +370,7 @@ import torch
 from torch import nn
 '''
     classes[0] = _section("cells") + classes[0]
-    body = [_section("building blocks (shared/design/ops.md)") + block_source(needs), *classes, _section("network") + net]
+    body = [_section("building blocks (docs/ops.md)") + block_source(needs), *classes, _section("network") + net]
     c, h, w = plan.input
     return header + "\n\n" + "\n\n\n".join(body) + "\n\n\n" + _MAIN.format(c=c, h=h, w=w)
 

@@ -353,3 +353,13 @@ def test_outputs_topologies_past_the_enumeration_bound_are_reported_as_not_count
     # rows: a and b pick 1 of 3 nodes, n0 1 of 2, n1 1 of 1: 3 * 3 * 2 * 1 = 18 combinations > 10
     assert analysis.candidates(cell) is None
     assert analysis._count(None) == "not counted (more than 10 topologies to enumerate)"
+
+
+def test_info_input_is_rendered_and_refused_for_a_search_space(capsys):
+    from nasir.cli import main
+
+    assert main(["info", str(EXAMPLES / "darts_v2.cell"), "--set", "C=8", "--set", "layers=2", "--input", "3,64,48"]) == 0
+    out = capsys.readouterr().out
+    assert "at 3x64x48: MACs " in out and "FLOPs (2 x MACs)" in out
+    assert main(["info", str(EXAMPLES / "digits.cell"), "--input", "1,16,16"]) == 2
+    assert "--input counts the MACs of a derived network; this spec is a search space" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasir.compile import build
+from nasir.lower import build
 from nasir.diagnostics import DiagnosticError
 from nasir.genotype import genotype_to_spec_text, parse_genotype
 

@@ -13,7 +13,7 @@ from helpers import EXAMPLES
 from torch import nn
 
 from nasir.cli import main
-from nasir.compile import build
+from nasir.lower import build
 
 NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|"
 TARGETS = {"torch": "model.py", "torchscript": "model.ts", "export": "model.pt2", "onnx": "model.onnx"}

@@ -242,7 +242,7 @@ def test_deterministic_mode_sets_cudnn_algorithms_and_the_cublas_workspace(monke
 def test_deterministic_pooling_swaps_global_adaptive_pooling_for_the_mean_with_the_same_output():
     from helpers import EXAMPLES
 
-    from nasir.compile import build
+    from nasir.lower import build
 
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d(2)), nn.Flatten())
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -174,3 +174,11 @@ def test_deeply_parenthesised_expressions_are_refused_not_a_recursion_error(caps
     src.write_text("network n(C = " + "(" * 5000 + "1" + ")" * 5000 + ") { stack 1 cells(C): c }\n")
     assert main(["fmt", str(src)]) == 2
     assert "expression nested 5000 levels deep" in capsys.readouterr().err
+
+
+def test_parametric_ops_and_ops_lines_get_the_documented_layout():
+    messy = 'ops   "my ops.py"\nopset mb={mbconv( k=3 ,e = 2),sep_conv(k=7) , skip_connect}\ncell c {inputs x nodes n0\nedges x->n0:mbconv(k=5)\noutput n0}\n'
+    expected = ('ops "my ops.py"\nopset mb = {mbconv(k = 3, e = 2), sep_conv(k = 7), skip_connect}\n\ncell c {\n  inputs x\n'
+                "  nodes n0\n  edges x -> n0 : mbconv(k = 5)\n  output n0\n}\n")  # fmt: skip
+    assert format_text(messy, "x.cell") == expected
+    assert format_text(expected, "x.cell") == expected

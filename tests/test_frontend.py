@@ -120,3 +120,17 @@ def test_bad_character_is_a_diagnostic_not_a_traceback():
 def test_unexpected_end_of_file():
     line, col, msg = errors_of("cell c {\n  inputs a\n")[0]
     assert line == 2 and msg.startswith("unexpected end of file")
+
+
+def test_ops_keyword_leaves_an_op_set_named_ops_alone():
+    spec = spec_of("""
+    opset ops = {none, skip_connect}
+    opset b = ops - {none}
+    cell c {
+      inputs x
+      nodes n0
+      edges x -> n0 : choice(ops)
+      output n0
+    }
+    """)
+    assert spec.opset("b").ops == ("skip_connect",) and spec.cell("c").edges[0].choice.ops == ("none", "skip_connect")

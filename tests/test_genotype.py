@@ -827,7 +827,6 @@ SETN = Genotype(
 """
 
 
-@pytest.mark.xfail(strict=True, reason="needs HB's AutoDL ops")
 def test_autodl_setn_imports():
     text = AUTODL_FILE.replace("ResNet_CODE = Structure(", SETN + "\nResNet_CODE = Structure(")
     setn = parse_genotype(text, "SETN")

@@ -245,7 +245,7 @@ def test_info_counts_equal_a_real_build_and_scale_to_huge_inputs_without_allocat
     from torch import nn
 
     from nasir.analysis import info
-    from nasir.compile import build_from_plan, resolve
+    from nasir.lower import build_from_plan, resolve
     from nasir.targets.blocks import count_macs, count_params
 
     text = (EXAMPLES / "darts_v2.cell").read_text()
@@ -295,7 +295,7 @@ def test_an_include_path_with_a_nul_character_is_a_diagnostic(tmp_path):
 
 
 def test_the_library_checks_seeds_too(tmp_path):
-    from nasir.compile import compile as compile_spec
+    from nasir.lower import compile as compile_spec
 
     with pytest.raises(DiagnosticError) as e:
         compile_spec(EXAMPLES / "darts_v2.cell", "torch", tmp_path / "m.py", seed=10**20, overrides=["C=4", "layers=2"])

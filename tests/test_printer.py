@@ -89,3 +89,19 @@ def test_expression_printing_keeps_precedence(e):
     text = f"network n(p = {expr(e)}) {{ stack 1 cells(1): c }}"
     spec = parse_text(text)
     assert spec.networks[0].params[0].default == e, text
+
+
+def test_a_long_set_of_parametric_ops_wraps_at_its_top_level_commas_and_round_trips():
+    ops_ = ", ".join(f"mbconv(k = {k}, e = {e}, se = 0.25)" for k in (3, 5, 7) for e in (3, 6))
+    spec = load(f"opset mb = {{{ops_}, skip_connect}}\n", name="t.cell")
+    text = print_spec(spec)
+    assert text.splitlines()[:3] == ["opset mb = {", "  mbconv(k = 3, e = 3, se = 0.25),", "  mbconv(k = 3, e = 6, se = 0.25),"]
+    assert load(text, name="t.cell") == spec and len(spec.opset("mb").ops) == 7
+
+
+def test_a_derived_cell_with_a_parametric_op_prints_edges_not_equations():
+    text = "cell c {\n  inputs x\n  nodes n0\n  edges x -> n0 : sep_conv(k = 7)\n  output n0\n}\n"
+    spec = load(text, name="t.cell")
+    assert print_spec(spec) == text
+    plain = load(text.replace("sep_conv(k = 7)", "sep_conv_7x7"), name="t.cell")
+    assert "n0 = sep_conv_7x7(x)" in print_spec(plain)  # plain names keep the equation form

@@ -63,7 +63,7 @@ def all_finite(sd) -> bool:
 
 # ---- item 1: verify-export fails on NaN, and its tolerance is a finite number >= 0 -----------------
 def test_verify_export_fails_when_the_outputs_are_nan(capsys, tmp_path):
-    from nasir.compile import build
+    from nasir.lower import build
 
     (tmp_path / "t.cell").write_text(TINY)
     sd = build(tmp_path / "t.cell").state_dict()
@@ -176,7 +176,7 @@ def test_grad_clip_zero_means_no_clipping(tmp_path):
             train(spec, "synthetic:64", tmp_path / name, cfg(grad_clip=clip, weight_decay=0.0), progress=False, stop_after_steps=1)
     a, b = (load_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("zero", "huge"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from nasir.compile import build
+    from nasir.lower import build
 
     init = build(spec, seed=3).state_dict()
     assert not torch.equal(a["classifier.weight"], init["classifier.weight"])  # the step did move the weights
@@ -267,7 +267,7 @@ def test_train_out_that_is_a_file_is_a_diagnostic(capsys, tmp_path, where):
 
 # ---- item 6: an untrained export records its seed, verify-export reads it --------------------------
 def test_verify_export_takes_the_seed_an_onnx_file_records(capsys, tmp_path):
-    from nasir.compile import build, example_input, resolve
+    from nasir.lower import build, example_input, resolve
     from nasir.targets import export
 
     (tmp_path / "t.cell").write_text(TINY)
@@ -283,7 +283,7 @@ def test_verify_export_takes_the_seed_an_onnx_file_records(capsys, tmp_path):
 
 
 def test_the_library_refuses_weights_of_another_architecture_and_records_an_onnx_seed(capsys, tmp_path):
-    from nasir.compile import build, compile
+    from nasir.lower import build, compile
     from nasir.targets import export
 
     (tmp_path / "t.cell").write_text(TINY)

@@ -156,7 +156,7 @@ def test_a_val_split_is_the_held_out_set_and_resuming_another_task_is_refused(sp
 
 
 def test_backbone_starts_from_a_classification_checkpoint(spec, tmp_path):
-    from nasir.compile import build
+    from nasir.lower import build
 
     net = build(spec, overrides=SETS, seed=11)
     torch.save({"model": net.state_dict()}, tmp_path / "cls.pt")

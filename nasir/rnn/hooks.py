@@ -3,8 +3,9 @@
 Each function returns None when the spec is not a language model, so a call site stays one line:
     if (rc := hooks.search_cli(args)) is not None: return rc          # nasir/search/cli.py run_search
     if (rc := hooks.train_cli(args)) is not None: return rc           # nasir/cli.py cmd_train
-    if (p := hooks.compile_spec(spec_or_path, target, out, weights=weights, seed=seed, overrides=overrides)) is not None:
-        return p                                                       # nasir/compile.py compile
+`nasir.compile` and `nasir.build` (nasir/__init__.py) dispatch on the loaded spec themselves
+(`nasir.rnn.check.is_recurrent`), so `nasir compile` reads the spec once; `compile_spec` is that
+dispatch for a caller holding a path.
 """
 
 from __future__ import annotations

@@ -425,7 +425,7 @@ class FusedCell(CellModule):
         plan = getattr(self, "_fusion", None)
         if plan is None or weights is None or (self.training and self.drop_prob > 0.0):
             return super().forward(s0, s1, weights)
-        states = [self.preprocess0(s0), self.preprocess1(s1)] if self.two_inputs else [s0]
+        states = self.input_states(s0, s1)  # a widening chain stage projects its input (docs/network.md)
         n_in = len(states)
         acc: list[torch.Tensor | None] = [None] * len(self._schedule)
         for i, out_edges in enumerate(plan):
@@ -616,31 +616,21 @@ class Supernet(nn.Module):
 
 
 def prepare(spec: ir.Spec) -> ir.Spec:
-    """Run mixed_ops and zero_ops unless they ran; refuse a spec without choices."""
-    from nasir.passes.mixed_ops import MixedOps
-    from nasir.passes.zero_ops import ZeroOps
-    from nasir.pipeline import PassManager
+    """Run the "search" pipeline (nasir/pipeline.py: mixed_ops, topology, zero_ops, fuse_ops; a pass
+    that already ran is skipped); refuse a spec without choices."""
+    from nasir.passes import pipeline
 
     if not spec.is_search_space:
         cell = spec.cells[0] if spec.cells else None
         raise DiagnosticError([Diagnostic(f"{spec.file} has no choices to search: no cell has a choice(...) edge",
                                           cell.span if cell else None,
                                           "write an edge as 'edges * -> n* : choice(darts)', or compile a derived spec with 'nasir compile'")])  # fmt: skip
-    from nasir.passes.topology import Topology
-
-    passes = []
-    if "mixed_ops" not in spec.properties:
-        passes.append(MixedOps())
-    if "topology" not in spec.properties and any(c.topology is not None for c in spec.cells):
-        passes.append(Topology())
-    if "zero_ops" not in spec.properties:
-        passes.append(ZeroOps())
-    return PassManager(passes).run(spec) if passes else spec
+    return pipeline("search").apply(spec)
 
 
 def default_channels_last() -> bool:
     """The layout `nasir search` picks by default: channels_last when it runs on the CPU, which it does
-    when no CUDA device is present (performance.md: NHWC runs the CPU supernet in ~0.63 x the time)."""
+    when no CUDA device is present (docs/performance.md: NHWC runs the CPU supernet in ~0.63 x the time)."""
     return not torch.cuda.is_available()
 
 
@@ -665,11 +655,7 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     if skip_zero:
         spec = prepare(spec)
     else:
-        from nasir.passes.mixed_ops import MixedOps
-        from nasir.pipeline import PassManager
-
-        prepare(spec)  # for its errors
-        spec = spec if "mixed_ops" in spec.properties else PassManager([MixedOps()]).run(spec)
+        spec = prepare(spec)  # the same pipeline; `computed` is cleared below, so `none` is computed
         import attrs
 
         spec = attrs.evolve(spec, cells=tuple(

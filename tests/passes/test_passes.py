@@ -20,7 +20,7 @@ SPACE = DARTS_CELLS
 
 
 def searched(text=SPACE):
-    return PassManager([MixedOps(), ZeroOps()], verify=True).run(spec_of(text))
+    return PassManager([MixedOps(), ZeroOps()], verify=True).apply(spec_of(text))
 
 
 def test_mixed_ops_gives_each_choice_edge_its_alpha_row_shared_per_cell_kind():

@@ -34,12 +34,12 @@ cell c {{
 
 
 def after(text: str, passes=None) -> ir.Spec:
-    return PassManager(passes or [MixedOps(), Topology()], verify=True).run(spec_of(text))
+    return PassManager(passes or [MixedOps(), Topology()], verify=True).apply(spec_of(text))
 
 
 def expected(topology: str, rows: dict[str, list[tuple[str, ...]]], edges: str | None = None) -> ir.Cell:
     """The same cell written without `none`, through mixed_ops, with the beta rows given by hand."""
-    c = PassManager([MixedOps()]).run(spec_of(cell_text(topology, "darts - none", edges))).cell("c")
+    c = PassManager([MixedOps()]).apply(spec_of(cell_text(topology, "darts - none", edges))).cell("c")
     return attrs.evolve(c, beta_rows=tuple(ir.BetaRow(n, tuple(codes)) for n, codes in rows.items()))
 
 
@@ -131,7 +131,7 @@ def test_cells_without_topology_are_untouched_and_the_pass_is_idempotent():
         cell_text("outputs any")
         + "cell d {\n  inputs a, b\n  nodes n0\n  edges * -> n0 : choice(darts)\n  output concat(n0)\n}\n"
     )
-    mixed = PassManager([MixedOps()]).run(spec_of(text))
+    mixed = PassManager([MixedOps()]).apply(spec_of(text))
     once = Topology().run(mixed)
     assert once.modified and once.spec.cell("d") == mixed.cell("d")
     assert "none" in once.spec.cell("d").alpha_rows[0]
@@ -147,7 +147,7 @@ def test_topology_requires_mixed_ops_and_ensures_topology():
 
 def test_stretchable_example_has_the_papers_row_sizes():
     # N = 6 states: c_k2, c_k1 feed n0..n3 (2^4 codes each), n0 -> 2^3, n1 -> 2^2, n2 -> 2^1, n3 none.
-    spec = PassManager([MixedOps(), ZeroOps(), Topology()], verify=True).run(load(EXAMPLES / "stretchable.cell"))
+    spec = PassManager([MixedOps(), ZeroOps(), Topology()], verify=True).apply(load(EXAMPLES / "stretchable.cell"))
     for c in spec.cells:
         assert [(r.node, len(r.codes)) for r in c.beta_rows] == [
             ("c_k2", 16),

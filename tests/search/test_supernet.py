@@ -1,4 +1,4 @@
-"""The supernet built from the IR against the reference counts and structures (ops.md, methods.md)."""
+"""The supernet built from the IR against the reference counts and structures (docs/ops.md, docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ TINY = TINY_SPACE
 
 
 def _nb201_weights(C: int = 16, N: int = 5, classes: int = 10) -> int:
-    """NAS-Bench-201's search supernet counted by hand (ops.md, "NAS-Bench-201"); BNs in cells carry no weights."""
+    """NAS-Bench-201's search supernet counted by hand (docs/ops.md, "NAS-Bench-201"); BNs in cells carry no weights."""
     stem = 3 * C * 9 + 2 * C
     cells = sum(N * 6 * (c * c + 9 * c * c) for c in (C, 2 * C, 4 * C))  # nor_conv_1x1 + nor_conv_3x3 per edge
 

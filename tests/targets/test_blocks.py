@@ -1,4 +1,4 @@
-"""Tests of nasir.targets.blocks against numbers computed by hand from shared/design/ops.md."""
+"""Tests of nasir.targets.blocks against numbers computed by hand from docs/ops.md."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from helpers import EXAMPLES
 from PIL import Image
 
 from nasir.api import load
+from nasir.data import coco
 from nasir.diagnostics import DiagnosticError
 from nasir.macro import plan
 from nasir.targets import detection
@@ -290,8 +291,8 @@ def _tiny_coco(root: Path, split: str = "val") -> None:
 def test_coco_loader_converts_xywh_to_xyxy_and_maps_category_ids_to_contiguous_labels(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)  # the JSON reader, as here
     _tiny_coco(tmp_path)
-    ds = detection.coco_dataset(tmp_path, "val")
-    assert isinstance(ds, detection.CocoJson)
+    ds = coco.coco_dataset(tmp_path, "val")
+    assert isinstance(ds, coco.CocoJson)
     assert len(ds) == 3 and ds.num_classes == 3 and ds.categories == {1: "square", 3: "blob"}
     assert ds.labels_of == {1: 1, 3: 2}  # sparse category ids -> contiguous labels (issue 14, item 14)
     by_id = {int(t["image_id"]): (im, t) for im, t in (ds[i] for i in range(len(ds)))}
@@ -311,9 +312,9 @@ def test_coco_loader_converts_xywh_to_xyxy_and_maps_category_ids_to_contiguous_l
 def test_coco_loader_uses_torchvision_cocodetection_with_the_same_items_when_pycocotools_is_there(tmp_path):
     pytest.importorskip("pycocotools")
     _tiny_coco(tmp_path)
-    ds = detection.coco_dataset(tmp_path, "val")
-    assert isinstance(ds, detection.CocoDetectionTargets)
-    plain = detection.CocoJson(tmp_path / "val", tmp_path / "annotations" / "instances_val.json")
+    ds = coco.coco_dataset(tmp_path, "val")
+    assert isinstance(ds, coco.CocoDetectionTargets)
+    plain = coco.CocoJson(tmp_path / "val", tmp_path / "annotations" / "instances_val.json")
     for image_id in (3, 7, 9):
         (a, ta), (b, tb) = ds[ds.ids.index(image_id)], plain[plain.ids.index(image_id)]
         assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
@@ -322,8 +323,8 @@ def test_coco_loader_uses_torchvision_cocodetection_with_the_same_items_when_pyc
 def test_coco_batches_train_the_detector(darts, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     _tiny_coco(tmp_path)
-    ds = detection.coco_dataset(tmp_path, "val")
-    images, targets = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=detection.collate)))
+    ds = coco.coco_dataset(tmp_path, "val")
+    images, targets = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=coco.collate)))
     model = _small_detector(darts, num_classes=ds.num_classes).train()
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -332,12 +333,12 @@ def test_coco_batches_train_the_detector(darts, tmp_path, monkeypatch):
 def test_coco_loader_reports_missing_files_and_bad_json(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     with pytest.raises(DiagnosticError, match=r"instances_train\.json.* not found"):
-        detection.coco_dataset(tmp_path, "train")
+        coco.coco_dataset(tmp_path, "train")
     (tmp_path / "train").mkdir()
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances_train.json").write_text("{not json")
     with pytest.raises(DiagnosticError, match="not a COCO instances file"):
-        detection.coco_dataset(tmp_path, "train")
+        coco.coco_dataset(tmp_path, "train")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ def test_hostile_coco_annotations_are_diagnostics_pointing_into_the_json(tmp_pat
     change(data)
     ann.write_text(json.dumps(data, indent=1))
     with pytest.raises(DiagnosticError) as e:
-        detection.coco_dataset(tmp_path, "val")
+        coco.coco_dataset(tmp_path, "val")
     d = e.value.diagnostics[0]
     assert message in d.message, d.message
     if quoted is not None:  # the caret is on that key and value, at its line in the file
@@ -400,11 +401,11 @@ def test_a_corrupt_coco_image_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     _tiny_coco(tmp_path)
     (tmp_path / "val" / "b.png").write_bytes(b"not a png")
-    ds = detection.coco_dataset(tmp_path, "val")
+    ds = coco.coco_dataset(tmp_path, "val")
     with pytest.raises(DiagnosticError, match=r"cannot read image '.*b\.png'"):
         for i in range(len(ds)):
             ds[i]
     # through a DataLoader worker process the message still names the file
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=detection.collate)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=coco.collate)
     with pytest.raises(DiagnosticError, match=r"cannot read image '.*b\.png'"):
         list(loader)

@@ -8,7 +8,7 @@ import torch
 from helpers import EXAMPLES
 from torch import nn
 
-from nasir.compile import build
+from nasir.lower import build
 from nasir.diagnostics import DiagnosticError
 from nasir.targets import export
 

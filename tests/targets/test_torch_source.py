@@ -12,7 +12,7 @@ from helpers import EXAMPLES, spec_of
 from torch import nn
 
 from nasir.api import load
-from nasir.compile import compile, resolve, weights_path
+from nasir.lower import compile, resolve, weights_path
 from nasir.diagnostics import DiagnosticError
 from nasir.ops import REGISTRY
 from nasir.targets import blocks, network, torch_source
@@ -245,3 +245,47 @@ def test_compiled_file_runs_with_torch_only_and_loads_the_weights_written_beside
     assert r.returncode == 0, r.stderr
     diff, leaked = r.stdout.split()
     assert float(diff) <= 1e-6 and leaked == "False"
+
+
+def test_generated_module_with_mbconv_autodl_and_a_users_op_matches_the_in_process_network(tmp_path):
+    from nasir import ops
+
+    (tmp_path / "mine.py").write_text(
+        "from torch import nn\nfrom nasir.ops import op\n\n\n"
+        "@op('gconv', params={'k': 3})\ndef gconv(C, stride, affine, k=3):\n"
+        "    return nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, k, stride, k // 2, groups=2, bias=False), nn.BatchNorm2d(C, affine=affine))\n"
+    )  # fmt: skip
+    (tmp_path / "s.cell").write_text(textwrap.dedent("""\
+        ops "mine.py"
+        cell c {
+          inputs c_k2, c_k1
+          nodes n0, n1
+          edges c_k2 -> n0 : mbconv(k = 5, e = 2, se = 0.5)
+          edges c_k1 -> n0 : gconv(k = 5)
+          edges n0 -> n1 : dua_sepc_3x3
+          edges c_k1 -> n1 : conv_3x1_1x3
+          output concat(n0, n1)
+        }
+        cell r like c { stride 2 from inputs }
+        network t(C = 4) {
+          input (3, 8, 8)
+          stem conv3x3(3 * C), bn
+          stack 3 cells(C): c, r at 1/2
+          head global_avg_pool, linear(10)
+        }
+        """))
+    with ops.scope():
+        spec, plan = resolve(load(tmp_path / "s.cell"), [])
+        text = torch_source.generate(spec, plan, spec.file)
+        ref = randomise_bn(network.build(spec, plan, seed=3)).eval()
+    assert f"user_op({str((tmp_path / 'mine.py').resolve())!r}, 'gconv')(C, 1, True, k=5)" in text
+    assert "class MBConv(nn.Module)" in text and "class DualSepConv(nn.Module)" in text
+    ns: dict = {"__name__": "generated_user_ops"}
+    exec(text, ns)  # outside the scope: the generated module imports the op file itself
+    gen = ns["Network"]().eval()
+    assert list(gen.state_dict()) == list(ref.state_dict())
+    gen.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        out = ref(x)
+        assert out.abs().max() > 1e-3 and (gen(x) - out).abs().max() <= 1e-6
