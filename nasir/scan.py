@@ -50,7 +50,7 @@ class Lexicon:
 # broken text cannot hide the declarations after it.
 CELL = Lexicon(quotes='"', escapes=False, triple=False, opens="{", closes="}", continuation=False)
 # The keywords that start a top-level declaration of .cell text (grammar/cell.lark, `decl`).
-CELL_DECLARATIONS = re.compile(r"\b(include|opset|cell|network|search)\b")
+CELL_DECLARATIONS = re.compile(r"\b(include|ops|opset|cell|network|search)\b")
 # Genotype text (grammar/genotype.lark): Python's strings, brackets and line continuations.
 PYTHON = Lexicon(quotes="'\"", escapes=True, triple=True, opens="([{", closes=")]}", continuation=True)
 
