@@ -162,15 +162,6 @@ def top_level_chunks(text: str, keywords: re.Pattern[str], lex: Lexicon) -> list
     return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
 
 
-def code_end(text: str, a: int, b: int, lex: Lexicon) -> int:
-    """The end of the last token in [a, b) that is not trivia (a chunk without its trailing comments); `a` if none."""
-    end = a
-    for tok in tokens(text, lex, a, b):
-        if tok.kind not in TRIVIA:
-            end = min(tok.end, b)
-    return end
-
-
 def logical_lines(text: str, lex: Lexicon) -> list[tuple[int, int]]:
     """(start, end) of every logical line that has code (Python's rule): an open bracket or a backslash
     continues a line over its newline, and so does a string that spans lines. `end` is the newline's offset."""
