@@ -422,7 +422,8 @@ def cmd_import(args) -> int:
     if macro_from is not None and args.macro is not None:
         raise DiagnosticError([Diagnostic("--macro-from and --macro both name the network; give one")])
     with collect_notes() as notes:  # what a genotypes.py held besides genotypes (AutoDL's functions, classes)
-        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name, macro_from=macro_from)
+        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name, macro_from=macro_from,
+                               directory=args.output.parent if args.output is not None else Path.cwd())  # fmt: skip
     for note in notes:
         print(note.render(), file=sys.stderr)
     if args.output is None:

@@ -49,6 +49,8 @@ class Lexicon:
 # braces only; '(' and '[' never enclose a declaration, so they are plain code here and a stray one in
 # broken text cannot hide the declarations after it.
 CELL = Lexicon(quotes='"', escapes=False, triple=False, opens="{", closes="}", continuation=False)
+# The keywords that start a top-level declaration of .cell text (grammar/cell.lark, `decl`).
+CELL_DECLARATIONS = re.compile(r"\b(include|ops|opset|cell|network|search)\b")
 # Genotype text (grammar/genotype.lark): Python's strings, brackets and line continuations.
 PYTHON = Lexicon(quotes="'\"", escapes=True, triple=True, opens="([{", closes=")]}", continuation=True)
 
@@ -158,15 +160,6 @@ def top_level_chunks(text: str, keywords: re.Pattern[str], lex: Lexicon) -> list
             starts.extend(m.start() for m in keywords.finditer(text, tok.start, tok.end))
     bounds = starts + [len(text)]
     return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
-
-
-def code_end(text: str, a: int, b: int, lex: Lexicon) -> int:
-    """The end of the last token in [a, b) that is not trivia (a chunk without its trailing comments); `a` if none."""
-    end = a
-    for tok in tokens(text, lex, a, b):
-        if tok.kind not in TRIVIA:
-            end = min(tok.end, b)
-    return end
 
 
 def logical_lines(text: str, lex: Lexicon) -> list[tuple[int, int]]:

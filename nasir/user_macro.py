@@ -1,11 +1,12 @@
 """`nasir import GENOTYPE --macro-from FILE.cell`: a genotype's cells placed in the user's own network.
 
-The network (every network of FILE) and any fixed cell it stacks beside the genotype's come from FILE; the cells come from the genotype and replace FILE's cells of the same names
-(normal and reduce for a DARTS genotype, nbcell for a NAS-Bench-201 string, rnn for a recurrent
-genotype). FILE's search-space cells that the genotype does not replace, its op sets and its search
-block are left out: the result is a derived network. Before any text is written the combination is verified as one spec,
-so a network that stacks a cell the genotype cannot provide, in a role it cannot play (a normal cell
-as a reduction), or at sizes it cannot take is an error at FILE:line:col. See docs/import_macro.md.
+The network (every network of FILE) and any fixed cell it stacks beside the genotype's come from FILE;
+the cells come from the genotype and replace FILE's cells of the same names (normal and reduce for a
+DARTS genotype, nbcell for a NAS-Bench-201 string, rnn for a recurrent genotype). FILE's search-space
+cells that the genotype does not replace, its op sets and its search block are left out: the result is
+a derived network. Before any text is written the combination is verified as one spec, so a network
+that stacks a cell the genotype cannot provide, in a role it cannot play (a reduction cell as a normal
+one), or at sizes it cannot take is an error at FILE:line:col. See docs/import_macro.md.
 """
 
 from __future__ import annotations
@@ -15,28 +16,23 @@ from pathlib import Path
 
 import attrs
 
-from nasir import ir, printer, scan
+from nasir import ir, printer
 from nasir.api import load
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from nasir.frontend import read_source, resolve_spec
+from nasir.genotype import AnyGenotype, NB201Arch, RecurrentGenotype, genotype_cells, read_genotype, recurrent_cell
 from nasir.source import SourceFile, Span
 from nasir.verify import verify
 
-_KEYWORDS = re.compile(r"\b(include|opset|cell|network|search)\b")  # the top-level declarations (grammar/cell.lark)
 
-
-def _kind(g) -> str:
-    from nasir.genotype import NB201Arch, RecurrentGenotype
-
+def _kind(g: AnyGenotype) -> str:
     if isinstance(g, RecurrentGenotype):
         return "recurrent genotype"
     return "NAS-Bench-201 string" if isinstance(g, NB201Arch) else "DARTS genotype"
 
 
-def genotype_cells_of(g) -> tuple[ir.Cell, ...]:
+def genotype_cells_of(g: AnyGenotype) -> tuple[ir.Cell, ...]:
     """The derived cells a genotype supplies, by the names the canonical macros stack them under."""
-    from nasir.genotype import RecurrentGenotype, genotype_cells, recurrent_cell
-
     return (recurrent_cell(g),) if isinstance(g, RecurrentGenotype) else genotype_cells(g)
 
 
@@ -76,43 +72,52 @@ def _own(spec: ir.Spec, x) -> bool:
     return span is None or span.file == spec.file
 
 
-def _declarations(source: SourceFile) -> list[tuple[str, str]]:
-    """(keyword, text) of each top-level declaration of a .cell file, with the comment lines directly
-    above it and a comment that ends its last line; text before and between them is dropped."""
+def _offset_of(source: SourceFile, line: int, col: int) -> int:
+    return source.line_starts()[line - 1] + col - 1
+
+
+def _network_text(source: SourceFile, n: ir.Network) -> str:
+    """The network declaration as the user wrote it, with the comment lines directly above it and a
+    comment that ends its last line. Cut by its span, not by scanning for keywords: a parameter named
+    like a declaration keyword cannot split it."""
+    assert n.span is not None
     text = source.text
-    out = []
-    prev_end = 0
-    for a, b in scan.top_level_chunks(text, _KEYWORDS, scan.CELL):
-        before = text[prev_end:a]
-        nl = before.rfind("\n")
-        if nl < 0 or before[nl + 1 :].strip():  # the keyword does not start its line
-            lead = a
-        else:
-            lead = prev_end + nl + 1
-            for line in reversed(before[:nl].split("\n")):
-                if not line.strip().startswith("#"):
-                    break
-                lead -= len(line) + 1
-        end = scan.code_end(text, a, b, scan.CELL)
-        eol = text.find("\n", end, b)
-        eol = b if eol < 0 else eol
-        if text[end:eol].strip().startswith("#"):
-            end = eol
-        out.append((_KEYWORDS.match(text, a).group(1), text[lead:end]))  # type: ignore[union-attr]
-        prev_end = end
-    return out
+    a = _offset_of(source, n.span.line, n.span.col)
+    b = _offset_of(source, n.span.end_line, n.span.end_col)
+    lead = text.rfind("\n", 0, a) + 1
+    if text[lead:a].strip():  # the declaration does not start its line
+        lead = a
+    else:
+        while lead > 0:
+            above = text.rfind("\n", 0, lead - 1) + 1
+            if not text[above : lead - 1].strip().startswith("#"):
+                break
+            lead = above
+    eol = text.find("\n", b)
+    eol = len(text) if eol < 0 else eol
+    if text[b:eol].strip().startswith("#"):
+        b = eol
+    return text[lead:b]
 
 
-def place_in_network(g, macro_from: str | Path, genotype_name: str | None = None) -> str:
-    """A complete `.cell` text: the cells of genotype `g` in the network(s) of the user's file `macro_from`."""
+def import_into_network(genotype_path: str | Path, macro_from: str | Path, *, name: str | None = None,
+                        directory: str | Path | None = None) -> str:
+    """A complete `.cell` text: the cells of the genotype in `genotype_path` (`-`: stdin; `name` picks
+    one of several) in the network(s) of the user's file `macro_from`.
+
+    `directory`: where the text will be written; the `ops "..."` lines of the user's own ops are made
+    relative to it (default: the directory of `macro_from`).
+    """
     path = Path(macro_from)
     source = read_source(path)
     # Parsed and resolved, not yet verified: a file with only a network (its cells to come from the
-    # genotype) is a macro file; the combination is verified below.
+    # genotype) is a macro file; the combination is verified below. Resolving first loads the ops the
+    # file names, so the genotype may use them.
     bag = DiagnosticBag()
     spec, _ = resolve_spec(source, bag, path)
     bag.items = [d for d in bag.items if d.severity == "error"]
     bag.check()
+    g = read_genotype(genotype_path, name)
     if not spec.networks:
         raise DiagnosticError([Diagnostic(f"'{path}' declares no network to place the genotype's cells in",
                                           source.span(0, 0), "--macro-from takes a .cell file with a 'network' block")])  # fmt: skip
@@ -147,11 +152,14 @@ def place_in_network(g, macro_from: str | Path, genotype_name: str | None = None
     # cells are printed too: a `like` in their text could name a cell the genotype replaced. The search
     # block is left out: it configures a search, and a derived network has nothing to search (its limits
     # would even be checked against the fixed edges).
-    blocks = [printer.cell(c) for c in cells + tuple(kept.values())]
+    directory = Path(directory) if directory is not None else path.parent
+    blocks = [printer.op_file_lines(spec, directory)] if spec.op_files else []
+    blocks += [printer.cell(c) for c in cells + tuple(kept.values())]
     blocks += [printer.network(x) for x in spec.networks if not _own(spec, x)]
-    blocks += [text for keyword, text in _declarations(source) if keyword == "network"]
-    origin = f" from {genotype_name}" if genotype_name else ""
+    blocks += [_network_text(source, x) for x in spec.networks if _own(spec, x)]
+    origin = "" if str(genotype_path) == "-" else f" from {genotype_path}"
     header = f"# Imported{origin} by nasir into the network of {path}:\n# {g}\n"
     out = header + "\n\n".join(blocks) + "\n"
-    load(out, name=f"<imported into {path}>")  # a safety net: what is written loads
+    # A safety net: what is written loads, as a file in `directory` (where its op paths point).
+    load(out, name=str(directory / "imported.cell"), allow_include_outside=True)
     return out

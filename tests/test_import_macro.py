@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from nasir import ops
 from nasir.api import load
 from nasir.cli import main
 from nasir.compile import import_genotype
@@ -167,6 +168,26 @@ def test_a_file_with_only_a_network_or_a_network_from_an_include_is_a_macro(file
     text = import_genotype(files / "darts_v2.py", macro_from=mine)
     assert 'include "' not in text  # the network is printed from the IR: the output needs no other file
     assert load(text).networks == load(files / "digits.cell").networks
+
+
+def test_the_users_op_file_serves_the_genotype_and_is_named_relative_to_the_output(files):
+    # The macro file names the user's ops (docs/ops.md); the genotype uses one of them, which only
+    # resolves once the macro file is loaded. The output names the op file from where it is written.
+    shutil.copy(EXAMPLES / "myops.py", files / "myops.py")
+    network_block = (files / "digits.cell").read_text().split("\n\n")[3] + "\n"
+    (files / "mine.cell").write_text('ops "myops.py"\n\n' + network_block)
+    (files / "blur.py").write_text(DARTS_V2.replace("('dil_conv_3x3', 2)", "('blur', 2)") + "\n")
+    (files / "out").mkdir()
+    out = files / "out" / "arch.cell"
+    with ops.scope():
+        assert main(["import", str(files / "blur.py"), "--macro-from", str(files / "mine.cell"), "--set", "C=4",
+                     "-o", str(out)]) == 0  # fmt: skip
+    text = out.read_text()
+    assert text.splitlines()[2] == 'ops "../myops.py"'
+    assert main(["check", str(out), "--allow-include-outside"]) == 0
+    with ops.scope():
+        spec = load(out, allow_include_outside=True)
+    assert spec.cell("normal").edges[-1].op == "blur" and spec.network().params[0].default.value == 4
 
 
 def test_cli_macro_from_writes_the_file_and_refuses_macro_too_and_a_file_without_network(files, capsys):
