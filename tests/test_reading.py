@@ -141,3 +141,15 @@ def test_a_bom_in_a_genotype_file(tmp_path, capsys):
     assert code == 0, err
     code, printed, _ = run(capsys, "export-genotype", out)
     assert code == 0 and printed.strip() == arch
+
+
+def test_import_dash_reads_stdin_with_a_bom_as_the_same_genotype():
+    import subprocess
+    import sys
+
+    arch = b"|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|none~0|none~1|nor_conv_1x1~2|\n"
+    cmd = [sys.executable, "-m", "nasir", "import", "-", "--macro", "nb201"]
+    plain = subprocess.run(cmd, input=arch, capture_output=True, check=True).stdout
+    marked = subprocess.run(cmd, input=b"\xef\xbb\xbf" + arch, capture_output=True)
+    assert marked.returncode == 0, marked.stderr.decode()
+    assert marked.stdout == plain and b"nor_conv_1x1" in plain
