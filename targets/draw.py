@@ -250,3 +250,134 @@ def stacked_cells(net: ir.Network) -> list[str]:
         if isinstance(b, ir.Stack):
             names += [b.cell] + ([b.reduce] if b.reduce else [])
     return list(dict.fromkeys(names))
+
+
+# ---- architecture weights as a table ------------------------------------------------------------------
+# A short search moves softmax(alpha) only a little away from uniform (1/K on an edge with K candidates),
+# so a colour scale from 0 paints every cell alike. The table colours each cell by its distance from the
+# uniform value of its own row, p - 1/K, on a diverging map scaled to the largest distance in the panel:
+# the uniform value is the map's centre colour exactly, favoured ops lean red, disfavoured ones blue.
+DIVERGING = "RdBu_r"
+
+
+def _mixed_edges(cell: ir.Cell) -> list[ir.Edge]:
+    """The mixed edges in the order of the alpha rows: by `Edge.alpha` where the mixed_ops pass numbered
+    them, else in IR order (the order `check_alphas` reads)."""
+    mixed = [e for e in cell.edges if e.is_choice]
+    if mixed and all(e.alpha is not None for e in mixed):
+        mixed.sort(key=lambda e: e.alpha)  # type: ignore[arg-type, return-value]
+    return mixed
+
+
+def uniform_deviation(values: Sequence[float]) -> list[float]:
+    """A row's share of its total minus the uniform share 1/K; 0 exactly where the share is 1/K up to
+    float rounding (|d| <= 1e-12), so that a uniform row gets the map's centre colour exactly."""
+    total = sum(values)
+    k = len(values)
+    if total <= 0:
+        return [0.0] * k
+    dev = [v / total - 1.0 / k for v in values]
+    return [d if abs(d) > 1e-12 else 0.0 for d in dev]
+
+
+def _derived_picks(derived: ir.Spec | None, kind: str, edges: Sequence[ir.Edge]) -> set[tuple[int, int]]:
+    """(row, op index) of every (edge, op) the derived spec kept in cell `kind`."""
+    cell = derived.cell(kind) if derived is not None else None
+    if cell is None:
+        return set()
+    kept = {(e.src, e.dst, e.op) for e in cell.edges if not e.is_choice}
+    return {(r, i) for r, e in enumerate(edges) for i, o in enumerate(e.candidates) if (e.src, e.dst, o) in kept}
+
+
+def _table(ax: Any, edges: Sequence[ir.Edge], values: Sequence[Sequence[float]], picks: set[tuple[int, int]],
+           fmt: str, title: str, label: str) -> Any:  # fmt: skip
+    """One heatmap: rows = mixed edges, columns = candidates; colour = share - 1/K (uniform_deviation),
+    every cell annotated with its value, the derived picks framed."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    width = max(len(r) for r in values)
+    dev = np.full((len(values), width), np.nan)
+    for r, row in enumerate(values):
+        dev[r, : len(row)] = uniform_deviation(row)
+    scale = float(np.nanmax(np.abs(dev))) if np.isfinite(dev).any() else 0.0
+    scale = scale if scale > 0 else 1e-12  # all uniform: every cell gets the centre colour
+    cmap = colormaps[DIVERGING]
+    im = ax.imshow(dev, cmap=cmap, norm=Normalize(-scale, scale), aspect="auto", interpolation="nearest")
+    same_ops = len({e.candidates for e in edges}) == 1
+    for r, (e, row) in enumerate(zip(edges, values)):
+        for i, v in enumerate(row):
+            text = fmt.format(v) if same_ops else f"{e.candidates[i]}\n{fmt.format(v)}"
+            strong = abs(dev[r, i]) > 0.6 * scale
+            ax.text(i, r, text, ha="center", va="center", fontsize=6, color="white" if strong else "black")
+    for r, i in sorted(picks):
+        ax.add_patch(Rectangle((i - 0.5, r - 0.5), 1, 1, fill=False, ec="black", lw=2.0))
+    kept_rows = {r for r, _ in picks}
+    ax.set_yticks(range(len(edges)), [f"{e.src} -> {e.dst}" for e in edges], fontsize=7)
+    for r, t in enumerate(ax.get_yticklabels()):
+        if r in kept_rows:
+            t.set_fontweight("bold")
+    if same_ops:
+        ax.set_xticks(range(width), edges[0].candidates, rotation=30, ha="right", fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.set_title(title, fontsize=9)
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.04)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return im
+
+
+def alphas_figure(spec: ir.Spec, alphas: Alphas, path: str | Path | None = None,
+                  strengths: Alphas | None = None, derived: ir.Spec | None = None) -> Any:  # fmt: skip
+    """softmax(alpha) per cell kind as a table scaled to its spread (see DIVERGING above), with the
+    operation strengths (OStr-DARTS Eq. 11) beside it when given and the derived architecture's picks
+    framed (`derived`, the spec the derivation returned; its kept rows' labels in bold).
+
+    `alphas` / `strengths`: {cell kind: [[value per op] per mixed edge]} in alpha-row order. Writes a
+    PNG (or SVG, by suffix) to `path` when given; returns the matplotlib Figure.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kinds = [k for k in alphas if spec.cell(k) is not None and _mixed_edges(spec.cell(k))]  # type: ignore[arg-type]
+    if not kinds:
+        raise DiagnosticError([Diagnostic(f"{spec.file}: no cell of the alphas ({', '.join(alphas) or 'none'}) has mixed edges")])
+    strengths = {k: v for k, v in (strengths or {}).items() if k in kinds}
+    cols = 2 if strengths else 1
+    rows = [len(alphas[k]) for k in kinds]
+    fig = Figure(figsize=(8.5 * cols, 1.6 + 0.34 * sum(rows) + 0.9 * len(kinds)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(kinds), cols, squeeze=False, gridspec_kw={"height_ratios": rows})
+    for r, kind in enumerate(kinds):
+        edges = _mixed_edges(spec.cell(kind))  # type: ignore[arg-type]
+        if len(alphas[kind]) != len(edges):
+            raise DiagnosticError([Diagnostic(f"alphas: cell '{kind}' has {len(edges)} mixed edges, the alphas give {len(alphas[kind])} rows")])
+        soft = [softmax(row) for row in alphas[kind]]
+        spread = sum(max(p) - min(p) for p in soft) / len(soft)
+        picks = _derived_picks(derived, kind, edges)
+        _table(axes[r, 0], edges, soft, picks, "{:.3f}",
+               f"{kind}: softmax(alpha) (mean max - min per edge {spread:.2g})", "softmax(alpha) - 1/K")  # fmt: skip
+        if strengths:
+            ax = axes[r, 1]
+            if kind in strengths:
+                _table(ax, edges, strengths[kind], picks, "{:.2g}",
+                       f"{kind}: operation strength (OStr-DARTS Eq. 11)", "strength / edge total - 1/K")  # fmt: skip
+            else:
+                ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        out = Path(path)
+        fmt = FORMATS.get(out.suffix.lower(), "png")
+        with_rc = {"svg.fonttype": "none", "svg.hashsalt": "nasir"}
+
+        def save(tmp: str) -> None:
+            from matplotlib import rc_context
+
+            with rc_context(with_rc):
+                fig.savefig(tmp, format=fmt, dpi=110, metadata=_metadata(fmt))
+
+        atomic_write_with(out, save)
+    return fig

@@ -138,3 +138,118 @@ def test_a_recurrent_search_space_is_drawn_with_its_choices_and_shaded_by_alphas
     texts = svg_texts(draw(spec, tmp_path / "shaded.svg", alphas={"rnn": rows}))
     assert f"relu {math.exp(1.0) / (math.exp(3.0) + 3 + math.exp(1.0)):.2f}" in texts
     assert texts.count(f"tanh {1 / (math.exp(3.0) + 4):.2f}") == 35  # ties among real ops: the first, tanh
+
+
+# ---- alphas as a table scaled to their spread (issue 16) ------------------------------------------------
+def _images(fig):
+    return [im for ax in fig.axes for im in ax.images]
+
+
+def _hand_softmax(row):
+    e = [math.exp(x) for x in row]
+    return [v / sum(e) for v in e]
+
+
+def test_alphas_table_colours_uniform_with_the_centre_colour_and_either_side_apart(tmp_path):
+    from matplotlib import colormaps
+
+    from nasir.targets.draw import DIVERGING, alphas_figure
+
+    spec = load(EXAMPLES / "nb201.cell")  # 6 mixed edges, K = 5 ops each
+    rows = [[0.0] * 5 for _ in range(6)]  # rows 1..5 stay uniform: every share is exactly 1/5
+    rows[0] = [0.0, 0.5, 0.0, 0.0, -0.5]  # edge 0: skip_connect above 1/5, avg_pool_3x3 below, the rest between
+    fig = alphas_figure(spec, {"nbcell": rows}, tmp_path / "alphas.png")
+    assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
+    (im,) = _images(fig)
+    rgba = im.to_rgba(im.get_array())
+    centre = colormaps[DIVERGING](0.5)
+    for r in range(1, 6):
+        for i in range(5):
+            assert tuple(rgba[r, i]) == pytest.approx(centre, abs=0)  # exactly the centre colour
+    p = _hand_softmax(rows[0])
+    assert p[1] > 0.2 > p[4]
+    up, down = rgba[0, 1], rgba[0, 4]
+    # The centre is grey (red = blue); above uniform red outweighs blue (RdBu_r), below blue outweighs red.
+    assert centre[0] == pytest.approx(centre[2], abs=0.01)
+    assert up[0] - up[2] > 0.2 and down[2] - down[0] > 0.2
+    # The scale is the spread, not [0, 1]: the largest distance from 1/K takes an end of the map.
+    dist = max(abs(x - 0.2) for x in p)
+    assert im.norm.vmin == pytest.approx(-dist) and im.norm.vmax == pytest.approx(dist)
+
+
+def test_alphas_table_annotates_every_cell_with_its_softmax_value(tmp_path):
+    from nasir.targets.draw import alphas_figure
+
+    spec = load(EXAMPLES / "nb201.cell")
+    rows = [[0.1 * (r + 1) * (i - 2) for i in range(5)] for r in range(6)]
+    fig = alphas_figure(spec, {"nbcell": rows})
+    (ax,) = [a for a in fig.axes if a.images]
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert len(texts) == 30
+    for r, row in enumerate(rows):
+        for i, v in enumerate(_hand_softmax(row)):
+            assert texts[(r, i)] == f"{v:.3f}"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+
+
+def test_alphas_table_centres_each_row_on_its_own_k(tmp_path):
+    from matplotlib import colormaps
+
+    from nasir.targets.draw import DIVERGING, alphas_figure
+
+    spec = spec_of_text("""
+        cell c {
+          inputs a
+          nodes n0, n1
+          edges a -> n0 : choice({skip_connect, sep_conv_3x3})
+          edges a -> n1 : choice({skip_connect, sep_conv_3x3, max_pool_3x3, avg_pool_3x3})
+          edges n0 -> n1 : choice({skip_connect, sep_conv_3x3, max_pool_3x3})
+          output concat(n0, n1)
+        }
+    """)
+    rows = [[0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # 1/2, 1/4 (uniform rows) and a tilted row of 3
+    fig = alphas_figure(spec, {"c": rows})
+    (im,) = _images(fig)
+    rgba = im.to_rgba(im.get_array())
+    centre = colormaps[DIVERGING](0.5)
+    assert all(tuple(rgba[0, i]) == centre for i in range(2)) and all(tuple(rgba[1, i]) == centre for i in range(4))
+    assert rgba[2, 0][0] > rgba[2, 0][2] and rgba[2, 1][2] > rgba[2, 1][0]
+    (ax,) = [a for a in fig.axes if a.images]
+    # different op lists per row: each cell names its op above its value
+    p = _hand_softmax(rows[2])
+    assert {t.get_text() for t in ax.texts} >= {"skip_connect\n0.500", "avg_pool_3x3\n0.250", f"skip_connect\n{p[0]:.3f}"}
+
+
+def test_strengths_beside_the_alphas_and_the_derived_picks_framed(tmp_path):
+    from matplotlib.patches import Rectangle
+
+    from nasir.targets.draw import alphas_figure
+
+    spec = load(EXAMPLES / "nb201.cell")
+    rows = [[0.0, 0.3, 0.1, 0.2, -0.1]] * 6
+    strengths = [[1e-3 * (r + 1), 2e-3, 3e-4, 5e-3, 1e-4] for r in range(6)]
+    derived = load(EXAMPLES / "nb201.cell").cell("nbcell")
+    # a derived spec: every edge fixed to one op; pick nor_conv_3x3 on edge 0 and skip_connect elsewhere
+    import attrs
+
+    edges = tuple(attrs.evolve(e, choice=None, op="nor_conv_3x3" if k == 0 else "skip_connect") for k, e in enumerate(derived.edges))
+    derived_spec = attrs.evolve(spec, cells=(attrs.evolve(derived, edges=edges),))
+    fig = alphas_figure(spec, {"nbcell": rows}, tmp_path / "a.png", strengths={"nbcell": strengths}, derived=derived_spec)
+    alpha_ax, strength_ax = [a for a in fig.axes if a.images]
+    assert "softmax(alpha)" in alpha_ax.get_title() and "operation strength" in strength_ax.get_title()
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in strength_ax.texts}
+    assert all(texts[(r, i)] == f"{v:.2g}" for r, row in enumerate(strengths) for i, v in enumerate(row))
+    for ax in (alpha_ax, strength_ax):
+        framed = sorted((round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in ax.patches if isinstance(p, Rectangle))
+        assert framed == [(0, 3)] + [(r, 1) for r in range(1, 6)]
+    # the mean spread in the title: max - min of each row's softmax
+    p = _hand_softmax(rows[0])
+    assert f"per edge {max(p) - min(p):.2g})" in alpha_ax.get_title()
+    # without strengths: one panel per cell kind
+    assert len([a for a in alphas_figure(spec, {"nbcell": rows}).axes if a.images]) == 1
+
+
+def spec_of_text(text):
+    import textwrap
+
+    return load(textwrap.dedent(text).lstrip("\n"), name="t.cell")
