@@ -140,7 +140,9 @@ def _graph(cell: ir.Cell) -> nx.MultiDiGraph:
     return g
 
 
-def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any) -> None:
+def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any) -> list[EdgeLabel]:
+    """Nodes and edges of one cell; the edge labels come back, to be placed once the layout is final
+    (`place_labels`)."""
     g = _graph(cell)
     layers: dict[int, list[str]] = {}
     for n, d in g.nodes(data=True):  # insertion order = cell order; reversed so that the first is on top
@@ -156,7 +158,9 @@ def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any
     labels = {n: ((H_T if cell.recurrent else "output") if n == OUTPUT else n) for n in g.nodes}
     for kind, color in _NODE_COLORS.items():
         nodes = [n for n, d in g.nodes(data=True) if d["kind"] == kind]
-        nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=color, node_shape="s", node_size=900, edgecolors="black", ax=ax)
+        drawn = nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=color, node_shape="s", node_size=900, edgecolors="black", ax=ax)
+        if drawn is not None:
+            drawn.set_gid("nodes")
     nx.draw_networkx_labels(g, pos, labels=labels, font_size=8, ax=ax)
     mixed_row = {k: r for r, k in enumerate(k for k, e in enumerate(cell.edges) if e.is_choice)}
     keys = list(g.edges(keys=True, data=True))
@@ -179,53 +183,147 @@ def _draw_cell(ax: Any, cell: ir.Cell, rows: list[list[float]] | None, cmap: Any
     # so that they nest beside the column instead of running through its nodes.
     same_column = {x for x in look if abs(pos[x[0]][0] - pos[x[1]][0]) < 1e-9}
     top = max((k for _, _, k, _ in keys), default=0) + 1
+    labels: list[EdgeLabel] = []
     for group, base in ((set(look) - same_column, 0.12), (same_column, -0.6)):
         edgelist = [x for x in look if x in group]
         if not edgelist:
             continue
         styles = [f"arc3,rad={base + math.copysign(0.18, base) * key}" for key in range(top)]
-        nx.draw_networkx_edges(g, pos, edgelist=edgelist, edge_color=[look[x][0] for x in edgelist],
-                               width=[look[x][1] for x in edgelist], style=[look[x][3] for x in edgelist], arrows=True,
-                               arrowsize=12, node_size=900, node_shape="s", connectionstyle=styles, ax=ax)  # fmt: skip
-        labels = {x: look[x][2] for x in edgelist if look[x][2] is not None}
-        nx.draw_networkx_edge_labels(g, pos, edge_labels=labels, font_size=7, ax=ax, connectionstyle=styles, node_size=900,
-                                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
+        arrows = nx.draw_networkx_edges(g, pos, edgelist=edgelist, edge_color=[look[x][0] for x in edgelist],
+                                        width=[look[x][1] for x in edgelist], style=[look[x][3] for x in edgelist], arrows=True,
+                                        arrowsize=12, node_size=900, node_shape="s", connectionstyle=styles, ax=ax)  # fmt: skip
+        for x, arrow in zip(edgelist, arrows):
+            if look[x][2] is not None:
+                labels.append(EdgeLabel(ax, look[x][2], tuple(pos[x[0]]), tuple(pos[x[1]]), arrow.get_connectionstyle()))
     title = f"{cell.name}" + (" (reduction)" if cell.reduction else "") + (" (recurrent)" if cell.recurrent else "")
     ax.set_title(title, fontsize=10)
     ax.axis("off")
+    return labels
+
+
+# ---- edge labels that do not overlap (issue 16) ---------------------------------------------------------
+# networkx centres every label on its edge, rotated along it, so the labels of edges that cross or run
+# side by side cover each other. Labels here are horizontal and placed once the figure's layout is final:
+# in display space, each at the first point along its own edge where its box meets no label placed
+# before it and no node; failing that, beside such a point, tied to it by a thin leader line.
+LABEL_GID = "edge-label"
+LABEL_FONT = 7
+_LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85}
+_ALONG = (0.5, 0.4, 0.6, 0.3, 0.7, 0.35, 0.65, 0.45, 0.55, 0.25, 0.75, 0.2, 0.8, 0.15, 0.85)
+
+
+class EdgeLabel:
+    """An edge label waiting for its place: the text, the edge's end points in data coordinates and the
+    connection style its arrow was drawn with (the curve the label follows)."""
+
+    def __init__(self, ax: Any, text: str, a: tuple[float, float], b: tuple[float, float], style: Any):
+        self.ax, self.text, self.a, self.b, self.style = ax, text, a, b, style
+
+    def curve(self) -> Any:
+        """The edge's path in display coordinates (a quadratic Bezier for arc3: start, control, end)."""
+        a, b = self.ax.transData.transform([self.a, self.b])
+        return self.style.connect(tuple(a), tuple(b)).vertices
+
+    def at(self, t: float) -> tuple[float, float]:
+        v = self.curve()
+        if len(v) == 3:
+            (x1, y1), (cx, cy), (x2, y2) = v
+            u = 1 - t
+            return (u * u * x1 + 2 * t * u * cx + t * t * x2, u * u * y1 + 2 * t * u * cy + t * t * y2)
+        (x1, y1), (x2, y2) = v[0], v[-1]
+        return (x1 + t * (x2 - x1), y1 + t * (y2 - y1))
+
+
+def _offsets(sx: float, sy: float, nx_: int = 24, ny: int = 24) -> list[tuple[float, float]]:
+    """Grid offsets around a point, nearest first (ties: the order of the grid, so the result is stable)."""
+    grid = [(i * sx, j * sy) for j in range(-ny, ny + 1) for i in range(-nx_, nx_ + 1) if (i, j) != (0, 0)]
+    return sorted(grid, key=lambda d: math.hypot(*d))
+
+
+def _overlaps(box: tuple[float, float, float, float], others: Sequence[tuple[float, float, float, float]]) -> bool:
+    x0, y0, x1, y1 = box
+    return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in others)
+
+
+def place_labels(fig: Any, labels: Sequence[EdgeLabel], node_boxes: Sequence[tuple[float, float, float, float]] = (),
+                 spread: bool = True) -> list[Any]:  # fmt: skip
+    """Add the labels as matplotlib Text (gid LABEL_GID) so that no two label boxes (text plus its
+    white pad) intersect, nor a label and a node box (display coordinates). Short edges are placed first:
+    they have the fewest places. `spread=False`: every label at its edge's midpoint. Returns the Texts."""
+    from matplotlib.lines import Line2D
+
+    renderer = fig.canvas.get_renderer()
+    gap = 2.0  # pixels between two boxes
+    placed: list[tuple[float, float, float, float]] = []
+    obstacles = list(node_boxes)
+    for t in [ax.title for ax in {lab.ax: None for lab in labels}] + ([fig._suptitle] if fig._suptitle is not None else []):
+        if t.get_text():
+            e = t.get_window_extent(renderer)
+            obstacles.append((e.x0, e.y0, e.x1, e.y1))
+    texts = []
+    order = sorted(labels, key=lambda lab: math.dist(*lab.curve()[[0, -1]]))
+    for lab in order:
+        t = lab.ax.text(0, 0, lab.text, fontsize=LABEL_FONT, ha="center", va="center", bbox=_LABEL_BOX, zorder=3,
+                        transform=lab.ax.transData, gid=LABEL_GID)  # fmt: skip
+        t.draw(renderer)  # sizes the bbox patch
+        ext = t.get_bbox_patch().get_window_extent(renderer)
+        hw, hh = ext.width / 2 + gap / 2, ext.height / 2 + gap / 2
+
+        def box(p: tuple[float, float]) -> tuple[float, float, float, float]:
+            return (p[0] - hw, p[1] - hh, p[0] + hw, p[1] + hh)  # noqa: B023
+
+        spot, anchor = (None, None) if spread else (lab.at(0.5), None)
+        for s in _ALONG if spread else ():
+            p = lab.at(s)
+            if not _overlaps(box(p), placed + obstacles):
+                spot, anchor = p, None
+                break
+        # Beside the edge: the nearest free place on a grid around its points (a quarter label wide, one
+        # label high), tied to its point by a leader line.
+        points = [lab.at(s) for s in _ALONG[:9]] if spread and spot is None else []
+        for dx, dy in _offsets(hw / 2, 2 * hh) if points else ():
+            for p in points:
+                q = (p[0] + dx, p[1] + dy)
+                if not _overlaps(box(q), placed + obstacles):
+                    spot, anchor = q, p
+                    break
+            if spot is not None:
+                break
+        if spot is None:  # no free place in the whole grid: unreachable for cells of a few dozen edges
+            spot, anchor = lab.at(0.5), None
+        placed.append(box(spot))
+        inv = lab.ax.transData.inverted()
+        t.set_position(tuple(inv.transform(spot)))
+        if anchor is not None:
+            (ax_, ay_), (sx, sy) = inv.transform(anchor), inv.transform(spot)
+            lab.ax.add_line(Line2D([ax_, sx], [ay_, sy], lw=0.5, color="#888888", zorder=2))
+        texts.append(t)
+    return texts
+
+
+def node_boxes(fig: Any, axes: Sequence[Any], size_pt: float = 30.0) -> list[tuple[float, float, float, float]]:
+    """Display boxes of the square node markers (node_size 900 = 30 pt sides) drawn in `axes`."""
+    half = size_pt / 2 * fig.dpi / 72
+    out = []
+    for ax in axes:
+        for coll in ax.collections:
+            offsets = getattr(coll, "get_offsets", lambda: [])()
+            if coll.get_gid() != "nodes":
+                continue
+            for x, y in ax.transData.transform(offsets):
+                out.append((x - half, y - half, x + half, y + half))
+    return out
 
 
 def draw(spec: ir.Spec, out_path: str | Path, alphas: Alphas | str | Path | None = None) -> Path:
     """Draw every cell kind the network stacks (or every cell of a spec without network) into one .png/.svg."""
+    from matplotlib import rc_context
+
     out = Path(out_path)
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise DiagnosticError([Diagnostic(f"cannot draw to '{out}': the file name must end in .png or .svg")])
-    net = spec.network()
-    cells = [c for c in (spec.cell(n) for n in stacked_cells(net)) if c is not None] if net is not None else []
-    cells = cells or list(spec.cells)
-    if not cells:
-        raise DiagnosticError([Diagnostic(f"{spec.file} has no cells to draw")])
-    rows: dict[str, list[list[float]]] = {}
-    if isinstance(alphas, str | Path):
-        rows = load_alphas(alphas, cells)
-    elif alphas is not None:
-        rows = check_alphas(alphas, cells)
-
-    from matplotlib import colormaps, rc_context
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.2 * len(cells)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(cells), 1, squeeze=False)[:, 0]
-    cmap = colormaps["Blues"]
-    for ax, cell in zip(axes, cells):
-        shade = rows.get(cell.name)
-        # Keep light shades visible: map weights onto the darker half of the colour map.
-        _draw_cell(ax, cell, shade, (lambda w: cmap(0.35 + 0.65 * w)) if shade is not None else cmap)
-    fig.suptitle(f"{Path(spec.file).name}" + (" (shaded by softmax(alpha))" if rows else ""), fontsize=11)
-    fig.tight_layout()
+    fig = draw_figure(spec, alphas)
 
     def save(tmp: str) -> None:
         # SVG text stays text (searchable, selectable); no hash salt or date: the same spec draws the same file.
@@ -237,6 +335,40 @@ def draw(spec: ir.Spec, out_path: str | Path, alphas: Alphas | str | Path | None
     except OSError as e:  # an unwritable place, a path under a file, a full disk: bad input, not a bug
         raise DiagnosticError([Diagnostic(f"cannot write '{out}': {e.strerror or e}")]) from None
     return out
+
+
+def draw_figure(spec: ir.Spec, alphas: Alphas | str | Path | None = None, spread_labels: bool = True) -> Any:
+    """The matplotlib Figure `draw` writes (Agg canvas, layout final, edge labels placed).
+    `spread_labels=False` leaves every label at its edge's midpoint (networkx's place; for comparison)."""
+    net = spec.network()
+    cells = [c for c in (spec.cell(n) for n in stacked_cells(net)) if c is not None] if net is not None else []
+    cells = cells or list(spec.cells)
+    if not cells:
+        raise DiagnosticError([Diagnostic(f"{spec.file} has no cells to draw")])
+    rows: dict[str, list[list[float]]] = {}
+    if isinstance(alphas, str | Path):
+        rows = load_alphas(alphas, cells)
+    elif alphas is not None:
+        rows = check_alphas(alphas, cells)
+
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2 * len(cells)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(cells), 1, squeeze=False)[:, 0]
+    cmap = colormaps["Blues"]
+    labels: list[EdgeLabel] = []
+    for ax, cell in zip(axes, cells):
+        shade = rows.get(cell.name)
+        # Keep light shades visible: map weights onto the darker half of the colour map.
+        labels += _draw_cell(ax, cell, shade, (lambda w: cmap(0.35 + 0.65 * w)) if shade is not None else cmap)
+    fig.suptitle(f"{Path(spec.file).name}" + (" (shaded by softmax(alpha))" if rows else ""), fontsize=11)
+    fig.tight_layout()
+    # The layout is final from here on (savefig's bbox_inches="tight" only crops): place the labels.
+    place_labels(fig, labels, node_boxes(fig, axes), spread=spread_labels)
+    return fig
 
 
 def _metadata(fmt: str) -> dict[str, Any]:
