@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -421,10 +421,12 @@ def _derived_picks(derived: ir.Spec | None, kind: str, edges: Sequence[ir.Edge])
     return {(r, i) for r, e in enumerate(edges) for i, o in enumerate(e.candidates) if (e.src, e.dst, o) in kept}
 
 
-def _table(ax: Any, edges: Sequence[ir.Edge], values: Sequence[Sequence[float]], picks: set[tuple[int, int]],
-           fmt: str, title: str, label: str) -> Any:  # fmt: skip
-    """One heatmap: rows = mixed edges, columns = candidates; colour = share - 1/K (uniform_deviation),
-    every cell annotated with its value, the derived picks framed."""
+def table(ax: Any, rows: Sequence[str], ops_per_row: Sequence[Sequence[str]], values: Sequence[Sequence[float]],
+          picks: Collection[tuple[int, int]] = (), fmt: str = "{:.3f}", title: str = "", label: str = "") -> Any:  # fmt: skip
+    """One heatmap on `ax`: a row per edge (`rows` its labels), a column per op; colour = the value's share
+    of its row minus 1/K (uniform_deviation) on the diverging map DIVERGING, scaled to the largest such
+    distance in the table; every cell annotated with its value (`fmt`); the (row, op) in `picks` framed
+    and their rows' labels bold. Rows of different op lists name the op in each cell. Returns the image."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -436,23 +438,22 @@ def _table(ax: Any, edges: Sequence[ir.Edge], values: Sequence[Sequence[float]],
         dev[r, : len(row)] = uniform_deviation(row)
     scale = float(np.nanmax(np.abs(dev))) if np.isfinite(dev).any() else 0.0
     scale = scale if scale > 0 else 1e-12  # all uniform: every cell gets the centre colour
-    cmap = colormaps[DIVERGING]
-    im = ax.imshow(dev, cmap=cmap, norm=Normalize(-scale, scale), aspect="auto", interpolation="nearest")
-    same_ops = len({e.candidates for e in edges}) == 1
-    for r, (e, row) in enumerate(zip(edges, values)):
+    im = ax.imshow(dev, cmap=colormaps[DIVERGING], norm=Normalize(-scale, scale), aspect="auto", interpolation="nearest")
+    same_ops = len({tuple(o) for o in ops_per_row}) == 1
+    for r, (ops_, row) in enumerate(zip(ops_per_row, values)):
         for i, v in enumerate(row):
-            text = fmt.format(v) if same_ops else f"{e.candidates[i]}\n{fmt.format(v)}"
+            text = fmt.format(v) if same_ops else f"{ops_[i]}\n{fmt.format(v)}"
             strong = abs(dev[r, i]) > 0.6 * scale
             ax.text(i, r, text, ha="center", va="center", fontsize=6, color="white" if strong else "black")
     for r, i in sorted(picks):
         ax.add_patch(Rectangle((i - 0.5, r - 0.5), 1, 1, fill=False, ec="black", lw=2.0))
     kept_rows = {r for r, _ in picks}
-    ax.set_yticks(range(len(edges)), [f"{e.src} -> {e.dst}" for e in edges], fontsize=7)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
     for r, t in enumerate(ax.get_yticklabels()):
         if r in kept_rows:
             t.set_fontweight("bold")
     if same_ops:
-        ax.set_xticks(range(width), edges[0].candidates, rotation=30, ha="right", fontsize=7)
+        ax.set_xticks(range(width), list(ops_per_row[0]), rotation=30, ha="right", fontsize=7)
     else:
         ax.set_xticks([])
     ax.set_title(title, fontsize=9)
@@ -462,14 +463,36 @@ def _table(ax: Any, edges: Sequence[ir.Edge], values: Sequence[Sequence[float]],
     return im
 
 
-def alphas_figure(spec: ir.Spec, alphas: Alphas, path: str | Path | None = None,
-                  strengths: Alphas | None = None, derived: ir.Spec | None = None) -> Any:  # fmt: skip
-    """softmax(alpha) per cell kind as a table scaled to its spread (see DIVERGING above), with the
-    operation strengths (OStr-DARTS Eq. 11) beside it when given and the derived architecture's picks
-    framed (`derived`, the spec the derivation returned; its kept rows' labels in bold).
+def mean_spread(rows: Sequence[Sequence[float]]) -> float:
+    """Mean over rows of max - min: how far a short search moved softmax(alpha) apart."""
+    return sum(max(r) - min(r) for r in rows) / len(rows) if rows else 0.0
 
-    `alphas` / `strengths`: {cell kind: [[value per op] per mixed edge]} in alpha-row order. Writes a
-    PNG (or SVG, by suffix) to `path` when given; returns the matplotlib Figure.
+
+def alphas_figure(spec: ir.Spec, alphas: Alphas, path: str | Path, strengths: Alphas | None = None,
+                  derived: ir.Spec | None = None) -> Path:  # fmt: skip
+    """Write `alphas_table` to `path` (.png, or .svg by suffix) atomically; returns the path."""
+    from matplotlib import rc_context
+
+    out = Path(path)
+    fmt = FORMATS.get(out.suffix.lower(), "png")
+    fig = alphas_table(spec, alphas, strengths, derived)
+
+    def save(tmp: str) -> None:
+        with rc_context({"svg.fonttype": "none", "svg.hashsalt": "nasir"}):
+            fig.savefig(tmp, format=fmt, dpi=110, metadata=_metadata(fmt))
+
+    try:
+        atomic_write_with(out, save)
+    except OSError as e:
+        raise DiagnosticError([Diagnostic(f"cannot write '{out}': {e.strerror or e}")]) from None
+    return out
+
+
+def alphas_table(spec: ir.Spec, alphas: Alphas, strengths: Alphas | None = None, derived: ir.Spec | None = None) -> Any:
+    """softmax(alpha) per cell kind as a table scaled to its spread (`table`), with the operation
+    strengths (OStr-DARTS Eq. 11) beside it when given and the derived architecture's picks framed
+    (`derived`, the spec the derivation returned). `alphas` / `strengths`: {cell kind: [[value per op]
+    per mixed edge]} in alpha-row order. Returns the matplotlib Figure (Agg canvas).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -478,38 +501,29 @@ def alphas_figure(spec: ir.Spec, alphas: Alphas, path: str | Path | None = None,
     if not kinds:
         raise DiagnosticError([Diagnostic(f"{spec.file}: no cell of the alphas ({', '.join(alphas) or 'none'}) has mixed edges")])
     strengths = {k: v for k, v in (strengths or {}).items() if k in kinds}
+    for name, given in (("alphas", alphas), ("strengths", strengths)):
+        for k in kinds if name == "alphas" else strengths:
+            edges = _mixed_edges(spec.cell(k))  # type: ignore[arg-type]
+            if len(given[k]) != len(edges) or any(len(r) != len(e.candidates) for r, e in zip(given[k], edges)):
+                raise DiagnosticError([Diagnostic(f"{name}: cell '{k}' has {len(edges)} mixed edges of "
+                                                  f"{'/'.join(sorted({str(len(e.candidates)) for e in edges}))} ops; the {name} do not match")])  # fmt: skip
     cols = 2 if strengths else 1
-    rows = [len(alphas[k]) for k in kinds]
-    fig = Figure(figsize=(8.5 * cols, 1.6 + 0.34 * sum(rows) + 0.9 * len(kinds)))
+    heights = [len(alphas[k]) for k in kinds]
+    fig = Figure(figsize=(8.5 * cols, 1.6 + 0.34 * sum(heights) + 0.9 * len(kinds)))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(kinds), cols, squeeze=False, gridspec_kw={"height_ratios": rows})
+    axes = fig.subplots(len(kinds), cols, squeeze=False, gridspec_kw={"height_ratios": heights})
     for r, kind in enumerate(kinds):
         edges = _mixed_edges(spec.cell(kind))  # type: ignore[arg-type]
-        if len(alphas[kind]) != len(edges):
-            raise DiagnosticError([Diagnostic(f"alphas: cell '{kind}' has {len(edges)} mixed edges, the alphas give {len(alphas[kind])} rows")])
+        names, ops_ = [f"{e.src} -> {e.dst}" for e in edges], [e.candidates for e in edges]
         soft = [softmax(row) for row in alphas[kind]]
-        spread = sum(max(p) - min(p) for p in soft) / len(soft)
         picks = _derived_picks(derived, kind, edges)
-        _table(axes[r, 0], edges, soft, picks, "{:.3f}",
-               f"{kind}: softmax(alpha) (mean max - min per edge {spread:.2g})", "softmax(alpha) - 1/K")  # fmt: skip
+        table(axes[r, 0], names, ops_, soft, picks, "{:.3f}",
+              f"{kind}: softmax(alpha) (mean max - min per edge {mean_spread(soft):.2g})", "softmax(alpha) - 1/K")  # fmt: skip
         if strengths:
-            ax = axes[r, 1]
             if kind in strengths:
-                _table(ax, edges, strengths[kind], picks, "{:.2g}",
-                       f"{kind}: operation strength (OStr-DARTS Eq. 11)", "strength / edge total - 1/K")  # fmt: skip
+                table(axes[r, 1], names, ops_, strengths[kind], picks, "{:.2g}",
+                      f"{kind}: operation strength (OStr-DARTS Eq. 11)", "strength / edge total - 1/K")  # fmt: skip
             else:
-                ax.axis("off")
+                axes[r, 1].axis("off")
     fig.tight_layout()
-    if path is not None:
-        out = Path(path)
-        fmt = FORMATS.get(out.suffix.lower(), "png")
-        with_rc = {"svg.fonttype": "none", "svg.hashsalt": "nasir"}
-
-        def save(tmp: str) -> None:
-            from matplotlib import rc_context
-
-            with rc_context(with_rc):
-                fig.savefig(tmp, format=fmt, dpi=110, metadata=_metadata(fmt))
-
-        atomic_write_with(out, save)
     return fig

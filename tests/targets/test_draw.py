@@ -153,13 +153,14 @@ def _hand_softmax(row):
 def test_alphas_table_colours_uniform_with_the_centre_colour_and_either_side_apart(tmp_path):
     from matplotlib import colormaps
 
-    from nasir.targets.draw import DIVERGING, alphas_figure
+    from nasir.targets.draw import DIVERGING, alphas_figure, alphas_table
 
     spec = load(EXAMPLES / "nb201.cell")  # 6 mixed edges, K = 5 ops each
     rows = [[0.0] * 5 for _ in range(6)]  # rows 1..5 stay uniform: every share is exactly 1/5
     rows[0] = [0.0, 0.5, 0.0, 0.0, -0.5]  # edge 0: skip_connect above 1/5, avg_pool_3x3 below, the rest between
-    fig = alphas_figure(spec, {"nbcell": rows}, tmp_path / "alphas.png")
+    assert alphas_figure(spec, {"nbcell": rows}, tmp_path / "alphas.png") == tmp_path / "alphas.png"
     assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
+    fig = alphas_table(spec, {"nbcell": rows})
     (im,) = _images(fig)
     rgba = im.to_rgba(im.get_array())
     centre = colormaps[DIVERGING](0.5)
@@ -178,11 +179,11 @@ def test_alphas_table_colours_uniform_with_the_centre_colour_and_either_side_apa
 
 
 def test_alphas_table_annotates_every_cell_with_its_softmax_value(tmp_path):
-    from nasir.targets.draw import alphas_figure
+    from nasir.targets.draw import alphas_table
 
     spec = load(EXAMPLES / "nb201.cell")
     rows = [[0.1 * (r + 1) * (i - 2) for i in range(5)] for r in range(6)]
-    fig = alphas_figure(spec, {"nbcell": rows})
+    fig = alphas_table(spec, {"nbcell": rows})
     (ax,) = [a for a in fig.axes if a.images]
     texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert len(texts) == 30
@@ -195,7 +196,7 @@ def test_alphas_table_annotates_every_cell_with_its_softmax_value(tmp_path):
 def test_alphas_table_centres_each_row_on_its_own_k(tmp_path):
     from matplotlib import colormaps
 
-    from nasir.targets.draw import DIVERGING, alphas_figure
+    from nasir.targets.draw import DIVERGING, alphas_table
 
     spec = spec_of_text("""
         cell c {
@@ -208,7 +209,7 @@ def test_alphas_table_centres_each_row_on_its_own_k(tmp_path):
         }
     """)
     rows = [[0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # 1/2, 1/4 (uniform rows) and a tilted row of 3
-    fig = alphas_figure(spec, {"c": rows})
+    fig = alphas_table(spec, {"c": rows})
     (im,) = _images(fig)
     rgba = im.to_rgba(im.get_array())
     centre = colormaps[DIVERGING](0.5)
@@ -223,7 +224,7 @@ def test_alphas_table_centres_each_row_on_its_own_k(tmp_path):
 def test_strengths_beside_the_alphas_and_the_derived_picks_framed(tmp_path):
     from matplotlib.patches import Rectangle
 
-    from nasir.targets.draw import alphas_figure
+    from nasir.targets.draw import alphas_table
 
     spec = load(EXAMPLES / "nb201.cell")
     rows = [[0.0, 0.3, 0.1, 0.2, -0.1]] * 6
@@ -234,7 +235,7 @@ def test_strengths_beside_the_alphas_and_the_derived_picks_framed(tmp_path):
 
     edges = tuple(attrs.evolve(e, choice=None, op="nor_conv_3x3" if k == 0 else "skip_connect") for k, e in enumerate(derived.edges))
     derived_spec = attrs.evolve(spec, cells=(attrs.evolve(derived, edges=edges),))
-    fig = alphas_figure(spec, {"nbcell": rows}, tmp_path / "a.png", strengths={"nbcell": strengths}, derived=derived_spec)
+    fig = alphas_table(spec, {"nbcell": rows}, strengths={"nbcell": strengths}, derived=derived_spec)
     alpha_ax, strength_ax = [a for a in fig.axes if a.images]
     assert "softmax(alpha)" in alpha_ax.get_title() and "operation strength" in strength_ax.get_title()
     texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in strength_ax.texts}
@@ -246,7 +247,7 @@ def test_strengths_beside_the_alphas_and_the_derived_picks_framed(tmp_path):
     p = _hand_softmax(rows[0])
     assert f"per edge {max(p) - min(p):.2g})" in alpha_ax.get_title()
     # without strengths: one panel per cell kind
-    assert len([a for a in alphas_figure(spec, {"nbcell": rows}).axes if a.images]) == 1
+    assert len([a for a in alphas_table(spec, {"nbcell": rows}).axes if a.images]) == 1
 
 
 def spec_of_text(text):
@@ -302,3 +303,34 @@ def test_networkx_centred_labels_did_overlap_on_these_cells():
     for example in ("darts_v2.cell", "darts.cell"):
         texts, pads, _ = _label_boxes(draw_figure(load(EXAMPLES / example), spread_labels=False))
         assert len(_intersecting(pads)) > 0, example
+
+
+def test_alphas_of_the_wrong_shape_for_the_table_are_diagnostics():
+    from nasir.targets.draw import alphas_table
+
+    spec = load(EXAMPLES / "nb201.cell")
+    with pytest.raises(DiagnosticError, match="cell 'nbcell' has 6 mixed edges of 5 ops; the alphas do not match"):
+        alphas_table(spec, {"nbcell": [[0.0] * 5] * 5})
+    with pytest.raises(DiagnosticError, match="the strengths do not match"):
+        alphas_table(spec, {"nbcell": [[0.0] * 5] * 6}, strengths={"nbcell": [[0.0] * 4] * 6})
+
+
+def test_recurrent_alphas_table_is_centred_on_uniform_too():
+    from matplotlib import colormaps
+
+    from nasir.rnn.plots import alpha_figure
+    from nasir.rnn.space import SearchSpace
+    from nasir.targets.draw import DIVERGING
+
+    space = SearchSpace(nodes=2)  # rows (0, 1), (0, 2), (1, 2); ops none, tanh, relu, sigmoid, identity
+    rows = [[0.0] * 5, [0.0, 0.2, 0.0, 0.0, 0.0], [0.0] * 5]
+    fig = alpha_figure(space, rows)
+    (ax,) = [a for a in fig.axes if a.images]
+    rgba = ax.images[0].to_rgba(ax.images[0].get_array())
+    centre = colormaps[DIVERGING](0.5)
+    assert all(tuple(rgba[r, i]) == centre for r in (0, 2) for i in range(5))
+    assert rgba[1, 1][0] - rgba[1, 1][2] > 0.2 and rgba[1, 0][2] > rgba[1, 0][0]
+    p = _hand_softmax(rows[1])
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert texts[(1, 1)] == f"{p[1]:.3f}" and texts[(0, 0)] == "0.200"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["s0 -> s1", "s0 -> s2", "s1 -> s2"]
