@@ -256,7 +256,7 @@ def place_labels(fig: Any, labels: Sequence[EdgeLabel], node_boxes: Sequence[tup
     gap = 2.0  # pixels between two boxes
     placed: list[tuple[float, float, float, float]] = []
     obstacles = list(node_boxes)
-    for t in [ax.title for ax in {lab.ax: None for lab in labels}] + ([fig._suptitle] if fig._suptitle is not None else []):
+    for t in [ax.title for ax in {lab.ax: None for lab in labels}] + list(fig.texts):  # the axes' titles, the suptitle
         if t.get_text():
             e = t.get_window_extent(renderer)
             obstacles.append((e.x0, e.y0, e.x1, e.y1))

@@ -293,6 +293,12 @@ def test_no_two_edge_labels_overlap(example, alphas, n_labels):
     assert _intersecting(pads) == [] and _intersecting(extents) == []
     # the boxes are real (nonzero) and every label is horizontal
     assert all(b.width > 5 and b.height > 3 for b in pads) and all(t.get_rotation() == 0 for t in texts)
+    # nor does a label cover a node: square markers of node_size 900 pt^2, 30 pt a side, at the node centres
+    half = 15 * fig.dpi / 72
+    nodes = [(x - half, y - half, x + half, y + half) for ax in fig.axes for c in ax.collections if c.get_gid() == "nodes"
+             for x, y in ax.transData.transform(c.get_offsets())]  # fmt: skip
+    assert len(nodes) >= 10  # every cell drawn has at least 7 nodes; the DARTS files two cells
+    assert not [(p, n) for p in pads for n in nodes if p.x0 < n[2] and n[0] < p.x1 and p.y0 < n[3] and n[1] < p.y1]
 
 
 def test_networkx_centred_labels_did_overlap_on_these_cells():
