@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", help="parse and verify .cell files")
-    c.add_argument("files", nargs="+", type=Path)
+    c.add_argument("files", nargs="+", type=Path, help="'-' reads standard input (includes resolve from the current directory)")
     _add_set(c)
 
     f = sub.add_parser("fmt", help="lay out .cell text (lossless: comments, like, patterns, includes stay)")
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: cifar for a DARTS genotype, nb201 for an NB201 string)")  # fmt: skip
     im.add_argument("--name", help="the genotype to take from a file that defines several (e.g. DARTS_V2; "
                     "a key of a dict of genotypes, e.g. AutoDL's DARTS or Networks.DARTS)")
+    im.add_argument("--macro-from", type=Path, metavar="FILE.cell", help="place the cells in the network(s) of "
+                    "your own .cell file instead: its network is kept, its cells replaced")  # fmt: skip
     im.add_argument("-o", "--output", type=Path, help="the .cell file to write (default: stdout)")
     _add_set(im)
 
@@ -302,9 +304,11 @@ def cmd_check(args) -> int:
     errors: list[Diagnostic] = []
     from nasir.api import load
 
+    if sum(str(f) == "-" for f in args.files) > 1:
+        raise DiagnosticError([Diagnostic("'-' (standard input) can be checked once")])
     for f in args.files:
         try:
-            spec = load(f, overrides=args.overrides, network=args.network)
+            spec = _load_stdin(args.overrides, args.network) if str(f) == "-" else load(f, overrides=args.overrides, network=args.network)
             for w in spec.warnings:
                 print(w.render(), file=sys.stderr)
         except DiagnosticError as e:
@@ -314,6 +318,16 @@ def cmd_check(args) -> int:
     n = len(args.files)
     print(f"ok: {n} file{'s' * (n != 1)} checked", file=sys.stderr)
     return 0
+
+
+def _load_stdin(overrides, network=None):
+    """`nasir check -`: the spec on standard input, named <stdin> (as `nasir import -` reads a genotype)."""
+    from nasir.api import load
+    from nasir.frontend import read_stdin
+
+    text = read_stdin().text
+    # load() reads a string without a newline or '{' as a path; a final newline changes no position
+    return load(text if "\n" in text or "{" in text else text + "\n", overrides=overrides, name="<stdin>", network=network)
 
 
 def cmd_fmt(args) -> int:
@@ -420,8 +434,12 @@ def cmd_import(args) -> int:
     from nasir.io import atomic_write
     from nasir.lower import import_genotype
 
+    macro_from = args.macro_from
+    if macro_from is not None and args.macro is not None:
+        raise DiagnosticError([Diagnostic("--macro-from and --macro both name the network; give one")])
     with collect_notes() as notes:  # what a genotypes.py held besides genotypes (AutoDL's functions, classes)
-        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name)
+        text = import_genotype(args.genotype, args.macro, overrides=args.overrides, name=args.name, macro_from=macro_from,
+                               directory=args.output.parent if args.output is not None else Path.cwd())  # fmt: skip
     for note in notes:
         print(note.render(), file=sys.stderr)
     if args.output is None:

@@ -26,9 +26,9 @@ import attrs
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nasir import ir, limits, ops, printer
+from nasir import ir, limits, ops, printer, scan
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
-from nasir.frontend import describe_expected, gc_paused, read_source
+from nasir.frontend import describe_expected, gc_paused, read_source, read_stdin
 from nasir.macros import MACRO_CELLS, macro_text
 from nasir.source import SourceFile, Span, span_field
 
@@ -142,7 +142,6 @@ class _Pair:
     index_span: Span | None
 
 
-_OPEN, _CLOSE = "([", ")]"
 _MAX_DEPTH = 64
 _MAX_DIGITS = 18
 
@@ -254,50 +253,10 @@ def _transformer(source: SourceFile, base: int = 0) -> Transformer:
     return T()
 
 
-def _open_brackets(text: str, end: int) -> list[tuple[str, int]]:
-    """The brackets still open at offset `end` (strings and comments skipped), innermost last."""
-    stack: list[tuple[str, int]] = []
-    i = 0
-    while i < end:
-        c = text[i]
-        if c == "#":
-            j = text.find("\n", i)
-            i = len(text) if j < 0 else j
-            continue
-        if c in "'\"":
-            j = i + 1
-            while j < len(text) and text[j] not in (c, "\n"):
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
-            continue
-        if c in _OPEN:
-            stack.append((c, i))
-        elif c in _CLOSE and stack and _OPEN.index(stack[-1][0]) == _CLOSE.index(c):
-            stack.pop()
-        i += 1
-    return stack
-
-
 def _too_deep(source: SourceFile) -> Diagnostic | None:
     # The tree transformer recurses; refuse absurd nesting instead of overflowing the stack.
-    text, depth, i = source.text, 0, 0
-    while i < len(text):
-        c = text[i]
-        if c == "#":
-            j = text.find("\n", i)
-            i = len(text) if j < 0 else j
-            continue
-        if c in "'\"":
-            j = i + 1
-            while j < len(text) and text[j] not in (c, "\n"):
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
-            continue
-        depth += (c in _OPEN) - (c in _CLOSE)
-        if depth > _MAX_DEPTH:
-            return Diagnostic(f"brackets nested more than {_MAX_DEPTH} deep", source.span(i))
-        i += 1
-    return None
+    at = scan.too_deep(source.text, _MAX_DEPTH, scan.PYTHON)
+    return None if at is None else Diagnostic(f"brackets nested more than {_MAX_DEPTH} deep", source.span(at))
 
 
 _TOKEN_WORDS = {
@@ -320,10 +279,10 @@ def _syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark, text: 
     if isinstance(err, UnexpectedToken) and err.token.type == "$END":
         err = UnexpectedEOF(err.expected)  # type: ignore[assignment]
     if isinstance(err, UnexpectedEOF):
-        still_open = _open_brackets(text, len(text) if end is None else end)
+        still_open = scan.open_brackets(text, len(text) if end is None else end, scan.PYTHON)
         if still_open:
             ch, pos = still_open[-1]
-            closer = _CLOSE[_OPEN.index(ch)]
+            closer = scan.closer(ch, scan.PYTHON)
             return Diagnostic(f"'{ch}' is never closed", source.span(pos), f"add '{closer}' to close it")
         words, _ = _expected(p, set(err.expected))
         end = len(text.rstrip()) if end is None else len(text[:end].rstrip())
@@ -340,10 +299,10 @@ def _syntax_diagnostic(source: SourceFile, err: UnexpectedInput, p: Lark, text: 
     start = tok.start_pos or 0
     words, literals = _expected(p, set(err.expected))
     hint = None
-    still_open = _open_brackets(text, start)
+    still_open = scan.open_brackets(text, start, scan.PYTHON)
     if still_open:
         ch, pos = still_open[-1]
-        closer = _CLOSE[_OPEN.index(ch)]
+        closer = scan.closer(ch, scan.PYTHON)
         if closer in literals and str(tok) != closer:
             line, col = source.position(pos)
             hint = f"is a '{closer}' missing? the '{ch}' at {line}:{col} is still open"
@@ -381,54 +340,12 @@ class _Statement:
     compound: bool  # a definition or a control-flow block: never genotype data
 
 
-def _logical_lines(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every logical line with code: brackets, backslashes and triple-quoted strings continue it."""
-    out: list[tuple[int, int]] = []
-    i, n = 0, len(text)
-    while i < n:
-        start, depth, code = i, 0, False
-        while i < n:
-            c = text[i]
-            if c == "#":
-                j = text.find("\n", i)
-                i = n if j < 0 else j
-                continue
-            if c == "\n":
-                if depth == 0:
-                    break
-            elif c == "\\" and text.startswith("\n", i + 1):
-                i += 2
-                continue
-            elif c in "'\"":
-                code = True
-                if text.startswith(c * 3, i):
-                    j = text.find(c * 3, i + 3)
-                    i = n if j < 0 else j + 3
-                    continue
-                j = i + 1
-                while j < n and text[j] not in (c, "\n"):
-                    j += 2 if text[j] == "\\" else 1
-                i = j + 1 if j < n and text[j] == c else j
-                continue
-            elif c in "([{":
-                depth, code = depth + 1, True
-            elif c in ")]}":
-                depth, code = max(0, depth - 1), True
-            elif not c.isspace():
-                code = True
-            i += 1
-        if code:
-            out.append((start, i))
-        i += 1
-    return out
-
-
 def _statements(text: str) -> list[_Statement]:
     """Top-level statements: a line at column 0 starts one; indented lines belong to the block above them."""
     out: list[_Statement] = []
     decorator = False  # the line before was `@decorator`: its def or class follows
-    for a, b in _logical_lines(text):
-        first = _skip_trivia(text, a)
+    for a, b in scan.logical_lines(text, scan.PYTHON):
+        first = scan.skip_trivia(text, scan.PYTHON, a)
         indented = first > a and text[first - 1] != "\n"
         if out and out[-1].compound and (indented or decorator or _CONTINUES.match(text, first)):
             out[-1] = attrs.evolve(out[-1], end=b)
@@ -468,7 +385,7 @@ def _parse_file(source: SourceFile) -> tuple[list[_Stmt], list[_Statement], Diag
         try:
             tree = p.parse(chunk, start="start")
         except UnexpectedInput as err:
-            blanked = _blank_outside(text, st.start, st.end)
+            blanked = scan.blank_outside(text, st.start, st.end)
             diag = DiagnosticError([_syntax_diagnostic(source, _shift(err, st.start), p, blanked, st.end)])
             if _GENOTYPE_LIKE.search(chunk):
                 raise diag from None
@@ -523,25 +440,6 @@ def _note(d: Diagnostic) -> None:
     notes = _NOTES.get()
     if notes is not None:
         notes.append(d)
-
-
-def _blank_outside(text: str, a: int, b: int) -> str:
-    def blank(s: str) -> str:
-        return "".join(c if c == "\n" else " " for c in s)
-
-    return blank(text[:a]) + text[a:b] + blank(text[b:])
-
-
-def _skip_trivia(text: str, i: int = 0) -> int:
-    while i < len(text):
-        if text[i].isspace():
-            i += 1
-        elif text[i] == "#":
-            j = text.find("\n", i)
-            i = len(text) if j < 0 else j
-        else:
-            break
-    return i
 
 
 # ---- meaning -----------------------------------------------------------------------------------
@@ -940,7 +838,7 @@ def parse_genotype(text: str, name: str | None = None, *, source_name: str = "<s
 
 def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotype:
     source = SourceFile(source_name, text)
-    start = _skip_trivia(text)
+    start = scan.skip_trivia(text, scan.PYTHON)
     if start < len(text) and text[start] == "|":
         nodes, span = _parse(source, "nb201")
         return _nb201_from_nodes(nodes, span)
@@ -954,7 +852,7 @@ def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotyp
                          severity="note"))  # fmt: skip
     if value.kind == "str":
         a, b = value.offsets  # type: ignore[misc]
-        nodes, span = _parse(source, "nb201", _blank_outside(text, a, b))
+        nodes, span = _parse(source, "nb201", scan.blank_outside(text, a, b))
         return _nb201_from_nodes(nodes, span)
     if _is_structure_call(value):
         return _nb201_from_structure(value)
@@ -964,7 +862,7 @@ def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotyp
 def read_genotype(path: str | Path, name: str | None = None) -> AnyGenotype:
     """`parse_genotype` of a file; `-` reads standard input (reported as `<stdin>`)."""
     if str(path) == "-":
-        return parse_genotype(sys.stdin.read(), name, source_name="<stdin>")
+        return parse_genotype(read_stdin().text, name, source_name="<stdin>")
     source = read_source(path)
     return parse_genotype(source.text, name, source_name=source.name)
 

@@ -99,7 +99,8 @@ def _checkpoint_problem(e: BaseException, path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a checkpoint file: a bare state_dict or a dict holding one under "model"/"state_dict".
+    """A state_dict from a checkpoint file: a bare state_dict or a dict holding one under "model"/"state_dict"
+    or "net_state_dict" (AutoDL's NAS-Bench-201 training record, docs/autodl.md).
 
     Loaded with `weights_only=True`: a checkpoint is data, never code. DataParallel's `module.` prefix is removed.
     """
@@ -114,11 +115,11 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise DiagnosticError([Diagnostic(f"cannot load checkpoint '{p}': {_checkpoint_problem(e, p)}", None,
                                           "save weights with torch.save(model.state_dict(), path); they are loaded with weights_only=True")]) from None  # fmt: skip
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in ("model", "state_dict", "net_state_dict") if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             keys = ", ".join(map(str, list(obj)[:5]))
             raise DiagnosticError([Diagnostic(f"checkpoint '{p}' holds no state_dict (keys: {keys})", None,
-                                              "expected a state_dict, or a dict with one under 'model' or 'state_dict'")])  # fmt: skip
+                                              "expected a state_dict, or a dict with one under 'model', 'state_dict' or 'net_state_dict'")])  # fmt: skip
         obj = inner
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise DiagnosticError([Diagnostic(f"checkpoint '{p}' is not a state_dict (a mapping of names to tensors)")])
@@ -283,24 +284,39 @@ def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *,
 
 # ---- genotypes ---------------------------------------------------------------------------------------
 def import_genotype(path: str | Path, macro: str | None = None, *, overrides: Sequence[str] | None = None,
-                    name: str | None = None) -> str:  # fmt: skip
+                    name: str | None = None, macro_from: str | Path | None = None,
+                    directory: str | Path | None = None) -> str:  # fmt: skip
     """The library side of `nasir import`: a genotype file (`-`: stdin) -> `.cell` text in a macro network.
 
+    `macro_from`: a `.cell` file whose network(s) take the genotype's cells instead of a canonical
+    macro (nasir/user_macro.py); `macro` and `macro_from` exclude each other. `directory`: where the
+    text will be written, for the paths of the `ops` files `macro_from` names (default: its directory).
     `overrides` ("name=value") become the defaults of the macro's parameters in the text, so the
     file states the network it was imported for; they are checked like `--set` (unknown names, bad values).
     """
     from nasir.genotype import genotype_to_spec_text, read_genotype
 
+    if macro is not None and macro_from is not None:
+        raise DiagnosticError([Diagnostic(f"macro '{macro}' and macro_from '{macro_from}' both name the network; give one")])
+    if macro_from is not None:
+        from nasir.user_macro import import_into_network
+
+        text = import_into_network(path, macro_from, name=name, directory=directory)
+        where = Path(directory) if directory is not None else Path(macro_from).parent
+        return set_defaults(text, list(overrides or []), str(where / "imported.cell"))
     g = read_genotype(path, name)
     text = genotype_to_spec_text(g, macro=macro, source_name=None if str(path) == "-" else str(path))
     return set_defaults(text, list(overrides or []))
 
 
-def set_defaults(text: str, overrides: Sequence[str]) -> str:
-    """Rewrite the parameter defaults of the first network in `.cell` text; comments and layout stay."""
+def set_defaults(text: str, overrides: Sequence[str], name: str = "<imported>") -> str:
+    """Rewrite the parameter defaults of the first network in `.cell` text; comments and layout stay.
+
+    `name`: the path the text will have, against which its `ops` lines resolve (they point to files
+    the text's origin already loaded, so they may lie outside its directory tree)."""
     if not overrides:
         return text
-    spec = load(text, name="<imported>", overrides=list(overrides))
+    spec = load(text, name=name, overrides=list(overrides), allow_include_outside=True)
     values, _ = parse_overrides(list(overrides))
     net = spec.network()
     assert net is not None  # load() reported '--set given but the spec declares no network'

@@ -157,6 +157,22 @@ def test_tinynetwork_checkpoint_gives_the_same_logits(arch, n, tmp_path):
         assert not torch.allclose(nasir_net(arch, 4, n, tmp_path)(x), expected, atol=1e-3)
 
 
+def test_autodl_training_record_is_unwrapped_from_net_state_dict(tmp_path):
+    # AutoDL's NAS-Bench-201 training (procedures/funcs_nasbench.py, evaluate_for_seed) saves a record with
+    # the metrics beside the weights under "net_state_dict"; the fields here are that record's kinds of value.
+    ref = randomized(RefTinyNetwork(4, 1, nodes_of(FULL), 10), seed=5)
+    record = {
+        "flop": 1.5, "param": 0.01, "channel": 4, "num_cells": 1, "config": {"name": "cifar", "epochs": 200},
+        "total_epoch": 200, "train_losses": {0: 2.3, 1: 2.1}, "valid_acc1es": {"ori-test@0": 10.0},
+        "net_state_dict": ref.state_dict(), "net_string": "TinyNetwork(...)", "finish-train": True,
+    }  # fmt: skip
+    torch.save(record, tmp_path / "record.pth")
+    ours = nasir_net(FULL, 4, 1, tmp_path, weights=tmp_path / "record.pth")
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x)[1], atol=1e-6, rtol=0)
+
+
 def test_tinynetwork_checkpoint_of_another_architecture_is_refused_at_the_edge(tmp_path):
     other = FULL.replace("|nor_conv_3x3~0|+", "|nor_conv_1x1~0|+")  # edge 1<-0 is a 1x1 conv in the checkpoint
     ckpt = saved(randomized(RefTinyNetwork(4, 1, nodes_of(other), 10), seed=1), tmp_path / "other.pth")

@@ -473,6 +473,18 @@ def test_missing_bracket_hint_names_the_open_bracket():
     assert info.value.diagnostics[0].hint == "is a ']' missing? the '[' at 1:17 is still open"
 
 
+def test_dict_nesting_is_bounded_like_list_nesting_and_an_open_brace_is_named():
+    # Dicts (AutoDL's `Networks = {...}`) nest through the recursive tree transformer as lists do: 65
+    # levels are refused at the 65th '{' (column 4 + 64 * len("{'a': ") + 1), not a RecursionError.
+    deep = "X = " + "{'a': " * 3000 + "1" + "}" * 3000
+    assert errors(deep) == [f"1:{4 + 64 * 6 + 1}: brackets nested more than 64 deep"]
+    text = 'X = {"a": [1, 2]'
+    with pytest.raises(DiagnosticError) as info:
+        parse_genotype(text)
+    d = info.value.diagnostics[0]
+    assert (d.span.line, d.span.col, d.message, d.hint) == (1, 5, "'{' is never closed", "add '}' to close it")
+
+
 def test_eval_bait_is_an_error_and_never_runs(tmp_path):
     marker = tmp_path / "owned"
     bait = f"__import__('pathlib').Path('{marker}').touch()"

@@ -15,10 +15,11 @@ from test_import_cycles import ROOT, _graph, _modules
 LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("front end", "text <-> IR with spans and diagnostics, and the tables the parser checks names against; no torch",
      ("nasir.source", "nasir.diagnostics", "nasir.limits", "nasir.io", "nasir.ir", "nasir.frontend", "nasir.grammar",
-      "nasir.genotype", "nasir.fmt", "nasir.printer", "nasir.macros", "nasir.ops", "nasir.rnn.space", "nasir.rnn.text")),
+      "nasir.genotype", "nasir.fmt", "nasir.printer", "nasir.macros", "nasir.ops", "nasir.rnn.space", "nasir.rnn.text",
+      "nasir.syntax", "nasir.scan")),
     ("ir", "meaning of the IR: network elaboration, the verifier, analysis, `load` (parse + verify), provenance records",
      ("nasir.macro", "nasir.verify", "nasir.analysis", "nasir.api", "nasir.provenance", "nasir.rnn.check", "nasir.rnn.info",
-      "nasir.layers")),
+      "nasir.layers", "nasir.user_macro")),
     ("passes", "IR -> IR transformations, the pass manager and the pipelines (nasir.rnn.lower lowers with them)",
      ("nasir.pipeline", "nasir.passes", "nasir.rnn.lower")),
     ("runtime", "torch: modules, targets, search, training, language models, lowering to files",

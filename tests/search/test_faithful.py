@@ -164,7 +164,7 @@ cell c {
 
 def derivation(first_edge_wins: bool) -> ir.Spec:
     """The same architecture, with n1's two kept edges ranked one way or the other."""
-    spec = PassManager([MixedOps()]).run(spec_of(RANKED))
+    spec = PassManager([MixedOps()]).apply(spec_of(RANKED))
     c = spec.cell("c")
     rows = []
     for e in sorted((e for e in c.edges if e.alpha is not None), key=lambda e: e.alpha):
@@ -182,7 +182,7 @@ def test_architectures_that_differ_only_in_edge_rank_compare_equal():
     edges = {(e.src, e.dst, e.op) for e in one.cell("c").edges}
     assert edges == {("a", "n0", "sep_conv_3x3"), ("b", "n0", "sep_conv_3x3"), ("a", "n1", "sep_conv_3x3"),
                      ("n0", "n1", "sep_conv_3x3")}  # fmt: skip
-    changed = Derive({"c": [[0.0, 0.9, 0.1]] * 5}).run(PassManager([MixedOps()]).run(spec_of(RANKED))).spec
+    changed = Derive({"c": [[0.0, 0.9, 0.1]] * 5}).run(PassManager([MixedOps()]).apply(spec_of(RANKED))).spec
     assert architecture_key(changed) != architecture_key(one)
 
 
@@ -217,7 +217,7 @@ def _ops_of(spec) -> dict[tuple[str, str], str]:
 
 
 def test_nb201_derivation_takes_the_argmax_over_all_ops_none_included():
-    spec = PassManager([MixedOps()]).run(spec_of(NB201))
+    spec = PassManager([MixedOps()]).apply(spec_of(NB201))
     c = spec.cell("c")
     ops_ = c.alpha_rows[0]
     g = torch.Generator().manual_seed(0)
@@ -238,7 +238,7 @@ def test_nb201_derivation_takes_the_argmax_over_all_ops_none_included():
 
 
 def test_a_cell_with_keep_still_drops_none_and_drop_none_false_keeps_it():
-    spec = PassManager([MixedOps()]).run(spec_of(DARTSLIKE))
+    spec = PassManager([MixedOps()]).apply(spec_of(DARTSLIKE))
     c = spec.cell("c")
     ops_ = c.alpha_rows[0]
     scores = [[0.9 if o == "none" else 0.1 + 0.01 * i for i, o in enumerate(ops_)] for _ in c.alpha_rows]
@@ -263,7 +263,7 @@ cell c {
 
 
 def test_empty_code_removes_the_node_for_every_combination_of_codes():
-    spec = PassManager([MixedOps(), Topology()]).run(spec_of(ANY))
+    spec = PassManager([MixedOps(), Topology()]).apply(spec_of(ANY))
     c = spec.cell("c")
     rows = c.beta_rows
     scores = [[0.2, 0.8]] * len(c.alpha_rows)  # sep_conv_3x3 on every kept edge
@@ -293,7 +293,7 @@ def test_empty_code_removes_the_node_for_every_combination_of_codes():
 
 
 def test_empty_code_reading_applies_only_to_outputs_any():
-    spec = PassManager([MixedOps(), Topology()]).run(spec_of(ANY.replace("outputs any", "outputs 1")))
+    spec = PassManager([MixedOps(), Topology()]).apply(spec_of(ANY.replace("outputs any", "outputs 1")))
     c = spec.cell("c")
     assert removed_nodes(c, [torch.zeros(len(r.codes)) for r in c.beta_rows]) == set()
 

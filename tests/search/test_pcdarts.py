@@ -96,7 +96,7 @@ cell c {
   output concat(n0..n2)
 }
 """
-    return PassManager([MixedOps()]).run(spec_of(text)).cell("c")
+    return PassManager([MixedOps()]).apply(spec_of(text)).cell("c")
 
 
 def test_edge_normalization_is_a_softmax_over_each_nodes_input_edges():

@@ -36,7 +36,7 @@ cell c {{
 }}
 """
     )
-    return PassManager([MixedOps(), Topology()], verify=True).run(spec_of(text))
+    return PassManager([MixedOps(), Topology()], verify=True).apply(spec_of(text))
 
 
 def softmax(xs: list[float]) -> list[float]:
@@ -162,7 +162,7 @@ def probs_to_betas(ps: list[list[float]]) -> list[torch.Tensor]:
 
 def small_any():
     # a, b -> n0, n1; n0 -> n1. Rows: a, b: (), (n0), (n1), (n0, n1); n0: (), (n1).
-    return PassManager([MixedOps(), Topology()]).run(spec_of(OPS + """
+    return PassManager([MixedOps(), Topology()]).apply(spec_of(OPS + """
 cell c {
   inputs a, b
   nodes n0, n1
