@@ -173,6 +173,7 @@ def test_an_expression_at_the_depth_limit_still_works():
           output n0
         }}
         network n(C = {' + '.join(['1'] * (depth + 1))}) {{
+          stem conv3x3(C), bn
           stack 1 cells(C): c
           head global_avg_pool, linear(2)
         }}
