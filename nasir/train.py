@@ -15,7 +15,6 @@ on the sum of RetinaNet's two losses; best.pt is the lowest held-out loss. Both 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -31,9 +30,13 @@ import torch.nn.functional as F
 from nasir import device as dv
 from nasir import finite, ir, limits
 from nasir import provenance as prov
+from nasir.data import classification as data_mod
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write_with, remove_stale_temporaries, writable_dir
-from nasir.search import data as data_mod
+from nasir.runtime.dist import Dist, init_distributed, shard
+from nasir.runtime.loop import Control
+from nasir.runtime.metrics import MetricsLog
+from nasir.runtime.state import load_checkpoint, save_checkpoint
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DARTS, Sec. 3.3 / train.py: 600 epochs, batch 96, SGD 0.025 cosine, momentum 0.9, wd 3e-4,
@@ -123,37 +126,6 @@ class TrainConfig:
 _LAST_MODEL_STATE: dict[str, torch.Tensor] = {}  # the weights the last train() in this process ended with
 
 
-# ---- distributed ----------------------------------------------------------------------------------
-@attrs.frozen
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK; start the process group once (NCCL on CUDA, gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def shard(idx: torch.Tensor, d: Dist) -> torch.Tensor:
-    """This rank's part of a global batch: equal contiguous slices (the global batch must divide)."""
-    if d.world == 1:
-        return idx
-    n = len(idx) // d.world
-    return idx[d.rank * n : (d.rank + 1) * n]
-
-
 # ---- the loop -------------------------------------------------------------------------------------
 def cutout(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     """DARTS' Cutout (utils.py): per image a centre (y, x) anywhere; rows y - size//2 .. y + size//2 - 1
@@ -186,7 +158,7 @@ def evaluate(model: torch.nn.Module, data: data_mod.Data, idx: torch.Tensor, dev
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
         for i in range(0, len(idx), batch):
-            x, y = data.batch(idx[i : i + batch])
+            x, y = data.batch(idx[i : i + batch], train=False)  # evaluation never augments (as the search's)
             x, y = dv.to_device(x, device), dv.to_device(y, device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -292,8 +264,9 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
     # fp16 autocast on CUDA needs loss scaling; the scaler's state (scale, growth tracker) is part of
     # last.pt, so a resumed run scales and skips exactly the steps an uninterrupted one does.
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf if task.higher else math.inf}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf if task.higher else math.inf, "metrics_lines": 0}
     sums: dict[str, Any] = {}
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=d.main)
     if resume and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
         if ck.get("task", "classification") != task.name:
@@ -313,21 +286,22 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
             raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' was written with other settings: {str(e).strip().splitlines()[0]}",
                                               hint="resume with the settings the run started with (--set, --preset, --device, ...)")]) from None  # fmt: skip
         state, sums = ck["state"], ck["sums"]
+        # metrics.jsonl is appended before last.pt is saved: a kill between the two left a line this
+        # checkpoint has not seen, and the epoch runs again. Keep the lines it has seen (docs/runtime.md).
+        # (A last.pt from before this field: every epoch it finished has its line.)
+        state.setdefault("metrics_lines", state["epoch"])
+        metrics.truncate(state["metrics_lines"])
         for note in dv.restore_rng(ck["rng"]):
             if d.main:
                 print(f"nasir: resume: {note}", file=sys.stderr)
     steps = math.ceil(len(task.train_idx) / cfg.batch_size)
     if cfg.limit_batches is not None:
         steps = min(steps, cfg.limit_batches)
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs * steps, initial=state["epoch"] * steps + state["step"], desc=f"train {task.name}",
-                   unit="step", dynamic_ncols=True)  # fmt: skip
+    control = Control(total=cfg.epochs * steps, initial=state["epoch"] * steps + state["step"], progress=progress, main=d.main,
+                      desc=f"train {task.name}", stop_after_steps=stop_after_steps)  # fmt: skip
+    bar, stop = control.bar, control.stop
     last: dict[str, Any] = {}
     done = 0
-    stop = dv.StopFlag()
     benchmark = dv.fixed_shapes(dev) if task.fixed_shapes else False
 
     watch = finite.FiniteWatch()  # the first step whose loss was not finite, kept on the device (nasir/finite.py)
@@ -381,7 +355,7 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                             if d.world == 1:  # (under torchrun every rank checks at the same points, below)
                                 check_losses(epoch)
                             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{float(sums['loss']) / max(1.0, float(sums['seen'])):.3f}")
-                    if stop.agreed() or (stop_after_steps is not None and done >= stop_after_steps):
+                    if control.should_stop(done):
                         check_losses(epoch)
                         save()
                         raise TrainInterrupted(out, epoch, state["step"])
@@ -405,20 +379,17 @@ def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *
                     last["gpu_peak_mb"] = peak
                 score = valid[task.score]
                 improved = score >= state["best"] if task.higher else score <= state["best"]
-                state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"]}
+                if d.main and improved:
+                    best = {**task.best_payload(last), "provenance": task.provenance}
+                    atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
+                metrics.append(last)  # then last.pt, which records the line count (MetricsLog: idempotent resume)
+                state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"], "metrics_lines": metrics.lines}
                 sums = {}
-                if d.main:
-                    if improved:
-                        best = {**task.best_payload(last), "provenance": task.provenance}
-                        atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
-                    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps(last) + "\n")
                 save()
                 if callback is not None:
                     callback(last)
     finally:
-        if bar is not None:
-            bar.close()
+        control.close()
         if benchmark:
             torch.backends.cudnn.benchmark = False
     last[f"best_{task.score}"] = state["best"]
@@ -441,15 +412,9 @@ def _diverged(out: Path, what: str, step: int | None) -> finite.NonFiniteError:
 
 def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
     """last.pt, written by rank 0; every rank calls it (the RNG states of all ranks are gathered)."""
-    rng = dv.rng_state()
-    if d.main:
-        ck = {"task": task.name, **task.extra, "provenance": task.provenance, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
-              "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng}  # fmt: skip
-        atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
-    if d.world > 1:  # the others wait for the file: a rank that resumes at once must read this checkpoint
-        import torch.distributed as dist
-
-        dist.barrier()
+    save_checkpoint(out / "last.pt", d, lambda rng: {
+        "task": task.name, **task.extra, "provenance": task.provenance, "model": task.model.state_dict(),
+        "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng})  # fmt: skip
 
 
 def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",
@@ -688,16 +653,6 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
               score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config},
               provenance=run_provenance(spec, p, "detection", cfg, data))  # fmt: skip
     return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint read onto the CPU (its RNG states must stay there); load_state_dict moves the rest."""
-    try:
-        return dv.load_on_cpu(path)
-    except FileNotFoundError:
-        raise DiagnosticError([Diagnostic(f"cannot read checkpoint '{path}': no such file")]) from None
-    except Exception as e:  # a corrupt or foreign file: say so, no traceback
-        raise DiagnosticError([Diagnostic(f"'{path}' is not a readable nasir checkpoint: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]) from None
 
 
 def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str | None = None, *, overrides=None, device: str = "auto",

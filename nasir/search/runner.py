@@ -55,10 +55,12 @@ import torch.nn.functional as F
 from nasir import device as dv
 from nasir import finite, ir
 from nasir import provenance as prov
+from nasir.data import classification as data_mod
 from nasir.diagnostics import Diagnostic, DiagnosticError, error_at
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import Plan
-from nasir.search import data as data_mod
+from nasir.runtime.dist import init_distributed
+from nasir.runtime.state import save_checkpoint
 from nasir.search import smoothing
 from nasir.search.architect import Architect, all_reduce_mean, buffers_kept, weight_step
 from nasir.search.milenas import three_way_split
@@ -387,8 +389,6 @@ class Search:
         self.device = torch.device(options.device)
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # this process's GPU (nasir.device.select_device chose it)
-        from nasir.train import init_distributed
-
         # Under torchrun every rank takes an equal slice of each global batch; every gradient is
         # averaged over the ranks (architect.all_reduce_mean), so weights and alphas stay identical.
         self.dist = init_distributed(self.device)
@@ -481,20 +481,14 @@ class Search:
 
     def save(self) -> None:
         """checkpoint.pt; every rank calls it (their RNG states are gathered), rank 0 writes it."""
-        rng = dv.rng_state()
-        if self.dist.main:
+        def make(rng: dict[str, Any]) -> dict[str, Any]:
             state = self.state_dict(rng)
             if not finite.state_is_finite(state["model"]):  # the losses were finite, but the last step's update was not
                 raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + (self.step == 0)}"
                                      f"{f', step {self.step}' if self.step else ''}")  # fmt: skip
-            atomic_write_with(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-        if self.dist.world > 1:
-            # The other ranks wait until the file is written: a rank that stops and resumes at once must read
-            # this checkpoint, not the one before it (else the ranks resume at different steps and their
-            # all-reduces no longer pair up).
-            import torch.distributed as dist
+            return state
 
-            dist.barrier()
+        save_checkpoint(self.out / CHECKPOINT, self.dist, make)  # rank 0 writes, the others wait for the file
 
     def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
         kept = "checkpoint.pt keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"

@@ -1,0 +1,1 @@
+"""Data loaders: classification (nasir.data.classification) and COCO detection (nasir.data.coco)."""
