@@ -36,6 +36,7 @@ from nasir.io import atomic_write_with, remove_stale_temporaries, writable_dir
 from nasir.runtime.dist import Dist, init_distributed, shard
 from nasir.runtime.loop import Control
 from nasir.runtime.metrics import MetricsLog
+from nasir.runtime.settings import setting_diagnostic
 from nasir.runtime.state import load_checkpoint, save_checkpoint
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -102,25 +103,25 @@ class TrainConfig:
         return cfg
 
     def check(self) -> None:
-        """Every out-of-range setting, as flag errors (the CLI points them at the flag)."""
+        """Every out-of-range setting, as errors named by the setting (the CLI points them at its flag)."""
         errors = []
         for name in ("epochs", "batch_size", "limit_batches", "min_size", "max_size", "fpn_channels"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                errors.append(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v}")
+                errors.append(setting_diagnostic(name, f"must be a whole number >= 1, got {v}"))
         if self.cutout is not None and self.cutout < 0:
-            errors.append(f"--cutout must be >= 0, got {self.cutout}")
+            errors.append(setting_diagnostic("cutout", f"must be >= 0, got {self.cutout}"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= limits.MAX_SEED:
-            errors.append(f"--seed must be a whole number in 0..{limits.MAX_SEED}, got {self.seed}")
+            errors.append(setting_diagnostic("seed", f"must be a whole number in 0..{limits.MAX_SEED}, got {self.seed}"))
         # NaN is not `< 0`: every float setting must also be finite (issue 14, item 2). --grad-clip 0
         # means no clipping (clipping every gradient to norm 0 would zero them all).
-        errors += finite.check_settings(attrs.asdict(self), nonnegative=("lr", "weight_decay", "auxiliary_weight", "grad_clip",
-                                                                         "momentum", "lr_min"),
-                                        positive=("gamma",), unit=("drop_path", "label_smoothing", "hflip"))  # fmt: skip
+        errors += finite.setting_problems(attrs.asdict(self), nonnegative=("lr", "weight_decay", "auxiliary_weight", "grad_clip",
+                                                                           "momentum", "lr_min"),
+                                          positive=("gamma",), unit=("drop_path", "label_smoothing", "hflip"))  # fmt: skip
         if not (0 < self.holdout < 1):
-            errors.append(f"the held-out fraction must be between 0 and 1 (exclusive), got {self.holdout}")
+            errors.append(Diagnostic(f"the held-out fraction must be between 0 and 1 (exclusive), got {self.holdout}"))
         if errors:
-            raise DiagnosticError([Diagnostic(m) for m in dict.fromkeys(errors)])
+            raise DiagnosticError(list(dict.fromkeys(errors)))
 
 
 _LAST_MODEL_STATE: dict[str, torch.Tensor] = {}  # the weights the last train() in this process ended with
