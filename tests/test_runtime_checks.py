@@ -127,7 +127,7 @@ def test_a_nan_loss_stops_training_naming_its_step_and_keeps_the_last_finite_che
     assert e.value.step == 2 and "the training loss is nan at epoch 2, step 1 (of 2)" in message, message
     assert "keeps the last finite state (at the end of epoch 1)" in message
     ck = load_checkpoint(tmp_path / "last.pt")
-    assert ck["state"] == {"epoch": 1, "step": 0, "best": ck["state"]["best"]} and all_finite(ck["model"])
+    assert ck["state"] == {"epoch": 1, "step": 0, "best": ck["state"]["best"], "metrics_lines": 1} and all_finite(ck["model"])
     assert all_finite(load_checkpoint(tmp_path / "best.pt")["model"])
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 

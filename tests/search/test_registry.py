@@ -118,3 +118,34 @@ def test_the_derived_spec_of_a_result_carries_the_overrides(tmp_path):
     assert stem_channels(nasir.build(load(tmp_path / "derived.cell"))) == 6
     default = {p.name: p.default for p in load(EXAMPLES / "digits.cell").networks[0].params}["C"]
     assert default.value != 2  # else the test could not tell
+
+
+def _imports(path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_the_runtime_imports_neither_search_nor_training_and_they_do_not_import_each_other():
+    from pathlib import Path
+
+    import nasir
+
+    root = Path(nasir.__file__).parent
+    for f in sorted((root / "runtime").glob("*.py")):
+        bad = {m for m in _imports(f) if m.startswith(("nasir.search", "nasir.train", "nasir.rnn", "nasir.methods"))}
+        assert not bad, (f.name, bad)
+    for f in sorted((root / "methods").glob("*.py")):  # the registry sits below the loops that read it
+        bad = {m for m in _imports(f) if m.startswith(("nasir.search.loop", "nasir.search.runner", "nasir.search.settings", "nasir.train"))}
+        assert not bad, (f.name, bad)
+    assert not {m for m in _imports(root / "train.py") if m.startswith("nasir.search")}
+    for f in sorted((root / "search").glob("*.py")):
+        assert not {m for m in _imports(f) if m.startswith("nasir.train")}, f.name
