@@ -149,3 +149,21 @@ def test_the_runtime_imports_neither_search_nor_training_and_they_do_not_import_
     assert not {m for m in _imports(root / "train.py") if m.startswith("nasir.search")}
     for f in sorted((root / "search").glob("*.py")):
         assert not {m for m in _imports(f) if m.startswith("nasir.train")}, f.name
+
+
+def test_every_argument_of_an_entry_is_a_library_keyword_and_belongs_to_its_entry():
+    """The registry's parameters are the search's keywords (FLAGS); one set for an entry not chosen is an error,
+    not silently ignored."""
+    from nasir.search.settings import FLAGS
+
+    options = {p.option for kind in methods.KINDS for e in methods.REGISTRY[kind].values() for p in e.params}
+    assert options == {"order", "partial_channels", "mixed_level", "strength_window", "eps_end", "adv_steps"} <= set(FLAGS)
+    spec = spec_of(TINY_SPACE)
+    assert make_options(spec, smooth="rs", eps_end=0.2, **KW).eps_end == 0.2
+    assert make_options(spec, method="milenas", mixed_level=0.5, **KW).mixed_level == 0.5
+    for flags, message in [(dict(eps_end=0.2), "eps_end 0.2 does not apply to smooth none"),
+                           (dict(smooth="rs", adv_steps=3), "adv_steps 3 does not apply to smooth rs"),
+                           (dict(strength_window=4), "strength_window 4 does not apply to select magnitude"),
+                           (dict(smooth="adv", adv_steps=0), "adv_steps must be a whole number >= 1, got 0")]:  # fmt: skip
+        with pytest.raises(DiagnosticError, match=message):
+            make_options(spec, **flags, **KW)
