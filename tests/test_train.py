@@ -283,11 +283,11 @@ def test_evaluation_does_not_augment(monkeypatch):
 def test_a_kill_between_the_metrics_line_and_the_checkpoint_does_not_duplicate_the_line(tmp_path, monkeypatch):
     """Simulated kill: last.pt's save at the end of epoch 2 dies after that epoch's metrics line was written.
     The resumed run's metrics.jsonl has one line per epoch, equal to an uninterrupted run's (but for the times)."""
-    import nasir.train as tr
+    import nasir.runtime.fit as tr  # the loop saves last.pt through save_last
 
     spec = spec_of(TINY)
     train(spec, "synthetic:128", tmp_path / "a", cfg(), progress=False)
-    real_save, calls = tr._save, []
+    real_save, calls = tr.save_last, []
 
     def dying_save(out, task, opt, scaler, state, sums, d):
         calls.append(dict(state))
@@ -295,11 +295,11 @@ def test_a_kill_between_the_metrics_line_and_the_checkpoint_does_not_duplicate_t
             raise SystemExit("killed")  # after metrics.jsonl got epoch 2's line, before last.pt records it
         real_save(out, task, opt, scaler, state, sums, d)
 
-    monkeypatch.setattr(tr, "_save", dying_save)
+    monkeypatch.setattr(tr, "save_last", dying_save)
     with pytest.raises(SystemExit):
         train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False)
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2  # the line the kill orphaned
-    monkeypatch.setattr(tr, "_save", real_save)
+    monkeypatch.setattr(tr, "save_last", real_save)
     train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, resume=True)
 
     def lines(p):
