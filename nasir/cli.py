@@ -24,16 +24,32 @@ def _command_line() -> tuple[list[str], SourceFile]:
     return argv, SourceFile("<command line>", "nasir " + shlex.join(argv))
 
 
+def _flag_of(setting: str) -> str:
+    """The flag of a search or train setting (nasir/runtime/settings.py): the search's own table
+    (nasir/search/cli.py SETTING_FLAGS: partial_channels -> --pc-k), else `--` and the name with dashes."""
+    from nasir.search.cli import SETTING_FLAGS
+
+    return SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
 def _locate_flags(e: DiagnosticError) -> DiagnosticError:
-    """Point an error about a flag (a message that starts with `--name`) at that flag on the command line.
+    """Point an error about a setting at its flag on the command line.
 
     The checks that find such errors (search and train settings) run below the CLI and know no command
-    line; this edge does, so every flag error gets `<command line>:1:col` and a caret.
+    line; they name the setting (`SettingDiagnostic.setting`, the message starting with its name), and
+    this edge says the flag instead and gives it `<command line>:1:col` and a caret. Messages still worded
+    as a flag (`--out ...`, `--resume: ...`, `--device ...`) are pointed at it as they are.
     """
     argv, src = _command_line()
     out = []
     for d in e.diagnostics:
-        flag = d.message.split()[0].rstrip(":,") if d.span is None and d.message.startswith("--") else None
+        setting = getattr(d, "setting", None)
+        if setting and d.span is None:
+            flag = _flag_of(setting)
+            message = flag + d.message[len(setting) :] if d.message.startswith(setting) else d.message
+            d = Diagnostic(message, None, d.hint, d.severity)
+        else:
+            flag = d.message.split()[0].rstrip(":,") if d.span is None and d.message.startswith("--") else None
         if flag is not None and flag in argv:
             k = argv.index(flag)
             tok = argv[k + 1] if k + 1 < len(argv) and not argv[k + 1].startswith("--") else flag

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from nasir.data import classification as D
 from nasir.diagnostics import DiagnosticError
-from nasir.search import data as D
 
 
 def test_data_specs_parse():

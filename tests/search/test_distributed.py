@@ -36,7 +36,7 @@ def _free_port() -> int:
 def _emulate(select: str) -> dict[str, torch.Tensor]:
     """One process: each step averages the gradients of the two half-batches (arch step, then weight step)."""
     from nasir.compile import resolve
-    from nasir.search import data as data_mod
+    from nasir.data import classification as data_mod
     from nasir.search.supernet import build_supernet, prepare
 
     spec, plan = resolve(EXAMPLES / "digits.cell", ["C=4", "layers=3"])
