@@ -190,7 +190,7 @@ def train(spec_or_path: Spec | str | Path, data: str, out: str | Path, cfg: Trai
 # ---- public functions named like submodules ----------------------------------------------------------
 # Python binds every imported submodule on its package: `import nasir.search.runner` (which
 # `nasir.search` itself does) sets `nasir.search` to the package nasir/search/, and `import
-# nasir.train` / `import nasir.compile` do the same, so the public function was replaced by a module
+# nasir.train` does the same (the lowering module is nasir/lower.py for this reason), so the public function was replaced by a module
 # and the next call raised "'module' object is not callable". The package keeps its functions: a
 # submodule bound under a public function's name becomes a callable module that calls the function
 # (its attributes stay reachable, so `import nasir.train as tr; tr.TrainConfig` still works), and

@@ -409,7 +409,7 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     if torch.are_deterministic_algorithms_enabled():
         dv.deterministic_pooling(model)
     if backbone_weights is not None and not (resume and (out / "last.pt").exists()):
-        from nasir.compile import load_checkpoint as load_state_dict
+        from nasir.lower import load_checkpoint as load_state_dict
 
         prov.require_same(prov.read(backbone_weights), prov.record(spec, kind="detection"), ("spec",),
                           f"--backbone-weights '{backbone_weights}'", hint="start from a checkpoint of this spec's network")  # fmt: skip
@@ -468,7 +468,7 @@ def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str | None = No
     another split seed is refused (another seed would score training images as held-out ones).
     A checkpoint without provenance is evaluated with the defaults: digits, seed 0, a fifth held out.
     """
-    from nasir.compile import build_from_plan, resolve
+    from nasir.lower import build_from_plan, resolve
 
     spec, p = resolve(spec_or_path, overrides)
     then = prov.read(weights)

@@ -92,7 +92,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md).
     Raises DiagnosticError for bad input and `SearchInterrupted` when stopped early.
     """
-    from nasir.compile import resolve
+    from nasir.lower import resolve
 
     spec, plan = resolve(spec_or_path, overrides)
     values = dict(overrides) if isinstance(overrides, Mapping) else _override_values(overrides)

@@ -1,4 +1,4 @@
-"""Data specs and loaders of the search (cli.md, "Data specs")."""
+"""Data specs and loaders of the search (docs/cli.md, "Data specs")."""
 
 from __future__ import annotations
 

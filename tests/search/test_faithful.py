@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from helpers import TINY_SPACE, spec_of
 
 from nasir import ir
-from nasir.compile import resolve
+from nasir.lower import resolve
 from nasir.diagnostics import DiagnosticError
 from nasir.passes.derive import Derive
 from nasir.passes.mixed_ops import MixedOps

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from helpers import EXAMPLES, TINY_SPACE, spec_of
 
-from nasir.compile import resolve
+from nasir.lower import resolve
 from nasir.diagnostics import DiagnosticError
 from nasir.methods import milenas as milenas_method
 from nasir.passes.derive import Derive

@@ -59,7 +59,7 @@ def test_search_writes_every_output(reference):
 
 
 def test_derived_selection_is_the_top_alpha_per_edge_and_top_two_edges_per_node(reference):
-    """Magnitude selection recomputed by hand from alphas.json (methods.md, DARTS derivation)."""
+    """Magnitude selection recomputed by hand from alphas.json (docs/methods.md, DARTS derivation)."""
     alphas = json.loads((reference.out / "alphas.json").read_text())
     derived = load(reference.out / "derived.cell")
     ops = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -200,7 +200,7 @@ def _tiny_search(out, **kw):
     options are made for (its default layout); the Search itself runs on the CPU."""
     import attrs
 
-    from nasir.compile import resolve
+    from nasir.lower import resolve
     from nasir.search.runner import Search
 
     spec, plan = resolve(SPEC, TINY["overrides"])
