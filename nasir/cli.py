@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "reduction, ..., the last the final cell (default: the levels of stride >= 2)")  # fmt: skip
     det.add_argument("--fpn-channels", type=int, help="FPN and head width (detection preset 64; torchvision 256)")
     det.add_argument("--hflip", type=float, help="probability of a horizontal flip of a training image (0.5)")
+    det.add_argument("--eval-ap", action="store_true", default=None,
+                     help="also report COCO AP, AP50, AP75, APS, APM, APL on the held-out images every epoch (pycocotools)")
     det.add_argument("--workers", type=int, help="DataLoader processes that read the images (default: 0 on the CPU, up to 4 per GPU)")
     det.add_argument("--backbone-weights", type=Path, metavar="CKPT", help="start the backbone from a classification checkpoint")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
@@ -533,7 +535,7 @@ def cmd_train(args) -> int:
         preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         cutout=args.cutout, drop_path=args.drop_path, auxiliary_weight=args.auxiliary_weight, grad_clip=args.grad_clip,
         label_smoothing=args.label_smoothing, seed=args.seed, limit_batches=args.limit_batches, min_size=args.min_size,
-        max_size=args.max_size, levels=args.levels, fpn_channels=args.fpn_channels, hflip=args.hflip,
+        max_size=args.max_size, levels=args.levels, fpn_channels=args.fpn_channels, hflip=args.hflip, eval_ap=args.eval_ap,
     )  # fmt: skip
     if args.overrides:
         import attrs

@@ -84,6 +84,7 @@ class TrainConfig:
     levels: tuple[int, ...] | None = None  # backbone levels by position; None: default_levels
     fpn_channels: int = 256
     hflip: float = 0.5  # probability of a horizontal flip of a training image
+    eval_ap: bool = False  # also score the held-out images with COCO AP every epoch (nasir/coco_eval.py)
 
     @classmethod
     def from_preset(cls, preset: str | None, **changes: Any) -> TrainConfig:
@@ -448,7 +449,13 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
         with torch.no_grad():
             for images, targets in loader(test_set, chunks):
                 _add(s, terms(detection.losses(model, *to_dev(images, targets)), len(images)))
-        return averages(_host(s), "valid")
+        record = averages(_host(s), "valid")
+        if cfg.eval_ap:  # COCO AP as OStr-DARTS Table VII reports it; NaN (no object of a size) -> null in metrics.jsonl
+            from nasir.coco_eval import evaluate_detector
+
+            ap = evaluate_detector(model, test_set, dev, indices=test_idx.tolist(), batch_size=cfg.batch_size)
+            record.update({f"valid_{k}": None if math.isnan(v) else v for k, v in ap.items()})
+        return record
 
     # label k (1..K) of the detector's output is category id categories[k - 1]
     meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config, "categories": sorted(train_set.labels_of)}
