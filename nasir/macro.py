@@ -315,7 +315,7 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
         history = [(stems[0][-1].C_out, stems[0][-1].scale), (c, scale)]
     else:
         history = [(c, scale), (c, scale)]
-    reported: set[tuple[str, str]] = set()
+    reported: set[int] = set()
     for b in network.body:
         if isinstance(b, ir.Residual):
             c_out = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
@@ -347,16 +347,16 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
                 ratio = read[-1][1] // s
                 r = ratio.bit_length() - 1
                 reductions.append(r)
-                if len(names) <= 2 or (kind, name) in reported:
-                    continue  # one- and two-input cells keep DARTS's rule (reduction_prev)
+                if len(names) <= 2 or id(b) in reported:
+                    continue  # one- and two-input cells keep DARTS's rule (reduction_prev); one error per stack
                 if read[-1][1] % s or ratio != 1 << r:
-                    reported.add((kind, name))
+                    reported.add(id(b))
                     bag.error(b.span, f"cell '{kind}' cannot be fed here: its input '{name}' reads a state at 1/{s} of the input "
                                       f"resolution and its last input one at 1/{read[-1][1]}, {read[-1][1] / s:g} times coarser; "
                                       "factorized reductions halve, so only a power of two can be bridged",
                               "use stems whose strides are powers of two, or a cell with fewer inputs")  # fmt: skip
                 elif r and C % 2:
-                    reported.add((kind, name))
+                    reported.add(id(b))
                     bag.error(b.span, f"cell '{kind}' cannot be fed here: its input '{name}' is halved by a factorized reduction, "
                                       f"which needs an even channel count, and the cell has C = {C}",
                               "use an even C")  # fmt: skip
