@@ -31,17 +31,20 @@ Overrides = Sequence[str] | Mapping[str, Any] | None
 
 
 def load(path_or_text: str | Path, *, overrides: Overrides = None, name: str | None = None,
-         allow_include_outside: bool | None = None) -> Spec:  # fmt: skip
+         allow_include_outside: bool | None = None, network: str | None = None) -> Spec:  # fmt: skip
     """Parse and verify a `.cell` file (a path, or text holding a newline or '{') into a `nasir.ir.Spec`.
 
     `overrides`: network parameters, a dict or `--set`-style "name=value" strings. `name`: the file
     name diagnostics show for text. `allow_include_outside`: may `include` read outside the spec's
-    directory tree (None: no, unless `nasir.limits.ALLOW_INCLUDE_OUTSIDE`). Raises `DiagnosticError`
+    directory tree (None: no, unless `nasir.limits.ALLOW_INCLUDE_OUTSIDE`). `network`: which of the
+    file's networks is used (it comes first in the spec, the overrides are checked against it; default:
+    the first declared; an unknown name is an error listing the networks). Raises `DiagnosticError`
     with every problem found; warnings are on `spec.warnings`.
     """
     from nasir.api import load as _load
 
-    return _load(path_or_text, overrides=_values(overrides), name=name, allow_include_outside=allow_include_outside)
+    return _load(path_or_text, overrides=_values(overrides), name=name, allow_include_outside=allow_include_outside,
+                 network=network)
 
 
 def _values(overrides: Overrides | str) -> list[str] | dict[str, Any] | None:
@@ -53,15 +56,20 @@ def _values(overrides: Overrides | str) -> list[str] | dict[str, Any] | None:
     return dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
 
 
-def check(path_or_text: str | Path, *, overrides: Overrides = None, name: str | None = None) -> list[Diagnostic]:
+def check(path_or_text: str | Path, *, overrides: Overrides = None, name: str | None = None,
+          network: str | None = None) -> list[Diagnostic]:  # fmt: skip
     """Parse and verify; returns the warnings, raises `DiagnosticError` on errors."""
-    return list(load(path_or_text, overrides=overrides, name=name).warnings)
+    return list(load(path_or_text, overrides=overrides, name=name, network=network).warnings)
 
 
-def _spec(spec_or_path: Spec | str | Path, overrides: Overrides) -> Spec:
+def _spec(spec_or_path: Spec | str | Path, overrides: Overrides, network: str | None = None) -> Spec:
+    """The loaded spec with `network` first (nasir.api.select_network): what every function below runs on."""
+    from nasir.api import select_network
     from nasir.ir import Spec
 
-    return spec_or_path if isinstance(spec_or_path, Spec) else load(spec_or_path, overrides=overrides)
+    if isinstance(spec_or_path, Spec):
+        return select_network(spec_or_path, network)
+    return load(spec_or_path, overrides=overrides, network=network)
 
 
 def _recurrent(spec: Spec) -> bool:
@@ -71,10 +79,11 @@ def _recurrent(spec: Spec) -> bool:
 
 
 def build(spec_or_path: Spec | str | Path, *, weights: str | Path | None = None, seed: int = 0,
-          overrides: Overrides = None) -> nn.Module:  # fmt: skip
+          overrides: Overrides = None, network: str | None = None) -> nn.Module:  # fmt: skip
     """The derived network of a spec as an nn.Module: trained `weights` (a checkpoint, loaded with
-    weights_only=True) or a seeded initialisation. A language model builds through nasir/rnn."""
-    spec = _spec(spec_or_path, overrides)
+    weights_only=True) or a seeded initialisation. `network`: which of the spec's networks (default:
+    the first). A language model builds through nasir/rnn."""
+    spec = _spec(spec_or_path, overrides, network)
     if _recurrent(spec):
         from nasir.rnn.api import build as _build_lm
 
@@ -85,14 +94,15 @@ def build(spec_or_path: Spec | str | Path, *, weights: str | Path | None = None,
 
 
 def compile(spec_or_path: Spec | str | Path, target: str, out: str | Path, *, weights: str | Path | None = None,  # noqa: A001
-            seed: int = 0, overrides: Overrides = None) -> Path:  # fmt: skip
+            seed: int = 0, overrides: Overrides = None, network: str | None = None) -> Path:  # fmt: skip
     """Lower a derived spec to `target` and write it to `out` atomically; returns the path written.
 
     Targets: torch (a standalone Python module; with `weights`, the state_dict beside it), torchscript,
     export (.pt2), onnx, retinanet (a detector on the derived backbone). The spec is read once; a
-    language model lowers through nasir/rnn (torch, torchscript, onnx).
+    language model lowers through nasir/rnn (torch, torchscript, onnx). `network`: which of the spec's
+    networks (default: the first).
     """
-    spec = _spec(spec_or_path, overrides)
+    spec = _spec(spec_or_path, overrides, network)
     if _recurrent(spec):
         from nasir.rnn.api import compile as _compile_lm
 
@@ -114,7 +124,7 @@ def search(spec_or_path: Spec | str | Path, data: str = "digits", out: str | Pat
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
-           deterministic: bool = False, fuse: bool = False) -> SearchResult:  # fmt: skip
+           deterministic: bool = False, fuse: bool = False, network: str | None = None) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. A setting left None
@@ -124,10 +134,13 @@ def search(spec_or_path: Spec | str | Path, data: str = "digits", out: str | Pat
     w_lr, w_lr_min, momentum, w_weight_decay, a_lr, a_weight_decay. `limit_batches` caps the steps per
     epoch; `callback(info)` runs after every step; `stop_after_steps` stops with a checkpoint.
     `device`: auto | cpu | cuda | cuda:N. Raises `DiagnosticError` for bad input and
-    `SearchInterrupted` when stopped early. See nasir.search.runner.search.
+    `SearchInterrupted` when stopped early. `network`: which of the spec's networks the supernet
+    stacks (default: the first); derived.cell names it first. See nasir.search.runner.search.
     """
     from nasir.search.runner import search as _search
 
+    if network is not None:  # the runner elaborates the spec's first network: load it with this one first
+        spec_or_path = _spec(spec_or_path, overrides, network)
     return _search(spec_or_path, data, out, epochs=epochs, batch_size=batch_size, order=order, seed=seed,
                    select=select, method=method, partial_channels=partial_channels, smooth=smooth,
                    adv_steps=adv_steps, early_stop=early_stop, hessian=hessian, strength_window=strength_window,
@@ -142,7 +155,8 @@ def train(spec_or_path: Spec | str | Path, data: str, out: str | Path, cfg: Trai
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           stop_after_steps: int | None = None, callback: Callable[[dict[str, Any]], None] | None = None,
           amp: bool | None = None, deterministic: bool = False, overrides: Overrides = None,
-          workers: int | None = None, backbone_weights: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+          workers: int | None = None, backbone_weights: str | Path | None = None,
+          network: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train a derived spec's network on `data`; returns the final metrics (last.pt, best.pt and
     metrics.jsonl are written in `out`).
 
@@ -150,15 +164,15 @@ def train(spec_or_path: Spec | str | Path, data: str, out: str | Path, cfg: Trai
     `nasir.train.TrainConfig` (None: its defaults). `task`: classification | detection (a
     RetinaNet on the derived backbone; `workers` and `backbone_weights` are for it). An `out` that
     holds a run is refused unless `resume` or `overwrite`. `overrides`: network parameters, as
-    `--set`. `amp`: autocast (None: on CUDA). Stopped early it raises `TrainInterrupted`. See
-    nasir.train.train.
+    `--set`. `amp`: autocast (None: on CUDA). `network`: which of the spec's networks (default: the
+    first). Stopped early it raises `TrainInterrupted`. See nasir.train.train.
     """
     import attrs
 
     from nasir.train import TrainConfig
     from nasir.train import train as _train
 
-    spec = _spec(spec_or_path, overrides)
+    spec = _spec(spec_or_path, overrides, network)
     cfg = cfg if cfg is not None else TrainConfig()
     if overrides:
         listed = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, Mapping) else list(overrides)
@@ -176,7 +190,7 @@ def train(spec_or_path: Spec | str | Path, data: str, out: str | Path, cfg: Trai
 # ---- public functions named like submodules ----------------------------------------------------------
 # Python binds every imported submodule on its package: `import nasir.search.runner` (which
 # `nasir.search` itself does) sets `nasir.search` to the package nasir/search/, and `import
-# nasir.train` / `import nasir.compile` do the same, so the public function was replaced by a module
+# nasir.train` does the same (the lowering module is nasir/lower.py for this reason), so the public function was replaced by a module
 # and the next call raised "'module' object is not callable". The package keeps its functions: a
 # submodule bound under a public function's name becomes a callable module that calls the function
 # (its attributes stay reachable, so `import nasir.train as tr; tr.TrainConfig` still works), and

@@ -24,16 +24,32 @@ def _command_line() -> tuple[list[str], SourceFile]:
     return argv, SourceFile("<command line>", "nasir " + shlex.join(argv))
 
 
+def _flag_of(setting: str) -> str:
+    """The flag of a search or train setting (nasir/runtime/settings.py): the search's own table
+    (nasir/search/cli.py SETTING_FLAGS: partial_channels -> --pc-k), else `--` and the name with dashes."""
+    from nasir.search.cli import SETTING_FLAGS
+
+    return SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
 def _locate_flags(e: DiagnosticError) -> DiagnosticError:
-    """Point an error about a flag (a message that starts with `--name`) at that flag on the command line.
+    """Point an error about a setting at its flag on the command line.
 
     The checks that find such errors (search and train settings) run below the CLI and know no command
-    line; this edge does, so every flag error gets `<command line>:1:col` and a caret.
+    line; they name the setting (`SettingDiagnostic.setting`, the message starting with its name), and
+    this edge says the flag instead and gives it `<command line>:1:col` and a caret. Messages still worded
+    as a flag (`--out ...`, `--resume: ...`, `--device ...`) are pointed at it as they are.
     """
     argv, src = _command_line()
     out = []
     for d in e.diagnostics:
-        flag = d.message.split()[0].rstrip(":,") if d.span is None and d.message.startswith("--") else None
+        setting = getattr(d, "setting", None)
+        if setting and d.span is None:
+            flag = _flag_of(setting)
+            message = flag + d.message[len(setting) :] if d.message.startswith(setting) else d.message
+            d = Diagnostic(message, None, d.hint, d.severity)
+        else:
+            flag = d.message.split()[0].rstrip(":,") if d.span is None and d.message.startswith("--") else None
         if flag is not None and flag in argv:
             k = argv.index(flag)
             tok = argv[k + 1] if k + 1 < len(argv) and not argv[k + 1].startswith("--") else flag
@@ -118,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", help="parse and verify .cell files")
-    c.add_argument("files", nargs="+", type=Path)
+    c.add_argument("files", nargs="+", type=Path, help="'-' reads standard input (includes resolve from the current directory)")
     _add_set(c)
 
     f = sub.add_parser("fmt", help="lay out .cell text (lossless: comments, like, patterns, includes stay)")
@@ -183,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "reduction, ..., the last the final cell (default: the levels of stride >= 2)")  # fmt: skip
     det.add_argument("--fpn-channels", type=int, help="FPN and head width (detection preset 64; torchvision 256)")
     det.add_argument("--hflip", type=float, help="probability of a horizontal flip of a training image (0.5)")
+    det.add_argument("--eval-ap", action="store_true", default=None,
+                     help="also report COCO AP, AP50, AP75, APS, APM, APL on the held-out images every epoch (pycocotools)")
     det.add_argument("--workers", type=int, help="DataLoader processes that read the images (default: 0 on the CPU, up to 4 per GPU)")
     det.add_argument("--backbone-weights", type=Path, metavar="CKPT", help="start the backbone from a classification checkpoint")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (auto picks CUDA when present)")
@@ -219,7 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(ve)
     _add_include_flag(sub)
     _add_ops_command(sub)
+    _add_network_flag(sub)
     return p
+
+
+# Commands that elaborate a network of the spec (docs/cli.md, "Several networks in one file").
+NETWORK_COMMANDS = ("check", "info", "compile", "draw", "export-genotype", "verify-export", "train", "eval", "search")
+
+
+def _add_network_flag(sub) -> None:
+    """--network NAME on every command that elaborates a network (added after all the commands exist,
+    so the search command defined in nasir/search/cli.py gets it too)."""
+    for name in NETWORK_COMMANDS:
+        if name in sub.choices:
+            sub.choices[name].add_argument("--network", metavar="NAME", help="which network of the file to use "
+                                           "(default: the first it declares)")  # fmt: skip
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -290,9 +322,11 @@ def cmd_check(args) -> int:
     errors: list[Diagnostic] = []
     from nasir.api import load
 
+    if sum(str(f) == "-" for f in args.files) > 1:
+        raise DiagnosticError([Diagnostic("'-' (standard input) can be checked once")])
     for f in args.files:
         try:
-            spec = load(f, overrides=args.overrides)
+            spec = _load_stdin(args.overrides, args.network) if str(f) == "-" else load(f, overrides=args.overrides, network=args.network)
             for w in spec.warnings:
                 print(w.render(), file=sys.stderr)
         except DiagnosticError as e:
@@ -302,6 +336,16 @@ def cmd_check(args) -> int:
     n = len(args.files)
     print(f"ok: {n} file{'s' * (n != 1)} checked", file=sys.stderr)
     return 0
+
+
+def _load_stdin(overrides, network=None):
+    """`nasir check -`: the spec on standard input, named <stdin> (as `nasir import -` reads a genotype)."""
+    from nasir.api import load
+    from nasir.frontend import read_stdin
+
+    text = read_stdin().text
+    # load() reads a string without a newline or '{' as a path; a final newline changes no position
+    return load(text if "\n" in text or "{" in text else text + "\n", overrides=overrides, name="<stdin>", network=network)
 
 
 def cmd_fmt(args) -> int:
@@ -335,9 +379,10 @@ def cmd_fmt(args) -> int:
 def cmd_info(args) -> int:
     import json
 
-    from nasir.analysis import info, render
+    from nasir.analysis import render
+    from nasir.measure import info
 
-    d = info(args.file, overrides=args.overrides, input_shape=args.input) if args.input else info(args.file, overrides=args.overrides)
+    d = info(args.file, overrides=args.overrides, input_shape=args.input, network=args.network)
     print(json.dumps(_json_safe(d), indent=2) if args.json else render(d))
     return 0
 
@@ -363,7 +408,8 @@ def cmd_compile(args) -> int:
 
     if args.dump_after is None and args.output is None:
         raise DiagnosticError([Diagnostic("compile needs -o OUT", None, "for example: -o model.onnx")])
-    spec = load(args.file, overrides=args.overrides)  # read once: the dump, the checks and the lowering share it
+    # read once: the dump, the checks and the lowering share it; --network puts the chosen network first
+    spec = load(args.file, overrides=args.overrides, network=args.network)
     if args.dump_after is not None:
         from nasir.passes import pipeline as pass_pipeline
         from nasir.passes.fuse import describe
@@ -396,7 +442,7 @@ def cmd_draw(args) -> int:
     from nasir.api import load
     from nasir.targets.draw import draw
 
-    out = draw(load(args.file, overrides=args.overrides), args.output, alphas=args.alphas)
+    out = draw(load(args.file, overrides=args.overrides, network=args.network), args.output, alphas=args.alphas)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -429,7 +475,7 @@ def cmd_export_genotype(args) -> int:
     from nasir.api import load
     from nasir.genotype import spec_to_genotype, spec_to_nb201
 
-    spec = load(args.file)
+    spec = load(args.file, network=args.network)  # a cell pair taken from the chosen network's stacks
     one_input = bool(spec.cells) and all(len(c.inputs) == 1 for c in spec.cells)
     print(spec_to_nb201(spec) if one_input else spec_to_genotype(spec))
     return 0
@@ -445,7 +491,8 @@ def cmd_verify_export(args) -> int:
         seed = int(recorded) if recorded is not None and recorded.isdigit() and int(recorded) <= limits.MAX_SEED else 0
         if recorded is not None:
             print(f"seed {seed} (recorded in {args.model})")
-    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides)
+    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides,
+                          network=args.network)  # fmt: skip
     provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
     if provider:
         print(f"ran on {provider}")
@@ -482,13 +529,13 @@ def cmd_train(args) -> int:
         if args.data is None:
             raise DiagnosticError([Diagnostic("--task detection needs COCO-format data: --data coco:PATH", hint="see 'nasir train --help'")])
         coco_path(data)  # a bad --data is reported before the spec is even read
-    spec = load(args.file, overrides=args.overrides)
+    spec = load(args.file, overrides=args.overrides, network=args.network)
     preset = args.preset or ("detection" if detection else "digits" if data == "digits" else None)
     cfg = TrainConfig.from_preset(
         preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         cutout=args.cutout, drop_path=args.drop_path, auxiliary_weight=args.auxiliary_weight, grad_clip=args.grad_clip,
         label_smoothing=args.label_smoothing, seed=args.seed, limit_batches=args.limit_batches, min_size=args.min_size,
-        max_size=args.max_size, levels=args.levels, fpn_channels=args.fpn_channels, hflip=args.hflip,
+        max_size=args.max_size, levels=args.levels, fpn_channels=args.fpn_channels, hflip=args.hflip, eval_ap=args.eval_ap,
     )  # fmt: skip
     if args.overrides:
         import attrs
@@ -514,6 +561,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.task == "detection":  # COCO box AP with pycocotools (nasir/coco_eval.py)
+        if args.network is not None:  # eval_checkpoint reads the spec from its path (no network= yet)
+            raise DiagnosticError([Diagnostic("--network is not available with --task detection yet", None,
+                                              "put the detector's network first in the file")])  # fmt: skip
         from nasir.coco_eval import eval_checkpoint, format_ap
 
         metrics, n, split = eval_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device,
@@ -522,7 +572,12 @@ def cmd_eval(args) -> int:
         return 0
     from nasir.train import evaluate_checkpoint
 
-    loss, acc, n = evaluate_checkpoint(args.file, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
+    spec = args.file
+    if args.network is not None:  # evaluate_checkpoint takes a loaded spec: the chosen network first
+        from nasir.api import load
+
+        spec = load(args.file, overrides=args.overrides, network=args.network)
+    loss, acc, n = evaluate_checkpoint(spec, args.weights, args.data, overrides=args.overrides, device=args.device, seed=args.seed)
     print(f"accuracy {acc:.4f}  loss {loss:.4f}  on {n} held-out images")
     return 0
 
@@ -530,6 +585,12 @@ def cmd_eval(args) -> int:
 def cmd_search(args) -> int:
     from nasir.search.cli import run_search
 
+    if args.network is not None:
+        # The runner elaborates the spec's first network and takes a loaded spec in place of the path:
+        # load it once here with the chosen network first (nasir.api.select_network).
+        from nasir.api import load
+
+        args.file = load(args.file, overrides=args.overrides, network=args.network)
     return run_search(args)
 
 

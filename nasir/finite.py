@@ -85,11 +85,11 @@ def describe(value: float) -> str:
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
-def check_settings(values: Mapping[str, float | int | None], *, nonnegative: Iterable[str] = (), positive: Iterable[str] = (),
-                   unit: Iterable[str] = ()) -> list[str]:  # fmt: skip
-    """Flag errors for settings that are not finite numbers in their range (NaN is not `< 0`, so a plain
-    comparison lets it through): `--name must be ...` messages, which the CLI points at the flag."""
-    errors = []
+def _problems(values: Mapping[str, float | int | None], nonnegative: Iterable[str], positive: Iterable[str],
+              unit: Iterable[str]) -> list[tuple[str, str]]:  # fmt: skip
+    """(setting, what is wrong) for settings that are not finite numbers in their range (NaN is not `< 0`,
+    so a plain comparison lets it through)."""
+    out = []
     ranges = [(n, ">= 0", lambda v: v >= 0) for n in nonnegative]
     ranges += [(n, "> 0", lambda v: v > 0) for n in positive]
     ranges += [(n, "between 0 and 1", lambda v: 0 <= v <= 1) for n in unit]
@@ -98,7 +98,21 @@ def check_settings(values: Mapping[str, float | int | None], *, nonnegative: Ite
         if v is None:
             continue
         if isinstance(v, float) and not math.isfinite(v):
-            errors.append(f"--{name.replace('_', '-')} must be a finite number {what}, got {v}")
+            out.append((name, f"must be a finite number {what}, got {v}"))
         elif not ok(v):
-            errors.append(f"--{name.replace('_', '-')} must be {what}, got {v}")
-    return errors
+            out.append((name, f"must be {what}, got {v}"))
+    return out
+
+
+def check_settings(values: Mapping[str, float | int | None], *, nonnegative: Iterable[str] = (), positive: Iterable[str] = (),
+                   unit: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """`--name must be ...` messages (the recurrent runs' wording) for settings out of range."""
+    return [f"--{name.replace('_', '-')} {rest}" for name, rest in _problems(values, nonnegative, positive, unit)]
+
+
+def setting_problems(values: Mapping[str, float | int | None], *, nonnegative: Iterable[str] = (), positive: Iterable[str] = (),
+                     unit: Iterable[str] = ()) -> list:  # fmt: skip
+    """The same problems as diagnostics named by the setting (nasir/runtime/settings.py); the CLI maps them to flags."""
+    from nasir.runtime.settings import setting_diagnostic
+
+    return [setting_diagnostic(name, rest) for name, rest in _problems(values, nonnegative, positive, unit)]

@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, Union
 
-import attrs
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from nasir import ir, limits, ops
+from nasir import ir, limits, ops, scan
+from nasir import syntax as syn
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean
 from nasir.rnn.space import PRIMITIVES as RECURRENT_OPS
 from nasir.source import SourceFile, Span
@@ -113,40 +113,13 @@ _TOP_KEYWORDS = re.compile(r"\b(include|ops|opset|cell|network|search)\b")
 
 
 def _depth_at(text: str, offset: int) -> int:
-    return _scan(text[:offset])[1]
+    """How many braces are open at `offset` (comments and strings skipped; nasir/scan.py)."""
+    return scan.depth_at(text, offset, scan.CELL)
 
 
 def _top_level_chunks(text: str) -> list[tuple[int, int]]:
-    starts, _ = _scan(text)
-    bounds = starts + [len(text)]
-    return [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
-
-
-def _scan(text: str) -> tuple[list[int], int]:
-    """Offsets of top-level declarations and the final brace depth (comments and strings skipped)."""
-    starts, depth, i = [], 0, 0
-    while i < len(text):
-        c = text[i]
-        if c == "#":
-            i = text.find("\n", i)
-            i = len(text) if i < 0 else i
-            continue
-        if c == '"':
-            j = text.find('"', i + 1)
-            i = len(text) if j < 0 else j + 1
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth = max(0, depth - 1)
-        elif depth == 0 and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
-            m = _TOP_KEYWORDS.match(text, i)
-            if m:
-                starts.append(i)
-                i = m.end()
-                continue
-        i += 1
-    return starts, depth
+    """(start, end) of each top-level declaration, to re-parse it alone after a syntax error (nasir/scan.py)."""
+    return scan.top_level_chunks(text, _TOP_KEYWORDS, scan.CELL)
 
 
 def parse_tree(source: SourceFile) -> Tree:
@@ -172,54 +145,7 @@ def parse_tree(source: SourceFile) -> Tree:
     raise DiagnosticError(diags)
 
 
-# ---- tree -> raw declarations ---------------------------------------------------------------
-@attrs.frozen
-class OpItem:
-    """An op as written in a set or on an edge: a name, or a parametric op `mbconv(k = 5)` whose
-    arguments are (name, value, span of the argument) in the written order."""
-
-    name: str
-    span: Span | None
-    args: tuple[tuple[str, Any, Span | None], ...] | None = None
-
-    def text(self) -> str:
-        return self.name if self.args is None else ops.op_text(self.name, [(k, v) for k, v, _ in self.args])
-
-
-@attrs.frozen
-class SetExpr:
-    kind: str  # ref | lit | diff | union
-    name: str | None = None
-    items: tuple[OpItem, ...] = ()
-    left: SetExpr | None = None
-    right: SetExpr | None = None
-    span: Span | None = attrs.field(default=None, eq=False)
-
-    def text(self) -> str:
-        if self.kind == "ref":
-            return self.name  # type: ignore[return-value]
-        if self.kind == "lit":
-            return "{" + ", ".join(i.text() for i in self.items) + "}"
-        sign = "-" if self.kind == "diff" else "+"
-        return f"{self.left.text()} {sign} {self.right.text()}"  # type: ignore[union-attr]
-
-
-@attrs.frozen
-class Stmt:
-    kind: str
-    args: tuple[Any, ...]
-    span: Span | None = attrs.field(default=None, eq=False)
-
-
-@attrs.frozen
-class RawCell:
-    name: str
-    like: str | None
-    like_span: Span | None
-    stmts: tuple[Stmt, ...]
-    span: Span | None
-
-
+# ---- tree -> raw syntax tree (nasir/syntax.py) ----------------------------------------------
 def _build_transformer(source: SourceFile) -> Transformer:
     def sp(meta) -> Span | None:
         if getattr(meta, "empty", True):
@@ -232,169 +158,169 @@ def _build_transformer(source: SourceFile) -> Transformer:
     def node(tok: Token) -> ir.Node:
         return ir.Node(str(tok), span=tsp(tok))
 
+    def given(items) -> tuple:  # optional children lark leaves as None (maybe_placeholders)
+        return tuple(x for x in items if x is not None)
+
     @v_args(meta=True)
     class T(Transformer):
         def start(self, meta, decls):
             return list(decls)
 
         def include(self, meta, c):
-            return ir.Include(str(c[0])[1:-1], span=sp(meta))
+            return syn.IncludeDecl(str(c[0])[1:-1], span=sp(meta))
 
         def op_file(self, meta, c):
-            return ir.OpFile(str(c[0])[1:-1], span=sp(meta))
+            return syn.OpsDecl(str(c[0])[1:-1], span=sp(meta))
 
         def op_plain(self, meta, c):
-            return OpItem(str(c[0]), tsp(c[0]))
+            return syn.OpItem(str(c[0]), span=tsp(c[0]))
 
         def op_call(self, meta, c):
             name, *args = c
-            return OpItem(str(name), sp(meta), tuple(a for a in args if a is not None))
+            return syn.OpItem(str(name), given(args), span=sp(meta))
 
         def op_arg(self, meta, c):
             v = c[1]
             value = v.value if isinstance(v, ir.Num | ir.Bool) else v.name
-            return (str(c[0]), value, sp(meta))
+            return syn.OpArg(str(c[0]), value, span=sp(meta))
 
         # op sets
         def opset(self, meta, c):
-            return ("opset", str(c[0]), c[1], sp(meta), tsp(c[0]))
+            return syn.OpsetDecl(str(c[0]), c[1], name_span=tsp(c[0]), span=sp(meta))
 
         def set_ref(self, meta, c):
-            return SetExpr("ref", name=str(c[0]), span=sp(meta))
+            return syn.SetRef(str(c[0]), span=sp(meta))
 
         def set_lit(self, meta, c):
-            items = tuple(t for t in c if t is not None)
-            return SetExpr("lit", items=items, span=sp(meta))
+            return syn.SetLit(given(c), span=sp(meta))
 
         def set_diff(self, meta, c):
-            return SetExpr("diff", left=c[0], right=c[1], span=sp(meta))
+            return syn.SetDiff(c[0], c[1], span=sp(meta))
 
         def set_union(self, meta, c):
-            return SetExpr("union", left=c[0], right=c[1], span=sp(meta))
+            return syn.SetUnion(c[0], c[1], span=sp(meta))
 
         # cells
         def cell(self, meta, c):
             name, like, *stmts = c
-            return RawCell(str(name), str(like) if like else None, tsp(like) if like else None, tuple(stmts), sp(meta))
+            return syn.CellDecl(str(name), str(like) if like else None, tuple(stmts),
+                                like_span=tsp(like) if like else None, span=sp(meta))  # fmt: skip
 
         def inputs(self, meta, c):
-            return Stmt("inputs", tuple(node(t) for t in c), sp(meta))
+            return syn.InputsStmt(tuple(node(t) for t in c), span=sp(meta))
 
         def nodes(self, meta, c):
-            return Stmt("nodes", c[0], sp(meta))
+            return syn.NodesStmt(c[0], span=sp(meta))
 
         def node_list(self, meta, c):
-            return tuple(x for part in c for x in part)
+            return tuple(c)
 
         def node_one(self, meta, c):
-            return [("one", node(c[0]))]
+            return syn.NodeOne(node(c[0]))
 
         def node_range(self, meta, c):
-            return [("range", node(c[0]), node(c[1]), sp(meta))]
+            return syn.NodeRange(node(c[0]), node(c[1]), span=sp(meta))
 
         def edges(self, meta, c):
-            return Stmt("edges", (c[0], c[1], c[2]), sp(meta))
+            return syn.EdgesStmt(c[0], c[1], c[2], span=sp(meta))
 
         def ep_any(self, meta, c):
-            return ("any", "*", sp(meta))
+            return syn.Endpoint("any", "*", span=sp(meta))
 
         def ep_inputs(self, meta, c):
-            return ("inputs", "inputs", sp(meta))
+            return syn.Endpoint("inputs", "inputs", span=sp(meta))
 
         def ep_name(self, meta, c):
-            return ("name", str(c[0]), tsp(c[0]))
+            return syn.Endpoint("name", str(c[0]), span=tsp(c[0]))
 
         def ep_glob(self, meta, c):
-            return ("glob", str(c[0]), tsp(c[0]))
+            return syn.Endpoint("glob", str(c[0]), span=tsp(c[0]))
 
         def edge_choice(self, meta, c):
-            return ("choice", c[0], sp(meta))
+            return syn.EdgeChoice(c[0], span=sp(meta))
 
         def edge_fixed(self, meta, c):
-            return ("fixed", c[0], c[0].span)
+            return syn.EdgeFixed(c[0], span=c[0].span)
 
         def equation(self, meta, c):
-            return Stmt("equation", (node(c[0]), tuple(c[1:])), sp(meta))
+            return syn.EquationStmt(node(c[0]), tuple(c[1:]), span=sp(meta))
 
         def term(self, meta, c):
-            return (str(c[0]), tsp(c[0]), str(c[1]), tsp(c[1]), sp(meta))
+            return syn.Term(str(c[0]), str(c[1]), op_span=tsp(c[0]), src_span=tsp(c[1]), span=sp(meta))
 
         def output_concat(self, meta, c):
-            return Stmt("output", ("concat", c[0]), sp(meta))
+            return syn.OutputStmt("concat", c[0], span=sp(meta))
 
         def output_node(self, meta, c):
-            return Stmt("output", ("node", (("one", node(c[0])),)), sp(meta))
+            return syn.OutputStmt("node", (syn.NodeOne(node(c[0])),), span=sp(meta))
 
         def output_mean(self, meta, c):
-            return Stmt("output", ("mean", c[0]), sp(meta))
+            return syn.OutputStmt("mean", c[0], span=sp(meta))
 
         def recurrent(self, meta, c):
-            return Stmt("recurrent", (), sp(meta))
+            return syn.RecurrentStmt(span=sp(meta))
 
         def keep(self, meta, c):
-            return Stmt("keep", (int(c[0]),), sp(meta))
+            return syn.KeepStmt(int(c[0]), span=sp(meta))
 
         def stride(self, meta, c):
-            return Stmt("stride", (int(c[0]), tsp(c[0])), sp(meta))
+            return syn.StrideStmt(int(c[0]), stride_span=tsp(c[0]), span=sp(meta))
 
         def topo_inputs(self, meta, c):
-            return Stmt("topology", (ir.Topology("inputs", int(c[0]), span=sp(meta)),), sp(meta))
+            return syn.TopologyStmt(ir.Topology("inputs", int(c[0]), span=sp(meta)), span=sp(meta))
 
         def topo_outputs(self, meta, c):
-            return Stmt("topology", (ir.Topology("outputs", int(c[0]), span=sp(meta)),), sp(meta))
+            return syn.TopologyStmt(ir.Topology("outputs", int(c[0]), span=sp(meta)), span=sp(meta))
 
         def topo_any(self, meta, c):
-            return Stmt("topology", (ir.Topology("any", None, span=sp(meta)),), sp(meta))
+            return syn.TopologyStmt(ir.Topology("any", None, span=sp(meta)), span=sp(meta))
 
         # networks
         def network(self, meta, c):
             name, *rest = c
-            params = [x for x in rest if isinstance(x, ir.Param)]
-            stmts = [x for x in rest if isinstance(x, Stmt)]
-            return ("network", str(name), tuple(params), tuple(stmts), sp(meta), tsp(name))
+            params = tuple(x for x in rest if isinstance(x, ir.Param))
+            stmts = tuple(x for x in rest if x is not None and not isinstance(x, ir.Param))
+            return syn.NetworkDecl(str(name), params, stmts, name_span=tsp(name), span=sp(meta))
 
         def param(self, meta, c):
             return ir.Param(str(c[0]), c[1], span=tsp(c[0]))
 
         def net_input(self, meta, c):
-            return Stmt("input", tuple(c), sp(meta))
+            return syn.InputStmt(tuple(c), span=sp(meta))  # type: ignore[arg-type]
 
         def stem(self, meta, c):
-            return Stmt("stem", tuple(c), sp(meta))
+            return syn.StemStmt(tuple(c), span=sp(meta))
 
         def head(self, meta, c):
-            return Stmt("head", tuple(c), sp(meta))
+            return syn.HeadStmt(tuple(c), span=sp(meta))
 
         def layer(self, meta, c):
             name, *args = c
             if len(args) == 1 and args[0] is None:  # written without parentheses
                 return ir.Layer(str(name), None, span=sp(meta))
-            return ir.Layer(str(name), tuple(a for a in args if a is not None), span=sp(meta))
+            return ir.Layer(str(name), given(args), span=sp(meta))
 
         def stack(self, meta, c):
             count, channels, cell, reduce, *fracs = c
-            st = ir.Stack(
-                count, channels, str(cell), str(reduce) if reduce else None,
-                tuple(f for f in fracs if f is not None), span=sp(meta),
-            )  # fmt: skip
-            return Stmt("stack", (st, tsp(cell), tsp(reduce) if reduce else None), sp(meta))
+            return syn.StackStmt(count, channels, str(cell), str(reduce) if reduce else None, given(fracs),
+                                 cell_span=tsp(cell), reduce_span=tsp(reduce) if reduce else None, span=sp(meta))  # fmt: skip
 
         def frac(self, meta, c):
             return ir.Frac(int(c[0]), int(c[1]), span=sp(meta))
 
         def residual(self, meta, c):
-            return Stmt("residual", (ir.Residual(c[0], span=sp(meta)),), sp(meta))
+            return syn.ResidualStmt(c[0], span=sp(meta))
 
         def auxiliary(self, meta, c):
-            return Stmt("auxiliary", (ir.Auxiliary(str(c[0]), c[1], c[2], span=sp(meta)), tsp(c[0])), sp(meta))
+            return syn.AuxiliaryStmt(str(c[0]), c[1], c[2], style_span=tsp(c[0]), span=sp(meta))
 
         def language_model(self, meta, c):
             name, *args = c
-            return Stmt("language_model", (ir.LanguageModel(str(name), tuple(a for a in args if a is not None), span=sp(meta)),), sp(meta))
+            return syn.LanguageModelStmt(str(name), given(args), span=sp(meta))
 
         # search
         def search(self, meta, c):
-            return ("search", tuple(c), sp(meta))
+            return syn.SearchDecl(tuple(c), span=sp(meta))
 
         def limit(self, meta, c):
             return ir.Limit(str(c[0]), int(c[1]), span=sp(meta))
@@ -503,15 +429,25 @@ def parse_decls(source: SourceFile) -> list:
 
 # ---- resolution -----------------------------------------------------------------------------
 _RANGE = re.compile(r"^(.*?)(\d+)$")
+_T = TypeVar("_T")
+# Statements a cell has at most once (a second one is an error; `like` replaces an inherited one).
+_SINGLE_CELL_STMTS = (syn.InputsStmt, syn.OutputStmt, syn.KeepStmt, syn.StrideStmt, syn.TopologyStmt, syn.RecurrentStmt)
+
+
+class _Singles(dict):
+    """The last statement of each once-only kind, keyed by its class."""
+
+    def get_(self, cls: type[_T]) -> _T | None:
+        return self.get(cls)
 
 
 class Resolver:
     def __init__(self, bag: DiagnosticBag):
         self.bag = bag
         self.opsets: dict[str, ir.OpSet] = {}
-        self.raw_cells: dict[str, RawCell] = {}
+        self.raw_cells: dict[str, syn.CellDecl] = {}
 
-    def op_name(self, item: OpItem) -> str | None:
+    def op_name(self, item: syn.OpItem) -> str | None:
         """The op an item names (a parametric op: its canonical text), or None after reporting why not."""
         if item.args is None:
             if not known_op(item.name):
@@ -528,25 +464,25 @@ class Resolver:
         if fam is None:
             self.bag.error(item.span, f"unknown op '{item.name}'", ops.unknown_op_hint(item.name))
             return None
-        problems = fam.check_args([(k, v) for k, v, _ in item.args])
+        problems = fam.check_args([(a.name, a.value) for a in item.args])
         for i, message in problems:
-            span = item.args[i][2] if 0 <= i < len(item.args) else item.span
+            span = item.args[i].span if 0 <= i < len(item.args) else item.span
             hint = None if fam.signature else "it is not a parametric op"
             self.bag.error(span, message, hint)
         if problems:
             return None
-        return fam.bind({k: v for k, v, _ in item.args}).name
+        return fam.bind({a.name: a.value for a in item.args}).name
 
     # op sets
-    def eval_set(self, e: SetExpr) -> tuple[str, ...] | None:
-        if e.kind == "ref":
+    def eval_set(self, e: syn.SetExpr) -> tuple[str, ...] | None:
+        if isinstance(e, syn.SetRef):
             if e.name in self.opsets:
                 return self.opsets[e.name].ops
-            if known_op(e.name):  # type: ignore[arg-type]
+            if known_op(e.name):
                 return (e.name,)
             self.bag.error(e.span, f"unknown op or op set '{e.name}'", did_you_mean(e.name, [*self.opsets, *ops.REGISTRY, *RECURRENT_OPS]))
             return None
-        if e.kind == "lit":
+        if isinstance(e, syn.SetLit):
             out: list[str] = []
             for item in e.items:
                 name = self.op_name(item)
@@ -557,17 +493,18 @@ class Resolver:
                 else:
                     out.append(name)
             return tuple(out)
-        a, b = self.eval_set(e.left), self.eval_set(e.right)  # type: ignore[arg-type]
+        a, b = self.eval_set(e.left), self.eval_set(e.right)
         if a is None or b is None:
             return None
-        if e.kind == "diff":
+        if isinstance(e, syn.SetDiff):
             for name in b:
                 if name not in a:
-                    self.bag.warning(e.right.span, f"'{name}' is not in '{e.left.text()}'; removing it changes nothing")  # type: ignore[union-attr]
+                    self.bag.warning(e.right.span, f"'{name}' is not in '{e.left.text()}'; removing it changes nothing")
             return tuple(x for x in a if x not in b)
         return a + tuple(x for x in b if x not in a)
 
-    def opset(self, name: str, expr: SetExpr, span: Span | None, name_span: Span) -> ir.OpSet | None:
+    def opset(self, d: syn.OpsetDecl) -> ir.OpSet | None:
+        name, expr, span, name_span = d.name, d.expr, d.span, d.name_span
         if known_op(name):
             self.bag.error(name_span, f"op set '{name}' has the name of an op")
         result = self.eval_set(expr)
@@ -583,7 +520,7 @@ class Resolver:
         return os_
 
     # cells
-    def cell_stmts(self, raw: RawCell, chain: tuple[str, ...] = ()) -> list[Stmt]:
+    def cell_stmts(self, raw: syn.CellDecl, chain: tuple[str, ...] = ()) -> list[syn.CellStmt]:
         if raw.like is None:
             return list(raw.stmts)
         if raw.like in chain or raw.like == raw.name:
@@ -599,13 +536,13 @@ class Resolver:
         replaced = own_kinds | (graph if own_kinds & graph else set())
         return [s for s in inherited if s.kind not in replaced] + list(raw.stmts)
 
-    def expand(self, items: tuple) -> list[ir.Node]:
+    def expand(self, items: tuple[syn.NodeItem, ...]) -> list[ir.Node]:
         out: list[ir.Node] = []
         for item in items:
-            if item[0] == "one":
-                out.append(item[1])
+            if isinstance(item, syn.NodeOne):
+                out.append(item.node)
                 continue
-            _, a, b, span = item
+            a, b, span = item.first, item.last, item.span
             ma, mb = _RANGE.match(a.name), _RANGE.match(b.name)
             if not (ma and mb and ma.group(1) == mb.group(1)):
                 self.bag.error(span, f"cannot expand range '{a.name}..{b.name}'", "a range runs over one prefix with numbers, like n0..n3")
@@ -619,26 +556,27 @@ class Resolver:
             out.extend(ir.Node(f"{ma.group(1)}{i}", span=span) for i in range(lo, hi + 1))
         return out
 
-    def cell(self, raw: RawCell) -> ir.Cell:
+    def cell(self, raw: syn.CellDecl) -> ir.Cell:
         before = self.bag.error_count
         stmts = self.cell_stmts(raw)
         if self.bag.error_count > before:  # a broken 'like': its consequences would only be noise
             return ir.Cell(raw.name, (), (), (), None, span=raw.span)
-        singles: dict[str, Stmt] = {}
+        singles = _Singles()
         for s in stmts:
-            if s.kind in ("inputs", "output", "keep", "stride", "topology", "recurrent"):
-                if s.kind in singles and s in raw.stmts and singles[s.kind] in raw.stmts:
+            if isinstance(s, _SINGLE_CELL_STMTS):
+                if type(s) in singles and s in raw.stmts and singles[type(s)] in raw.stmts:
                     self.bag.error(s.span, f"cell '{raw.name}' has a second '{s.kind}' statement")
-                singles[s.kind] = s
-        inputs = tuple(singles["inputs"].args) if "inputs" in singles else ()
+                singles[type(s)] = s
+        inputs_stmt = singles.get_(syn.InputsStmt)
+        inputs = inputs_stmt.nodes if inputs_stmt is not None else ()
         if not inputs:
             self.bag.error(raw.span, f"cell '{raw.name}' declares no inputs", "add e.g. 'inputs c_k2, c_k1'")
         nodes: list[ir.Node] = []
         for s in stmts:
-            if s.kind == "nodes":
-                nodes.extend(self.expand(s.args))
-            elif s.kind == "equation" and s.args[0].name not in {n.name for n in nodes}:
-                nodes.append(s.args[0])
+            if isinstance(s, syn.NodesStmt):
+                nodes.extend(self.expand(s.items))
+            elif isinstance(s, syn.EquationStmt) and s.target.name not in {n.name for n in nodes}:
+                nodes.append(s.target)
         if len(nodes) > limits.MAX_NODES_PER_CELL:
             self.bag.error(raw.span, f"cell '{raw.name}' has {len(nodes):,} nodes; a cell has at most {limits.MAX_NODES_PER_CELL:,}")
             return ir.Cell(raw.name, (), (), (), None, span=raw.span)
@@ -647,53 +585,52 @@ class Resolver:
         edges: list[ir.Edge] = []
         defined_by_equation: dict[str, Span | None] = {}
         for s in stmts:
-            if s.kind == "edges":
+            if isinstance(s, syn.EdgesStmt):
                 edges.extend(self.edge_pattern(s, inputs, node_names, states))
-            elif s.kind == "equation":
-                target, terms = s.args
+            elif isinstance(s, syn.EquationStmt):
+                target = s.target
                 if target.name in defined_by_equation:
                     self.bag.error(target.span, f"node '{target.name}' is defined twice", f"first defined at {defined_by_equation[target.name]}")
                     continue
                 defined_by_equation[target.name] = target.span
-                for op_name, op_span, src, src_span, term_span in terms:
-                    if not known_op(op_name):
-                        self.bag.error(op_span, f"unknown op '{op_name}'", ops.unknown_op_hint(op_name))
+                for t in s.terms:
+                    if not known_op(t.op):
+                        self.bag.error(t.op_span, f"unknown op '{t.op}'", ops.unknown_op_hint(t.op))
                         continue
-                    if src not in states:
-                        self.bag.error(src_span, f"unknown node '{src}' in cell '{raw.name}'", did_you_mean(src, states))
+                    if t.src not in states:
+                        self.bag.error(t.src_span, f"unknown node '{t.src}' in cell '{raw.name}'", did_you_mean(t.src, states))
                         continue
-                    edges.append(ir.Edge(src, target.name, op=op_name, span=term_span))
+                    edges.append(ir.Edge(t.src, target.name, op=t.op, span=t.span))
         output = None
-        if "output" in singles:
-            s = singles["output"]
-            kind, items = s.args
-            names = self.expand(items)
+        out_stmt = singles.get_(syn.OutputStmt)
+        if out_stmt is not None:
+            names = self.expand(out_stmt.items)
             for n in names:
                 if n.name not in states:
                     self.bag.error(n.span, f"output names unknown node '{n.name}'", did_you_mean(n.name, states))
-            output = ir.Output(kind, tuple(n.name for n in names), span=s.span)
+            output = ir.Output(out_stmt.form, tuple(n.name for n in names), span=out_stmt.span)
         else:
-            hint = "add 'output mean(...)'" if "recurrent" in singles else "add 'output concat(...)' or 'output NODE'"
+            hint = "add 'output mean(...)'" if syn.RecurrentStmt in singles else "add 'output concat(...)' or 'output NODE'"
             self.bag.error(raw.span, f"cell '{raw.name}' has no output", hint)
-        keep = singles.get("keep")
-        stride = singles.get("stride")
-        if stride is not None and stride.args[0] not in (1, 2):
-            self.bag.error(stride.args[1], f"stride {stride.args[0]} is not supported", "cells reduce by 'stride 2 from inputs'")
-        topo = singles.get("topology")
+        keep, stride, topo = singles.get_(syn.KeepStmt), singles.get_(syn.StrideStmt), singles.get_(syn.TopologyStmt)
+        if stride is not None and stride.stride not in (1, 2):
+            self.bag.error(stride.stride_span, f"stride {stride.stride} is not supported", "cells reduce by 'stride 2 from inputs'")
         if topo is not None:
-            codes = topology_codes(topo.args[0], edges)
+            codes = topology_codes(topo.topology, edges)
             if codes > limits.MAX_TOPOLOGY_CODES:
                 self.bag.error(topo.span, f"this topology has {codes:,} codes (topology variables); a cell has at most {limits.MAX_TOPOLOGY_CODES:,}",
                                "'outputs any' has 2**n codes for a node with n successors; pick k with 'outputs k' or 'inputs k'")  # fmt: skip
         return ir.Cell(
             raw.name, inputs, tuple(nodes), tuple(edges), output,
-            reduction=stride is not None and stride.args[0] == 2,
-            keep=keep.args[0] if keep else None, keep_span=keep.span if keep else None,
-            topology=topo.args[0] if topo else None, recurrent="recurrent" in singles, span=raw.span,
+            reduction=stride is not None and stride.stride == 2,
+            keep=keep.k if keep else None, keep_span=keep.span if keep else None,
+            topology=topo.topology if topo else None, recurrent=syn.RecurrentStmt in singles, span=raw.span,
         )  # fmt: skip
 
-    def edge_pattern(self, s: Stmt, inputs, node_names: list[str], states: list[str]) -> list[ir.Edge]:
-        (skind, sname, sspan), (dkind, dname, dspan), op = s.args
+    def edge_pattern(self, s: syn.EdgesStmt, inputs, node_names: list[str], states: list[str]) -> list[ir.Edge]:
+        skind, sname, sspan = s.src.kind, s.src.name, s.src.span
+        dkind, dname, dspan = s.dst.kind, s.dst.name, s.dst.span
+        op = s.op
         input_names = [n.name for n in inputs]
 
         def match(kind: str, name: str, span, pool: list[str], role: str) -> list[str] | None:
@@ -717,17 +654,17 @@ class Resolver:
 
         srcs = match(skind, sname, sspan, states, "source")
         dsts = match(dkind, dname, dspan, node_names if dkind != "name" else states, "destination")
-        if op[0] == "choice":
-            cands = self.eval_set(op[1])
+        if isinstance(op, syn.EdgeChoice):
+            cands = self.eval_set(op.ops)
             if cands is not None and not cands:
-                self.bag.error(op[1].span, "the op set of this choice is empty")
-            choice = ir.Choice(cands or (), op[1].text(), span=op[2]) if cands is not None else None
+                self.bag.error(op.ops.span, "the op set of this choice is empty")
+            choice = ir.Choice(cands or (), op.ops.text(), span=op.span) if cands is not None else None
             fixed = None
         else:
             choice = None
-            item: OpItem = op[1]
+            item = op.op
             if item.args is None and item.name in self.opsets:
-                self.bag.error(op[2], f"unknown op '{item.name}'", f"'{item.name}' is an op set; write choice({item.name})")
+                self.bag.error(op.span, f"unknown op '{item.name}'", f"'{item.name}' is an op set; write choice({item.name})")
                 fixed = None
             else:
                 fixed = self.op_name(item)
@@ -771,40 +708,40 @@ def topology_codes(t: ir.Topology, edges: list[ir.Edge]) -> int:
     return sum(comb(len(v), min(t.k or 0, len(v))) for v in around.values())
 
 
-def _network(bag: DiagnosticBag, name: str, params, stmts, span, name_span) -> ir.Network:
-    singles: dict[str, Stmt] = {}
-    stems, body = [], []
-    for s in stmts:
-        if s.kind in ("input", "head", "auxiliary"):
-            if s.kind in singles:
+def _network(bag: DiagnosticBag, d: syn.NetworkDecl) -> ir.Network:
+    name = d.name
+    singles = _Singles()
+    stems: list[tuple[ir.Layer, ...]] = []
+    body: list[ir.Stack | ir.Residual] = []
+    for s in d.stmts:
+        if isinstance(s, syn.InputStmt | syn.HeadStmt | syn.AuxiliaryStmt):
+            if type(s) in singles:
                 bag.error(s.span, f"network '{name}' has a second '{s.kind}' statement")
-            singles[s.kind] = s
-        elif s.kind == "stem":
-            stems.append(s.args)
-        elif s.kind == "stack":
-            st, cell_span, reduce_span = s.args
-            body.append(attrs.evolve(st, span=s.span))
-        elif s.kind == "residual":
-            body.append(s.args[0])
-        elif s.kind == "language_model":
-            if "language_model" in singles:
+            singles[type(s)] = s
+        elif isinstance(s, syn.StemStmt):
+            stems.append(s.layers)
+        elif isinstance(s, syn.StackStmt):
+            body.append(ir.Stack(s.count, s.channels, s.cell, s.reduce, s.at, span=s.span))
+        elif isinstance(s, syn.ResidualStmt):
+            body.append(ir.Residual(s.channels, span=s.span))
+        elif isinstance(s, syn.LanguageModelStmt):
+            if type(s) in singles:
                 bag.error(s.span, f"network '{name}' has a second 'language_model' statement")
-            singles["language_model"] = s
-    lm = singles.get("language_model")
+            singles[type(s)] = s
+    lm = singles.get_(syn.LanguageModelStmt)
     if lm is not None:  # a language model (docs/recurrent.md): the recurrent cell is the whole body
-        for other in [x for x in stmts if x.kind != "language_model"]:
+        for other in [x for x in d.stmts if x.kind != "language_model"]:
             bag.error(other.span, f"a language-model network has no '{other.kind}' statement",
                       "the language_model statement is the whole network: embedding, recurrent cell, tied decoder")  # fmt: skip
     elif len(stems) > 2:
-        bag.error(span, f"network '{name}' has {len(stems)} stems; at most two (CIFAR: one, ImageNet: two)")
+        bag.error(d.span, f"network '{name}' has {len(stems)} stems; at most two (CIFAR: one, ImageNet: two)")
     if not body and lm is None:
-        bag.error(name_span, f"network '{name}' stacks no cells", "add e.g. 'stack layers cells(C): normal, reduce at 1/3, 2/3'")
-    inp = singles.get("input")
-    aux = singles.get("auxiliary")
+        bag.error(d.name_span, f"network '{name}' stacks no cells", "add e.g. 'stack layers cells(C): normal, reduce at 1/3, 2/3'")
+    inp, aux, head = singles.get_(syn.InputStmt), singles.get_(syn.AuxiliaryStmt), singles.get_(syn.HeadStmt)
     return ir.Network(
-        name, tuple(params), tuple(inp.args) if inp else None, tuple(stems), tuple(body),
-        aux.args[0] if aux else None, tuple(singles["head"].args) if "head" in singles else (),
-        language_model=lm.args[0] if lm is not None else None, span=span,
+        name, d.params, inp.shape if inp else None, tuple(stems), tuple(body),
+        ir.Auxiliary(aux.style, aux.at, aux.when, span=aux.span) if aux else None, head.layers if head else (),
+        language_model=ir.LanguageModel(lm.cell, lm.args, span=lm.span) if lm is not None else None, span=d.span,
     )  # fmt: skip
 
 
@@ -827,9 +764,14 @@ def gc_paused():
             gc.enable()
 
 
+# What load_decls returns: resolved file references, and the other declarations as written.
+Loaded = Union[ir.Include, ir.OpFile, syn.OpsetDecl, syn.CellDecl, syn.NetworkDecl, syn.SearchDecl]
+
+
 def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[Path, ...] = (), *,
-               root: Path | None = None, allow_outside: bool = False, loaded: set[Path] | None = None) -> list:  # fmt: skip
+               root: Path | None = None, allow_outside: bool = False, loaded: set[Path] | None = None) -> list[Loaded]:  # fmt: skip
     """Parse a file and, depth first, the files it includes; included declarations come first.
+    Includes and op files come back resolved (`ir.Include`, `ir.OpFile`), the rest as written (nasir/syntax.py).
 
     An include resolves relative to the including file and must stay inside `root` (the directory
     of the file nasir was given) unless `allow_outside`; only regular files are read (issue 14.11).
@@ -840,14 +782,15 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
     root = root if root is not None else path.resolve().parent
     loaded = loaded if loaded is not None else set()
     decls = parse_decls(source)
-    out: list = []
+    out: list[Loaded] = []
     for d in decls:
-        if isinstance(d, ir.OpFile):
+        if isinstance(d, syn.OpsDecl):
             op_file = _op_file(path, d, bag, root, allow_outside)
             if op_file is not None:
                 out.append(op_file)
             continue
-        if isinstance(d, ir.Include):
+        if isinstance(d, syn.IncludeDecl):
+            include = ir.Include(d.path, span=d.span)
             if "\x00" in d.path:
                 bag.error(d.span, "an include path cannot contain a NUL character")
                 continue
@@ -864,7 +807,7 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
                 bag.error(d.span, f"cannot include '{d.path}': only .cell files are included")
                 continue
             if target in loaded:
-                out.append(d)
+                out.append(include)
                 continue
             if len(loaded) >= limits.MAX_INCLUDES:
                 bag.error(d.span, f"cannot include '{d.path}': a spec includes at most {limits.MAX_INCLUDES} files")
@@ -881,11 +824,13 @@ def load_decls(path: Path, source: SourceFile, bag: DiagnosticBag, stack: tuple[
                 out.extend(x for x in sub_decls if not isinstance(x, ir.Include))
             except DiagnosticError as e:
                 bag.items.extend(e.diagnostics)
+            out.append(include)
+            continue
         out.append(d)
     return out
 
 
-def _op_file(path: Path, d: ir.OpFile, bag: DiagnosticBag, root: Path, allow_outside: bool) -> ir.OpFile | None:
+def _op_file(path: Path, d: syn.OpsDecl, bag: DiagnosticBag, root: Path, allow_outside: bool) -> ir.OpFile | None:
     """`ops "FILE"`: resolved like an include (relative to the naming file, inside the spec's directory
     tree unless allowed), a regular `.py` file; loaded later by `_load_op_files`."""
     if "\x00" in d.path:
@@ -904,7 +849,7 @@ def _op_file(path: Path, d: ir.OpFile, bag: DiagnosticBag, root: Path, allow_out
         why = "no such file" if not target.exists() else "not a regular file"
         bag.error(d.span, f"cannot load ops from '{d.path}': {why}")
         return None
-    return attrs.evolve(d, resolved=str(target))
+    return ir.OpFile(d.path, resolved=str(target), span=d.span)
 
 
 def _load_op_files(files: list[ir.OpFile], bag: DiagnosticBag) -> list[ir.OpFile]:
@@ -958,12 +903,45 @@ def read_regular(path: Path, name: str | None = None) -> SourceFile:
         raise ReadError(e.strerror or str(e)) from None
     finally:
         os.close(fd)
+    name = str(path) if name is None else name
+    return SourceFile(name, decode_text(b"".join(chunks)), quote=name.endswith(".cell"))
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 bytes -> text. A leading UTF-8 byte-order mark (some Windows editors write one) is not part
+    of the text: it is dropped, so line 1, column 1 is the first character written (issue 16)."""
     try:
-        text = b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ReadError("not UTF-8 text") from None
-    name = str(path) if name is None else name
-    return SourceFile(name, text, quote=name.endswith(".cell"))
+
+
+STDIN_NAME = "<stdin>"
+
+
+def read_stdin() -> SourceFile:
+    """Standard input as a spec (`nasir check -`), named `<stdin>` as `nasir import -` names it; at most
+    limits.MAX_SOURCE_BYTES, UTF-8, a byte-order mark dropped (`decode_text`). Its includes and op files
+    resolve from the current directory, the spec's directory tree being that directory."""
+    import sys
+
+    stream = getattr(sys.stdin, "buffer", None)
+    try:
+        if stream is not None:
+            data = stream.read(limits.MAX_SOURCE_BYTES + 1)
+            too_long = len(data) > limits.MAX_SOURCE_BYTES
+            text = "" if too_long else decode_text(data)
+        else:  # a text stream without bytes underneath (an embedding program's own stdin)
+            text = sys.stdin.read(limits.MAX_SOURCE_BYTES + 1) if sys.stdin is not None else ""
+            too_long = len(text.encode("utf-8")) > limits.MAX_SOURCE_BYTES
+            text = text.removeprefix("\ufeff")
+    except ReadError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read {STDIN_NAME}: {e}")]) from None
+    except OSError as e:
+        raise DiagnosticError([Diagnostic(f"cannot read {STDIN_NAME}: {e.strerror or e}")]) from None
+    if too_long:
+        raise DiagnosticError([Diagnostic(f"cannot read {STDIN_NAME}: more than {limits.MAX_SOURCE_BYTES:,} bytes; a spec is at most that")])
+    return SourceFile(STDIN_NAME, text)
 
 
 def resolve_spec(source: SourceFile, bag: DiagnosticBag, path: Path | None = None, *,
@@ -987,31 +965,30 @@ def _resolve(source: SourceFile, bag: DiagnosticBag, path: Path, allow_include_o
     op_files = _load_op_files([d for d in decls if isinstance(d, ir.OpFile)], bag)
     opsets, networks = [], []
     search = None
-    raw_cells: list[RawCell] = []
+    raw_cells: list[syn.CellDecl] = []
     for d in decls:
         if isinstance(d, ir.Include):
             if d.span is None or d.span.file == source.name:
                 includes.append(d)
         elif isinstance(d, ir.OpFile):
             continue
-        elif isinstance(d, RawCell):
+        elif isinstance(d, syn.CellDecl):
             raw_cells.append(d)
             res.raw_cells.setdefault(d.name, d)
-        elif d[0] == "opset":
-            o = res.opset(d[1], d[2], d[3], d[4])
+        elif isinstance(d, syn.OpsetDecl):
+            o = res.opset(d)
             if o is not None:
                 opsets.append(o)
-        elif d[0] == "network":
-            networks.append(_network(bag, *d[1:]))
-        elif d[0] == "search":
+        elif isinstance(d, syn.NetworkDecl):
+            networks.append(_network(bag, d))
+        elif isinstance(d, syn.SearchDecl):
             if search is not None:
-                bag.error(d[2], "a second 'search' block", f"the first is at {search.span}")
-            items = d[1]
+                bag.error(d.span, "a second 'search' block", f"the first is at {search.span}")
             search = ir.SearchConfig(
-                tuple(x for x in items if isinstance(x, ir.Setting)),
-                tuple(x for x in items if isinstance(x, ir.Limit)),
-                tuple(x for x in items if isinstance(x, ir.Budget)),
-                span=d[2],
+                tuple(x for x in d.items if isinstance(x, ir.Setting)),
+                tuple(x for x in d.items if isinstance(x, ir.Limit)),
+                tuple(x for x in d.items if isinstance(x, ir.Budget)),
+                span=d.span,
             )
     cells = []
     for rc in raw_cells:

@@ -28,7 +28,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from nasir import ir, limits, ops, printer, scan
 from nasir.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, did_you_mean, error_at
-from nasir.frontend import describe_expected, gc_paused, read_source
+from nasir.frontend import describe_expected, gc_paused, read_source, read_stdin
 from nasir.macros import MACRO_CELLS, macro_text
 from nasir.source import SourceFile, Span, span_field
 
@@ -862,7 +862,7 @@ def _parse_genotype(text: str, name: str | None, source_name: str) -> AnyGenotyp
 def read_genotype(path: str | Path, name: str | None = None) -> AnyGenotype:
     """`parse_genotype` of a file; `-` reads standard input (reported as `<stdin>`)."""
     if str(path) == "-":
-        return parse_genotype(sys.stdin.read(), name, source_name="<stdin>")
+        return parse_genotype(read_stdin().text, name, source_name="<stdin>")
     source = read_source(path)
     return parse_genotype(source.text, name, source_name=source.name)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasir import ir, limits
-from nasir.api import load
+from nasir.api import load, select_network
 from nasir.diagnostics import Diagnostic, DiagnosticError, did_you_mean, error_at
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import Plan, elaborate, parse_overrides
@@ -34,15 +34,17 @@ TARGETS: tuple[str, ...] = ("torch", "torchscript", "export", "onnx", "retinanet
 Overrides = Sequence[str] | Mapping[str, Any] | None
 
 
-def resolve(spec_or_path: ir.Spec | str | Path, overrides: Overrides = None) -> tuple[ir.Spec, Plan]:
-    """Load (if needed) and elaborate the spec's first network with `--set`-style overrides."""
+def resolve(spec_or_path: ir.Spec | str | Path, overrides: Overrides = None, network: str | None = None) -> tuple[ir.Spec, Plan]:
+    """Load (if needed) and elaborate a network of the spec with `--set`-style overrides: `network`
+    (`--network NAME`), by default the first one (nasir.api.select_network). The returned spec has
+    that network first."""
     if isinstance(overrides, str):
         overrides = [overrides]
     listed = overrides is not None and not isinstance(overrides, Mapping)
     if isinstance(spec_or_path, ir.Spec):
-        spec = spec_or_path
+        spec = select_network(spec_or_path, network)
     else:
-        spec = load(spec_or_path, overrides=list(overrides) if listed else dict(overrides or {}))  # type: ignore[arg-type]
+        spec = load(spec_or_path, overrides=list(overrides) if listed else dict(overrides or {}), network=network)  # type: ignore[arg-type]
     values, spans = parse_overrides(list(overrides)) if listed else (dict(overrides or {}), None)  # type: ignore[arg-type]
     net = spec.network()
     if net is None:
@@ -160,9 +162,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 # ---- the API -----------------------------------------------------------------------------------------
 def build(spec_or_path: ir.Spec | str | Path, *, weights: str | Path | None = None, seed: int = 0,
-          overrides: Overrides = None) -> Network:  # fmt: skip
-    """The derived network as an nn.Module: trained `weights` (a checkpoint) or a seeded initialisation."""
-    spec, plan = resolve(spec_or_path, overrides)
+          overrides: Overrides = None, network: str | None = None) -> Network:  # fmt: skip
+    """The derived network as an nn.Module: trained `weights` (a checkpoint) or a seeded initialisation.
+    `network`: which of the spec's networks (default: the first)."""
+    spec, plan = resolve(spec_or_path, overrides, network)
     return build_from_plan(spec, plan, weights, seed)
 
 
@@ -215,15 +218,16 @@ def weights_path(out: Path) -> Path:
 
 
 def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *, weights: str | Path | None = None,  # noqa: A001
-            seed: int = 0, overrides: Overrides = None) -> Path:  # fmt: skip
+            seed: int = 0, overrides: Overrides = None, network: str | None = None) -> Path:  # fmt: skip
     """Lower a derived spec to `target` and write it to `out` (atomically); returns the path written.
 
     `torch` writes a standalone Python module; with `weights` it also writes the state_dict beside it
-    (`weights_path(out)`), loadable into the module's `Network` and into `nasir.build`.
+    (`weights_path(out)`), loadable into the module's `Network` and into `nasir.build`. `network`:
+    which of the spec's networks (default: the first).
     """
     if target not in TARGETS:
         raise DiagnosticError([Diagnostic(f"unknown target '{target}'", None, did_you_mean(target, TARGETS) or "available targets: " + ", ".join(TARGETS))])
-    spec, plan = resolve(spec_or_path, overrides)
+    spec, plan = resolve(spec_or_path, overrides, network)
     out = Path(out)
     if target == "retinanet":
         # A detector on the derived backbone: scripted eval-mode model at OUT, weights and settings at
@@ -267,11 +271,13 @@ def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *,
 
 
 def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *, weights: str | Path | None = None,
-                  seed: int = 0, overrides: Overrides = None, batches: Sequence[int] = (1, 8)) -> dict[int, float]:  # fmt: skip
-    """Max-abs difference, per batch size, between an exported model (ONNX, TorchScript, .pt2) and PyTorch eval."""
+                  seed: int = 0, overrides: Overrides = None, batches: Sequence[int] = (1, 8),
+                  network: str | None = None) -> dict[int, float]:  # fmt: skip
+    """Max-abs difference, per batch size, between an exported model (ONNX, TorchScript, .pt2) and PyTorch
+    eval of the spec's `network` (default: the first)."""
     from nasir.targets import export
 
-    spec, plan = resolve(spec_or_path, overrides)
+    spec, plan = resolve(spec_or_path, overrides, network)
     model = build_from_plan(spec, plan, weights, seed)
     return export.parity(model, model_path, batches, input_shape=plan.input)
 

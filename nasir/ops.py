@@ -1,8 +1,10 @@
 """The operation registry: the one place that knows every op name, its parameters and its builder.
 
-The registry itself does not import torch (so `nasir check` stays fast); `OpDef.build` imports the
-PyTorch building blocks lazily. Structures follow docs/ops.md exactly; how to add an op is in
-docs/ops.md, "Your own ops".
+The registry itself does not import torch (so `nasir check` stays fast) nor the module builders: it
+names each built-in op's builder, and the targets layer registers the builders under those names when
+it is imported (targets/blocks.py `BUILDERS`; the front end never imports a runtime module,
+tests/test_layering.py). Structures follow docs/ops.md exactly; how to add an op is in docs/ops.md,
+"Your own ops".
 
 Three kinds of names resolve here:
 - plain built-ins (`sep_conv_3x3`, the DARTS and NAS-Bench-201 names, AutoDL's extra ops);
@@ -74,7 +76,7 @@ class OpParam:
 @attrs.frozen
 class OpDef:
     name: str
-    builder: str  # a function of nasir.targets.blocks: (C, stride, affine, **params) -> nn.Module
+    builder: str  # a name in BUILDERS (targets/blocks.py registers them): (C, stride, affine, **params) -> nn.Module
     params: MappingProxyType = attrs.field(factory=lambda: MappingProxyType({}), converter=MappingProxyType)
     parameter_free: bool = False
     # Identity ops are exempt from drop-path during retraining (docs/ops.md, "A DARTS cell").
@@ -96,9 +98,11 @@ class OpDef:
         if self.signature:  # a family's bare name: the member with every default
             return self.bind({}).build(C, stride, affine)
         if self.factory is None:
-            from nasir.targets import blocks
-
-            return getattr(blocks, self.builder)(C, stride, affine, **self.params)
+            builder = BUILDERS.get(self.builder)
+            if builder is None:  # a module was asked for before the targets layer was imported
+                raise RuntimeError(f"op '{self.name}': no builder '{self.builder}' is registered; the built-in ops' builders "
+                                   "are registered by nasir.targets.blocks: import it (nasir.build and the supernet do)")  # fmt: skip
+            return builder(C, stride, affine, **self.params)
         from torch import nn
 
         from nasir.diagnostics import error_at
@@ -254,6 +258,16 @@ class Registry(Mapping[str, OpDef]):
 
     def copy(self) -> Registry:
         return Registry(self._defs, self._files)
+
+
+# The built-in ops' module builders by the names `OpDef.builder` gives, filled by the targets layer
+# (targets/blocks.py `register_builders`), so that this front-end module imports no torch module.
+BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_builders(builders: Mapping[str, Callable[..., Any]]) -> None:
+    """Register module builders `(C, stride, affine, **params) -> nn.Module` under their names."""
+    BUILDERS.update(builders)
 
 
 def _op(name: str, builder: str, *, signature: tuple[OpParam, ...] = (), doc: str = "", **kw: Any) -> OpDef:

@@ -10,17 +10,14 @@ holds the same weights after every step.
 `--task detection` (`train(..., task="detection")`) trains the network as the backbone of a
 torchvision RetinaNet (nasir.targets.detection) on COCO-format data on disk (`coco:PATH`), with SGD
 on the sum of RetinaNet's two losses; best.pt is the lowest held-out loss. Both tasks share the loop
-(`_fit`): schedule, optimizer step, checkpoints, resume, metrics, progress bar and DDP.
+(nasir/runtime/fit.py, driven by a `Task`): schedule, optimizer step, checkpoints, resume, metrics, progress bar and DDP.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +28,13 @@ import torch.nn.functional as F
 from nasir import device as dv
 from nasir import finite, ir, limits
 from nasir import provenance as prov
+from nasir.data import classification as data_mod
 from nasir.diagnostics import Diagnostic, DiagnosticError
-from nasir.io import atomic_write_with, remove_stale_temporaries, writable_dir
-from nasir.search import data as data_mod
+from nasir.io import remove_stale_temporaries, writable_dir
+from nasir.runtime.dist import Dist, init_distributed
+from nasir.runtime.fit import Task, TrainInterrupted, _add, _host, fit  # noqa: F401 - TrainInterrupted: the public name
+from nasir.runtime.settings import setting_diagnostic
+from nasir.runtime.state import load_checkpoint  # noqa: F401 - nasir.train.load_checkpoint: the public name
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DARTS, Sec. 3.3 / train.py: 600 epochs, batch 96, SGD 0.025 cosine, momentum 0.9, wd 3e-4,
@@ -83,6 +84,7 @@ class TrainConfig:
     levels: tuple[int, ...] | None = None  # backbone levels by position; None: default_levels
     fpn_channels: int = 256
     hflip: float = 0.5  # probability of a horizontal flip of a training image
+    eval_ap: bool = False  # also score the held-out images with COCO AP every epoch (nasir/coco_eval.py)
 
     @classmethod
     def from_preset(cls, preset: str | None, **changes: Any) -> TrainConfig:
@@ -99,59 +101,28 @@ class TrainConfig:
         return cfg
 
     def check(self) -> None:
-        """Every out-of-range setting, as flag errors (the CLI points them at the flag)."""
+        """Every out-of-range setting, as errors named by the setting (the CLI points them at its flag)."""
         errors = []
         for name in ("epochs", "batch_size", "limit_batches", "min_size", "max_size", "fpn_channels"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                errors.append(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v}")
+                errors.append(setting_diagnostic(name, f"must be a whole number >= 1, got {v}"))
         if self.cutout is not None and self.cutout < 0:
-            errors.append(f"--cutout must be >= 0, got {self.cutout}")
+            errors.append(setting_diagnostic("cutout", f"must be >= 0, got {self.cutout}"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= limits.MAX_SEED:
-            errors.append(f"--seed must be a whole number in 0..{limits.MAX_SEED}, got {self.seed}")
+            errors.append(setting_diagnostic("seed", f"must be a whole number in 0..{limits.MAX_SEED}, got {self.seed}"))
         # NaN is not `< 0`: every float setting must also be finite (issue 14, item 2). --grad-clip 0
         # means no clipping (clipping every gradient to norm 0 would zero them all).
-        errors += finite.check_settings(attrs.asdict(self), nonnegative=("lr", "weight_decay", "auxiliary_weight", "grad_clip",
-                                                                         "momentum", "lr_min"),
-                                        positive=("gamma",), unit=("drop_path", "label_smoothing", "hflip"))  # fmt: skip
+        errors += finite.setting_problems(attrs.asdict(self), nonnegative=("lr", "weight_decay", "auxiliary_weight", "grad_clip",
+                                                                           "momentum", "lr_min"),
+                                          positive=("gamma",), unit=("drop_path", "label_smoothing", "hflip"))  # fmt: skip
         if not (0 < self.holdout < 1):
-            errors.append(f"the held-out fraction must be between 0 and 1 (exclusive), got {self.holdout}")
+            errors.append(Diagnostic(f"the held-out fraction must be between 0 and 1 (exclusive), got {self.holdout}"))
         if errors:
-            raise DiagnosticError([Diagnostic(m) for m in dict.fromkeys(errors)])
+            raise DiagnosticError(list(dict.fromkeys(errors)))
 
 
 _LAST_MODEL_STATE: dict[str, torch.Tensor] = {}  # the weights the last train() in this process ended with
-
-
-# ---- distributed ----------------------------------------------------------------------------------
-@attrs.frozen
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK; start the process group once (NCCL on CUDA, gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def shard(idx: torch.Tensor, d: Dist) -> torch.Tensor:
-    """This rank's part of a global batch: equal contiguous slices (the global batch must divide)."""
-    if d.world == 1:
-        return idx
-    n = len(idx) // d.world
-    return idx[d.rank * n : (d.rank + 1) * n]
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -186,7 +157,7 @@ def evaluate(model: torch.nn.Module, data: data_mod.Data, idx: torch.Tensor, dev
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
         for i in range(0, len(idx), batch):
-            x, y = data.batch(idx[i : i + batch])
+            x, y = data.batch(idx[i : i + batch], train=False)  # evaluation never augments (as the search's)
             x, y = dv.to_device(x, device), dv.to_device(y, device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -214,53 +185,33 @@ def _eval_data(text: str, data: data_mod.Data, holdout: float, seed: int) -> tup
     return data, train_idx, data, test_idx
 
 
-@attrs.define
-class _Task:
-    """What a kind of training supplies to the shared loop (`_fit`).
-
-    `step(net, batch, generator)` runs the forward pass and returns the loss and the sums it adds to
-    the epoch's running totals ("loss" and "seen" in every task); `batches(index_batches)` turns the
-    epoch's remaining index batches into what `step` reads (the indices themselves, or a DataLoader);
-    `evaluate()` measures the held-out set, and its `score` picks best.pt (`higher` is better or not).
-    """
-
-    name: str
-    model: torch.nn.Module
-    train_idx: torch.Tensor
-    step: Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, Any]]]
-    summary: Callable[[dict[str, float]], dict[str, float]]  # running totals -> train_* metrics
-    evaluate: Callable[[], dict[str, float]]
-    best_payload: Callable[[dict[str, Any]], dict[str, Any]]  # the epoch's record -> best.pt's content
-    score: str
-    higher: bool
-    batches: Callable[[list[torch.Tensor]], Iterable[Any]] = iter
-    fixed_shapes: bool = False  # every batch has one shape: let cuDNN autotune (nasir.device.fixed_shapes)
-    extra: dict[str, Any] = attrs.Factory(dict)  # saved in last.pt beside the weights
-    provenance: dict[str, Any] | None = None  # nasir/provenance.py: in provenance.json, last.pt and best.pt
-
-
 def _device(device: str) -> tuple[torch.device, Dist]:
     """The device (under torchrun with CUDA: this process's GPU, LOCAL_RANK) and the process group."""
     dev = dv.select_device(device)
     return dev, init_distributed(dev)
 
 
-class TrainInterrupted(KeyboardInterrupt):
-    """A stop signal (or `stop_after_steps`) ended training at a step boundary; last.pt was saved first."""
-
-    def __init__(self, out: Path, epoch: int, step: int):
-        super().__init__(f"training interrupted at epoch {epoch + 1}, step {step}; continue with --resume ({out})")
-        self.out, self.epoch, self.step = out, epoch, step
-
-
-def _add(sums: dict[str, Any], add: dict[str, Any]) -> None:
-    """Running totals without a host synchronisation: tensors stay on the device (float64) until read."""
-    for k, v in add.items():
-        sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else v)
+def _fit(task: Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, **kw: Any) -> dict[str, Any]:
+    """The runtime's training loop (nasir/runtime/fit.py) on `task`; the weights it ends with are kept for tests."""
+    last = fit(task, out, cfg, dev, d, **kw)
+    global _LAST_MODEL_STATE
+    _LAST_MODEL_STATE = {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()}
+    return last
 
 
-def _host(sums: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in sums.items()}
+def _sgd(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _schedule(model: torch.nn.Module, cfg: TrainConfig) -> Callable[[torch.optim.Optimizer, int], None]:
+    """Per epoch: the learning rate (`lr_at`) and DARTS' drop-path probability, linear in the epoch."""
+
+    def begin(opt: torch.optim.Optimizer, epoch: int) -> None:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        _set_drop_path(model, cfg.drop_path * epoch / cfg.epochs)
+
+    return begin
 
 
 def _set_drop_path(model: torch.nn.Module, p: float) -> None:
@@ -269,187 +220,6 @@ def _set_drop_path(model: torch.nn.Module, p: float) -> None:
     for m in model.modules():
         if isinstance(m, CellModule):
             m.drop_prob = p
-
-
-def _fit(task: _Task, out: Path, cfg: TrainConfig, dev: torch.device, d: Dist, *, resume: bool, progress: bool,
-         stop_after_steps: int | None, callback: Callable[[dict[str, Any]], None] | None,
-         amp: bool | None = None) -> dict[str, Any]:  # fmt: skip
-    """The training loop both tasks share: per-epoch schedule and drop-path, seeded order and batches,
-    mixed precision (`amp`; None: on CUDA) with its GradScaler, clipped SGD, metrics.jsonl, best.pt,
-    last.pt after every epoch, resume. SIGINT/SIGTERM stop at the next step boundary on which every
-    rank agrees (nasir.device.StopFlag), after saving last.pt; --resume continues from that step."""
-    model = task.model
-    amp = dev.type == "cuda" if amp is None else amp
-    if cfg.batch_size % d.world:
-        raise DiagnosticError([Diagnostic(f"the batch size {cfg.batch_size} does not split evenly over {d.world} processes")])
-    net: torch.nn.Module = model
-    if d.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if d.main and task.provenance is not None:
-        # After DDP's construction (a collective): every rank has checked --out before this is written.
-        prov.write(out, task.provenance)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    # fp16 autocast on CUDA needs loss scaling; the scaler's state (scale, growth tracker) is part of
-    # last.pt, so a resumed run scales and skips exactly the steps an uninterrupted one does.
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf if task.higher else math.inf}
-    sums: dict[str, Any] = {}
-    if resume and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt")
-        if ck.get("task", "classification") != task.name:
-            raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' is from a {ck.get('task', 'classification')} run, not {task.name}",
-                                              hint="resume with the same --task, or train into another --out")])  # fmt: skip
-        if task.provenance is not None:
-            prov.require_same(prov.of(ck), task.provenance, prov.RESUME, f"--resume: '{out / 'last.pt'}'",
-                              hint="resume with the spec, --set values, --seed and --data the run started with, or train into another --out")  # fmt: skip
-        try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if amp != bool(ck.get("scaler")):
-                raise ValueError(f"mixed precision was {'on' if ck.get('scaler') else 'off'} then, {'on' if amp else 'off'} now")
-            if amp:
-                scaler.load_state_dict(ck["scaler"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise DiagnosticError([Diagnostic(f"'{out / 'last.pt'}' was written with other settings: {str(e).strip().splitlines()[0]}",
-                                              hint="resume with the settings the run started with (--set, --preset, --device, ...)")]) from None  # fmt: skip
-        state, sums = ck["state"], ck["sums"]
-        for note in dv.restore_rng(ck["rng"]):
-            if d.main:
-                print(f"nasir: resume: {note}", file=sys.stderr)
-    steps = math.ceil(len(task.train_idx) / cfg.batch_size)
-    if cfg.limit_batches is not None:
-        steps = min(steps, cfg.limit_batches)
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs * steps, initial=state["epoch"] * steps + state["step"], desc=f"train {task.name}",
-                   unit="step", dynamic_ncols=True)  # fmt: skip
-    last: dict[str, Any] = {}
-    done = 0
-    stop = dv.StopFlag()
-    benchmark = dv.fixed_shapes(dev) if task.fixed_shapes else False
-
-    watch = finite.FiniteWatch()  # the first step whose loss was not finite, kept on the device (nasir/finite.py)
-
-    def check_losses(epoch: int) -> None:
-        """Stop at the first non-finite loss, naming its step; nothing of the diverged run is saved."""
-        bad = watch.first(distributed=d.world > 1, device=dev)
-        if bad is not None:
-            g, value = bad
-            raise _diverged(out, f"the training loss is {finite.describe(value)} at epoch {g // steps + 1}, step {g % steps + 1} "
-                                 f"(of {steps})", g)  # fmt: skip
-
-    def save() -> None:
-        if not finite.state_is_finite(task.model.state_dict()):
-            raise _diverged(out, f"the weights are not finite after epoch {state['epoch'] + (state['step'] == 0)}, "
-                                 f"step {state['step'] or steps}", None)  # fmt: skip
-        _save(out, task, opt, scaler, state, sums, d)
-
-    try:
-        with stop.installed():
-            while state["epoch"] < cfg.epochs:
-                epoch = state["epoch"]
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, epoch)
-                _set_drop_path(model, cfg.drop_path * epoch / cfg.epochs)  # DARTS: linear in the epoch
-                order = data_mod.epoch_order(task.train_idx, cfg.seed, epoch, 0)
-                t0 = time.perf_counter()
-                dv.reset_peak_memory(dev)
-                net.train()
-                todo = [shard(order[s * cfg.batch_size : (s + 1) * cfg.batch_size], d) for s in range(state["step"], steps)]
-                for batch in task.batches(todo):
-                    g = data_mod.batch_generator(cfg.seed, epoch, state["step"], d.rank)
-                    with torch.autocast(dev.type, enabled=amp):
-                        loss, add = task.step(net, batch, g)
-                    watch.observe(loss, epoch * steps + state["step"])
-                    if dev.type == "cpu":
-                        check_losses(epoch)  # nothing to wait for on the CPU: stop at once
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                    if cfg.grad_clip > 0:  # 0: no clipping
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    _add(sums, add)
-                    state["step"] += 1
-                    done += 1
-                    if bar is not None:
-                        bar.update(1)
-                        if state["step"] % 50 == 1 or state["step"] == steps:  # reading the loss waits for the GPU
-                            if d.world == 1:  # (under torchrun every rank checks at the same points, below)
-                                check_losses(epoch)
-                            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{float(sums['loss']) / max(1.0, float(sums['seen'])):.3f}")
-                    if stop.agreed() or (stop_after_steps is not None and done >= stop_after_steps):
-                        check_losses(epoch)
-                        save()
-                        raise TrainInterrupted(out, epoch, state["step"])
-                check_losses(epoch)
-                if not finite.state_is_finite(model.state_dict()):
-                    raise _diverged(out, f"the weights are not finite after epoch {epoch + 1} (its last step, {steps}, "
-                                         "updated them to NaN or inf)", None)  # fmt: skip
-                valid = task.evaluate()
-                nonfinite = [k for k, v in valid.items() if isinstance(v, float) and not math.isfinite(v)]
-                if nonfinite:
-                    raise _diverged(out, f"the held-out {nonfinite[0].removeprefix('valid_')} is {finite.describe(valid[nonfinite[0]])} "
-                                         f"after epoch {epoch + 1}", None)  # fmt: skip
-                last = {"epoch": epoch + 1, **task.summary(_host(sums)), **valid, "lr": opt.param_groups[0]["lr"],
-                        "seconds": time.perf_counter() - t0}  # fmt: skip
-                if amp:
-                    last["amp_scale"] = float(scaler.get_scale())
-                if torch.are_deterministic_algorithms_enabled():
-                    last["deterministic"] = True
-                peak = dv.peak_memory_mb(dev)
-                if peak is not None:
-                    last["gpu_peak_mb"] = peak
-                score = valid[task.score]
-                improved = score >= state["best"] if task.higher else score <= state["best"]
-                state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"]}
-                sums = {}
-                if d.main:
-                    if improved:
-                        best = {**task.best_payload(last), "provenance": task.provenance}
-                        atomic_write_with(out / "best.pt", lambda tmp, best=best: torch.save(best, tmp))
-                    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps(last) + "\n")
-                save()
-                if callback is not None:
-                    callback(last)
-    finally:
-        if bar is not None:
-            bar.close()
-        if benchmark:
-            torch.backends.cudnn.benchmark = False
-    last[f"best_{task.score}"] = state["best"]
-    global _LAST_MODEL_STATE
-    _LAST_MODEL_STATE = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return last
-
-
-def _diverged(out: Path, what: str, step: int | None) -> finite.NonFiniteError:
-    """The error that stops a diverged run: what went non-finite where, and what is kept."""
-    kept = load_checkpoint(out / "last.pt").get("state") if (out / "last.pt").is_file() else None
-    if kept is None:
-        where = "no checkpoint was written (none was finite)"
-    else:
-        at = f"epoch {kept['epoch'] + 1}, step {kept['step']}" if kept.get("step") else f"the end of epoch {kept['epoch']}"
-        where = f"{out / 'last.pt'} keeps the last finite state (at {at})"
-    return finite.NonFiniteError(f"training stopped: {what}; {where}",
-                                 hint="a smaller --lr, or --grad-clip, usually keeps the loss finite", step=step)  # fmt: skip
-
-
-def _save(out: Path, task: _Task, opt, scaler, state, sums, d: Dist) -> None:
-    """last.pt, written by rank 0; every rank calls it (the RNG states of all ranks are gathered)."""
-    rng = dv.rng_state()
-    if d.main:
-        ck = {"task": task.name, **task.extra, "provenance": task.provenance, "model": task.model.state_dict(), "optimizer": opt.state_dict(),
-              "scaler": scaler.state_dict(), "state": dict(state), "sums": _host(sums), "rng": rng}  # fmt: skip
-        atomic_write_with(out / "last.pt", lambda tmp: torch.save(ck, tmp))
-    if d.world > 1:  # the others wait for the file: a rank that resumes at once must read this checkpoint
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def train(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, task: str = "classification", device: str = "auto",
@@ -553,9 +323,9 @@ def _train_classifier(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfi
         seen = max(1.0, s.get("seen", 0.0))
         return {"train_loss": s.get("loss", 0.0) / seen, "train_acc": s.get("correct", 0.0) / seen}
 
-    t = _Task("classification", model, train_idx, step, summary, evaluate_,
+    t = Task("classification", model, train_idx, step, summary, evaluate_,
               lambda rec: {"model": model.state_dict(), "epoch": rec["epoch"], "valid_acc": rec["valid_acc"]},
-              score="valid_acc", higher=True, fixed_shapes=True,
+              score="valid_acc", higher=True, make_optimizer=lambda: _sgd(model, cfg), begin_epoch=_schedule(model, cfg), fixed_shapes=True,
               provenance=run_provenance(spec, p, "classification", cfg, data))  # fmt: skip
     return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
 
@@ -640,7 +410,7 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     if torch.are_deterministic_algorithms_enabled():
         dv.deterministic_pooling(model)
     if backbone_weights is not None and not (resume and (out / "last.pt").exists()):
-        from nasir.compile import load_checkpoint as load_state_dict
+        from nasir.lower import load_checkpoint as load_state_dict
 
         prov.require_same(prov.read(backbone_weights), prov.record(spec, kind="detection"), ("spec",),
                           f"--backbone-weights '{backbone_weights}'", hint="start from a checkpoint of this spec's network")  # fmt: skip
@@ -679,25 +449,21 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
         with torch.no_grad():
             for images, targets in loader(test_set, chunks):
                 _add(s, terms(detection.losses(model, *to_dev(images, targets)), len(images)))
-        return averages(_host(s), "valid")
+        record = averages(_host(s), "valid")
+        if cfg.eval_ap:  # COCO AP as OStr-DARTS Table VII reports it; NaN (no object of a size) -> null in metrics.jsonl
+            from nasir.coco_eval import evaluate_detector
+
+            ap = evaluate_detector(model, test_set, dev, indices=test_idx.tolist(), batch_size=cfg.batch_size)
+            record.update({f"valid_{k}": None if math.isnan(v) else v for k, v in ap.items()})
+        return record
 
     # label k (1..K) of the detector's output is category id categories[k - 1]
     meta = {"format": detection.FORMAT, "spec": str(spec.file), "config": config, "categories": sorted(train_set.labels_of)}
-    t = _Task("detection", model, train_idx, step, lambda s: averages(s, "train"), evaluate_,
+    t = Task("detection", model, train_idx, step, lambda s: averages(s, "train"), evaluate_,
               lambda rec: {**meta, "state_dict": model.state_dict(), "epoch": rec["epoch"], "valid_loss": rec["valid_loss"]},
-              score="valid_loss", higher=False, batches=lambda todo: loader(train_set, todo), extra={"config": config},
+              score="valid_loss", higher=False, make_optimizer=lambda: _sgd(model, cfg), begin_epoch=_schedule(model, cfg), batches=lambda todo: loader(train_set, todo), extra={"config": config},
               provenance=run_provenance(spec, p, "detection", cfg, data))  # fmt: skip
     return _fit(t, out, cfg, dev, d, resume=resume, progress=progress, stop_after_steps=stop_after_steps, callback=callback, amp=amp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint read onto the CPU (its RNG states must stay there); load_state_dict moves the rest."""
-    try:
-        return dv.load_on_cpu(path)
-    except FileNotFoundError:
-        raise DiagnosticError([Diagnostic(f"cannot read checkpoint '{path}': no such file")]) from None
-    except Exception as e:  # a corrupt or foreign file: say so, no traceback
-        raise DiagnosticError([Diagnostic(f"'{path}' is not a readable nasir checkpoint: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]) from None
 
 
 def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str | None = None, *, overrides=None, device: str = "auto",
@@ -709,7 +475,7 @@ def evaluate_checkpoint(spec_or_path, weights: str | Path, data: str | None = No
     another split seed is refused (another seed would score training images as held-out ones).
     A checkpoint without provenance is evaluated with the defaults: digits, seed 0, a fifth held out.
     """
-    from nasir.compile import build_from_plan, resolve
+    from nasir.lower import build_from_plan, resolve
 
     spec, p = resolve(spec_or_path, overrides)
     then = prov.read(weights)

@@ -202,6 +202,8 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
 
 
 def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
+    from nasir import methods  # the registry of methods, selections, smoothings (imports no torch)
+
     s = spec.search
     assert s is not None
     seen: set[str] = set()
@@ -211,6 +213,12 @@ def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
         seen.add(st.name)
         if st.name not in SEARCH_SETTINGS:
             bag.error(st.span, f"unknown search setting '{st.name}'", did_you_mean(st.name, SEARCH_SETTINGS) or "known: " + ", ".join(SEARCH_SETTINGS))
+            continue
+        if st.name in methods.KINDS:  # method, select, smooth: the registry's names (nasir/methods)
+            value = methods.choice(st.value)[0]
+            if methods.lookup(st.name, value) is None:
+                allowed = methods.names(st.name)
+                bag.error(st.span, f"'{st.name}' must be one of {', '.join(allowed)}", did_you_mean(str(value), methods.spellings(st.name)))
             continue
         allowed = SEARCH_SETTINGS[st.name]
         if allowed is None:

@@ -36,49 +36,12 @@ these cells, from their alpha rows and (if zero_ops ran) from `computed`, keepin
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import attrs
 
 from nasir import ir, ops
+from nasir.analysis import beta_rows, predecessors, successors  # noqa: F401 - the IR's topology rows (ir layer)
 from nasir.diagnostics import error_at
 from nasir.pipeline import Pass, PassResult
-
-
-def successors(c: ir.Cell, node: str) -> tuple[str, ...]:
-    """Intermediate nodes that a searchable edge from `node` reaches, in cell order."""
-    dsts = {e.dst for e in c.edges if e.is_choice and e.src == node}
-    return tuple(n for n in c.node_names if n in dsts)
-
-
-def predecessors(c: ir.Cell, node: str) -> tuple[str, ...]:
-    """States that reach `node` through a searchable edge, in cell order."""
-    srcs = {e.src for e in c.edges if e.is_choice and e.dst == node}
-    return tuple(s for s in c.states if s in srcs)
-
-
-def beta_rows(c: ir.Cell) -> tuple[ir.BetaRow, ...]:
-    t = c.topology
-    assert t is not None
-    rows = []
-    if t.kind == "inputs":
-        for j in c.node_names:
-            preds = predecessors(c, j)
-            if preds:
-                rows.append(ir.BetaRow(j, tuple(combinations(preds, min(t.k or 0, len(preds))))))
-        return tuple(rows)
-    for i in c.states:
-        succ = successors(c, i)
-        if not succ:
-            continue
-        if t.kind == "any":
-            codes = tuple(code for r in range(len(succ) + 1) for code in combinations(succ, r))
-        else:  # no code, so no row, when k > |successors| (C(n, k) = 0, see the module docstring)
-            codes = tuple(combinations(succ, t.k or 0))
-            if not codes:
-                continue
-        rows.append(ir.BetaRow(i, codes))
-    return tuple(rows)
 
 
 def _drop_zero(e: ir.Edge) -> ir.Edge:

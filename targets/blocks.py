@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasir import ops as _ops
+
 __all__ = [
     "AuxiliaryHeadCIFAR",
     "AuxiliaryHeadImageNet",
@@ -510,3 +512,14 @@ def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
         for m, mode in modes.items():
             m.training = mode
     return int(total)
+
+
+# ---- the built-in ops' builders, by the names nasir/ops.py gives them (`OpDef.builder`) ---------------
+# The registry (front end) names the builders; this layer owns the modules and registers them here, on
+# import: every path that builds a module (targets/network.py, the supernet) imports this module.
+BUILDERS = {
+    "zero": zero, "skip_connect": skip_connect, "pool": pool, "sep_conv": sep_conv, "dil_conv": dil_conv,
+    "conv_7x1_1x7": conv_7x1_1x7, "relu_conv_bn": relu_conv_bn, "conv_3x1_1x3": conv_3x1_1x3,
+    "dual_sep_conv": dual_sep_conv, "mbconv": mbconv,
+}  # fmt: skip
+_ops.register_builders(BUILDERS)

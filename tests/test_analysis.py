@@ -9,7 +9,7 @@ import math
 import pytest
 from helpers import EXAMPLES, spec_of
 
-from nasir import analysis
+from nasir import analysis, measure
 from nasir.api import load
 from nasir.genotype import genotype_to_spec_text, parse_genotype
 from nasir.ops import REGISTRY
@@ -23,20 +23,20 @@ def spec_from_genotype(text: str, macro: str | None = None):
 
 
 def test_darts_v2_cifar_has_3349342_params_without_aux_and_528359040_macs():
-    d = analysis.info(EXAMPLES / "darts_v2.cell")
+    d = measure.info(EXAMPLES / "darts_v2.cell")
     assert d["params_no_aux"] == 3_349_342 == d["params"]  # auxiliary = false by default
     assert d["macs"] == 528_359_040
 
 
 def test_darts_v2_imagenet_has_4718752_params_without_aux():
-    d = analysis.info(EXAMPLES / "darts_v2_imagenet.cell", overrides=["auxiliary=true"])
+    d = measure.info(EXAMPLES / "darts_v2_imagenet.cell", overrides=["auxiliary=true"])
     assert d["params_no_aux"] == 4_718_752
     # ImageNet auxiliary head on 768 channels: conv 1x1 768->128 + BN + conv 2x2 128->768 (no BN) + linear 768->1000.
     assert d["params"] - d["params_no_aux"] == 768 * 128 + 2 * 128 + 128 * 768 * 4 + 768 * 1000 + 1000
 
 
 def test_auxiliary_head_counts_in_the_total_only():
-    d = analysis.info(EXAMPLES / "darts_v2.cell", overrides=["auxiliary=true"])
+    d = measure.info(EXAMPLES / "darts_v2.cell", overrides=["auxiliary=true"])
     assert d["params_no_aux"] == 3_349_342
     # CIFAR auxiliary head on the 576 channels after cell 13: 576*128 + 2*128 + 128*768*4 + 2*768 + 768*10 + 10.
     assert d["params"] - d["params_no_aux"] == 476_426
@@ -44,7 +44,7 @@ def test_auxiliary_head_counts_in_the_total_only():
 
 def test_nb201_network_with_all_conv3x3_edges_has_1531546_params():
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-    assert analysis.info(spec_from_genotype(arch))["params"] == 1_531_546
+    assert measure.info(spec_from_genotype(arch))["params"] == 1_531_546
 
 
 def test_macs_follow_the_conv_rule_on_a_hand_countable_network():
@@ -63,14 +63,14 @@ def test_macs_follow_the_conv_rule_on_a_hand_countable_network():
     """)
     stem = 4 * 8 * 8 * 3 * 9
     cell = 4 * 8 * 8 * 4 * 9
-    assert analysis.info(spec)["macs"] == stem + cell + 4 * 5
+    assert measure.info(spec)["macs"] == stem + cell + 4 * 5
 
 
 # ---- depth and width (SDARTS appendix 7.4, section 5) -----------------------------------------------------
 
 
 def test_darts_v2_normal_cell_has_depth_3_and_width_3_5c():
-    cells = {c["name"]: c for c in analysis.info(EXAMPLES / "darts_v2.cell")["cells"]}
+    cells = {c["name"]: c for c in measure.info(EXAMPLES / "darts_v2.cell")["cells"]}
     assert (cells["normal"]["depth"], cells["normal"]["width"]) == (3, 3.5)
     # reduce: n0 reads only inputs (1c); n1, n2, n3 read one input and n0 (0.5c each); c_k2 -> n0 -> n1 -> output.
     assert (cells["reduce"]["depth"], cells["reduce"]["width"]) == (3, 2.5)
@@ -153,14 +153,14 @@ def test_without_keep_every_edge_takes_the_argmax_of_all_its_ops_none_included()
 def test_nb201_space_derives_15625_cells_30_variables_6_mixed_edges():
     # NAS-Bench-201 lists 5**6 = 15,625 cells; 'none' on an edge is one of them, and the NB201 derivation
     # (argmax over all ops, no keep rule) can pick it.
-    d = analysis.info(EXAMPLES / "nb201.cell")
+    d = measure.info(EXAMPLES / "nb201.cell")
     assert d["space"]["candidates"] == 15_625 == len(list(itertools.product(range(5), repeat=6)))
     assert d["space"]["mixed_edges"] == 6 and d["space"]["architecture_variables"] == 30
     assert d["params"] is None and d["cells"][0]["depth"] is None
 
 
 def test_darts_space_sizes():
-    d = analysis.info(EXAMPLES / "darts.cell")
+    d = measure.info(EXAMPLES / "darts.cell")
     s = d["space"]
     assert s["mixed_edges"] == 28 and s["architecture_variables"] == 2 * 14 * 8
     per_cell = math.prod(math.comb(p, 2) * 7**2 for p in (2, 3, 4, 5))
@@ -192,11 +192,11 @@ def test_topology_candidates_match_brute_force_enumeration(topology):
 
 
 def test_info_is_json_and_renders_the_figures():
-    d = analysis.info(EXAMPLES / "darts_v2.cell")
+    d = measure.info(EXAMPLES / "darts_v2.cell")
     assert json.loads(json.dumps(d)) == d
     text = analysis.render(d)
     assert "3,349,342" in text and "528,359,040" in text and "depth 3, width 3.5c" in text
-    space = analysis.render(analysis.info(EXAMPLES / "nb201.cell"))
+    space = analysis.render(measure.info(EXAMPLES / "nb201.cell"))
     assert "candidate architectures  15,625" in space and "mixed edges              6" in space
 
 

@@ -36,7 +36,12 @@ def test_search_mirrors_the_runners_parameters():
     def described(fn):
         return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
-    assert described(nasir.search) == described(search)
+    ours, runner = described(nasir.search), described(search)
+    if "network" not in [name for name, _, _ in runner]:  # `network` selects the spec's network before the runner
+        # is called (nasir.api.select_network) until the runner takes it itself; then both must agree.
+        assert ours[-1] == ("network", inspect.Parameter.KEYWORD_ONLY, None)
+        ours = ours[:-1]
+    assert ours == runner
 
 
 def test_train_takes_every_keyword_of_nasir_train_train():
@@ -51,7 +56,7 @@ def test_train_takes_every_keyword_of_nasir_train_train():
 
 
 def test_compile_stays_callable_after_its_namesake_submodules_are_imported(tmp_path):
-    import nasir.compile  # noqa: F401 - the transitional alias module
+    import nasir.lower  # noqa: F401 - the lowering module is not named like the function
     import nasir.search.runner  # noqa: F401 - binds the package nasir/search on `nasir.search`
     import nasir.train  # noqa: F401
 
@@ -64,6 +69,9 @@ def test_compile_stays_callable_after_its_namesake_submodules_are_imported(tmp_p
     assert first.read_text() == again.read_text() and "class Network" in first.read_text()
     with pytest.raises(nasir.DiagnosticError, match="unknown target"):
         nasir.compile(EXAMPLES / "darts_v2.cell", "tflite", tmp_path / "c", overrides=SMALL)
+    with pytest.raises(ModuleNotFoundError):  # no submodule shadows the function any more
+        import nasir.compile  # noqa: F401
+    assert callable(nasir.compile)
 
 
 def test_the_compile_pipeline_leaves_a_derived_network_numerically_unchanged():

@@ -103,6 +103,13 @@ def test_syntax_error_points_at_the_unexpected_token():
     assert errors_of("cell c {\n  inputs a\n  nodes n0, , n1\n}\n") == [(3, 13, "unexpected ','; expected a name")]
 
 
+def test_an_unterminated_string_ends_at_its_line_so_later_declarations_are_still_checked():
+    # the string token ends at the newline, as grammar/cell.lark's STRING does (one scanner, nasir/scan.py);
+    # the ')' is column 69: 68 characters precede it on line 2, counted by hand
+    text = 'include "a.cell\ncell x { inputs a  nodes n0  edges a -> n0: skip_connect  output n0 ) }\n'
+    assert errors_of(text) == [(1, 9, "unexpected character '\"'"), (2, 69, "unexpected ')'; expected '}', a name")]
+
+
 def test_missing_brace_is_reported_at_the_next_declaration():
     errs = errors_of("cell c {\n  inputs a\n  output a\n\nopset s = {none}\n")
     assert errs == [(5, 1, "'opset' cannot appear inside a block")]
@@ -134,3 +141,51 @@ def test_ops_keyword_leaves_an_op_set_named_ops_alone():
     }
     """)
     assert spec.opset("b").ops == ("skip_connect",) and spec.cell("c").edges[0].choice.ops == ("none", "skip_connect")
+
+
+def test_raw_syntax_tree_is_typed_nodes_read_by_field_with_spans():
+    # issue 11: the transformer builds one frozen class per construct (nasir/syntax.py), nothing positional.
+    from nasir import syntax as syn
+    from nasir.frontend import parse_decls
+    from nasir.source import SourceFile
+
+    text = (
+        'include "base.cell"\n'
+        "opset s = {skip_connect, mbconv(k = 5)} - {skip_connect}\n"
+        "cell c like b {\n"
+        "  inputs x, y\n"
+        "  nodes n0..n2, m\n"
+        "  edges * -> n*: choice(s)\n"
+        "  m = max_pool_3x3(x) + skip_connect(n0)\n"
+        "  output concat(n0..n2)\n"
+        "  stride 2 from inputs\n"
+        "}\n"
+        "network net(C = 8) { stack 2 cells(C): c, c at 1/2  head linear(10) }\n"
+        "search { limit skip_connect <= 2 per cell  epochs 3 }\n"
+    )
+    inc, ops_, cell, net, search = parse_decls(SourceFile("t.cell", text))
+    assert inc == syn.IncludeDecl("base.cell") and (inc.span.line, inc.span.col) == (1, 1)
+    assert isinstance(ops_, syn.OpsetDecl) and ops_.name == "s" and (ops_.name_span.line, ops_.name_span.col) == (2, 7)
+    assert isinstance(ops_.expr, syn.SetDiff) and ops_.expr.text() == "{skip_connect, mbconv(k = 5)} - {skip_connect}"
+    call = ops_.expr.left.items[1]
+    assert call == syn.OpItem("mbconv", (syn.OpArg("k", 5),)) and (call.args[0].span.line, call.args[0].span.col) == (2, 33)
+    assert (cell.name, cell.like, (cell.like_span.line, cell.like_span.col)) == ("c", "b", (3, 13))
+    kinds = [type(s).__name__ for s in cell.stmts]
+    assert kinds == ["InputsStmt", "NodesStmt", "EdgesStmt", "EquationStmt", "OutputStmt", "StrideStmt"]
+    inputs, nodes, edges, eq, out, stride = cell.stmts
+    assert [n.name for n in inputs.nodes] == ["x", "y"]
+    assert nodes.items == (syn.NodeRange(ir.Node("n0"), ir.Node("n2")), syn.NodeOne(ir.Node("m")))
+    assert (edges.src.kind, edges.dst.kind, edges.dst.name) == ("any", "glob", "n*")
+    assert (edges.dst.span.line, edges.dst.span.col) == (6, 14)
+    assert isinstance(edges.op, syn.EdgeChoice) and edges.op.ops == syn.SetRef("s")
+    assert eq.target.name == "m" and [(t.op, t.src) for t in eq.terms] == [("max_pool_3x3", "x"), ("skip_connect", "n0")]
+    assert (eq.terms[1].src_span.line, eq.terms[1].src_span.col) == (7, 38)
+    assert out.form == "concat" and out.kind == "output"
+    assert (stride.stride, stride.stride_span.col, stride.kind) == (2, 10, "stride")
+    assert isinstance(net, syn.NetworkDecl) and [p.name for p in net.params] == ["C"]
+    stack, head = net.stmts
+    assert isinstance(stack, syn.StackStmt) and (stack.cell, stack.reduce, stack.at) == ("c", "c", (ir.Frac(1, 2),))
+    assert (stack.cell_span.col, stack.reduce_span.line, stack.reduce_span.col) == (40, 11, 43)
+    assert isinstance(head, syn.HeadStmt) and [layer.name for layer in head.layers] == ["linear"]
+    assert isinstance(search, syn.SearchDecl)
+    assert [type(x) for x in search.items] == [ir.Limit, ir.Setting]

@@ -14,7 +14,7 @@ import pytest
 from nasir import ops
 from nasir.api import load
 from nasir.cli import main
-from nasir.compile import import_genotype
+from nasir.lower import import_genotype
 from nasir.diagnostics import DiagnosticError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -173,6 +173,7 @@ def test_an_expression_at_the_depth_limit_still_works():
           output n0
         }}
         network n(C = {' + '.join(['1'] * (depth + 1))}) {{
+          stem conv3x3(C), bn
           stack 1 cells(C): c
           head global_avg_pool, linear(2)
         }}
@@ -244,8 +245,8 @@ def test_readme_example_spec_still_parses():
 def test_info_counts_equal_a_real_build_and_scale_to_huge_inputs_without_allocating():
     from torch import nn
 
-    from nasir.analysis import info
     from nasir.lower import build_from_plan, resolve
+    from nasir.measure import info
     from nasir.targets.blocks import count_macs, count_params
 
     text = (EXAMPLES / "darts_v2.cell").read_text()

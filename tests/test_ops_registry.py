@@ -382,7 +382,7 @@ def test_nasir_ops_lists_builtins_and_the_specs_own_ops(tmp_path, capsys):
 
 
 def test_info_at_another_input_counts_the_backbone_macs(tmp_path):
-    from nasir.analysis import info
+    from nasir.measure import info
 
     spec = _write(tmp_path, "t.cell", """
     cell c {

@@ -93,7 +93,8 @@ def test_verify_export_against_a_spec_with_other_input_channels_is_a_diagnostic(
 def test_non_finite_settings_are_refused(name, value):
     with pytest.raises(DiagnosticError) as e:
         TrainConfig.from_preset("digits", **{name: value})
-    assert f"--{name.replace('_', '-')} must be a finite number" in str(e.value.diagnostics[0].message)
+    d = e.value.diagnostics[0]
+    assert d.message.startswith(f"{name} must be a finite number") and d.setting == name  # named by the setting
 
 
 def test_cli_refuses_lr_nan_and_an_overflowing_seed_at_the_flag(capsys, tmp_path):
@@ -126,7 +127,7 @@ def test_a_nan_loss_stops_training_naming_its_step_and_keeps_the_last_finite_che
     assert e.value.step == 2 and "the training loss is nan at epoch 2, step 1 (of 2)" in message, message
     assert "keeps the last finite state (at the end of epoch 1)" in message
     ck = load_checkpoint(tmp_path / "last.pt")
-    assert ck["state"] == {"epoch": 1, "step": 0, "best": ck["state"]["best"]} and all_finite(ck["model"])
+    assert ck["state"] == {"epoch": 1, "step": 0, "best": ck["state"]["best"], "metrics_lines": 1} and all_finite(ck["model"])
     assert all_finite(load_checkpoint(tmp_path / "best.pt")["model"])
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 

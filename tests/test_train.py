@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -94,7 +95,7 @@ def test_resume_of_an_amp_run_restores_the_grad_scaler_and_equals_an_uninterrupt
 def test_a_sigint_mid_epoch_saves_last_pt_at_the_step_boundary_and_resume_equals_not_stopping(tmp_path, monkeypatch):
     import signal
 
-    from nasir.search import data as data_mod
+    from nasir.data import classification as data_mod
     from nasir.train import TrainInterrupted
 
     spec = spec_of(TINY)
@@ -218,8 +219,8 @@ def test_two_gloo_processes_agree_and_match_the_averaged_single_process_step(tmp
 
     # The math DDP promises: each step averages the gradients of the two half-batches (each half
     # normalised by its own BN statistics), with BN buffers taken from rank 0. Emulate it in one process.
+    from nasir.data import classification as data_mod
     from nasir.macro import plan as make_plan
-    from nasir.search import data as data_mod
     from nasir.targets.network import Network
     from nasir.train import _eval_data, lr_at
 
@@ -254,3 +255,56 @@ def test_two_gloo_processes_agree_and_match_the_averaged_single_process_step(tmp
             continue
         assert torch.allclose(w0[k], ref[k], atol=1e-6, rtol=1e-5), k
     assert not math.isnan(float(sum(v.float().sum() for v in w0.values())))
+
+
+# ---- issue 11: the two drifts between search and training ----------------------------------------------
+def test_evaluation_does_not_augment(monkeypatch):
+    """nasir.train.evaluate on a set that augments (CIFAR-style crop and flip) scores the images as they
+    are, as the search's evaluation does: against cross-entropy and accuracy computed by hand on the raw tensors."""
+    from nasir.data import classification as data_mod
+    from nasir.train import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, 8, 8, generator=g), torch.randint(0, 4, (20,), generator=g)
+    data = data_mod.Data("aug", 4, (3, 8, 8), x, y, augment=True)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))  # position-sensitive: a crop moves it
+    idx = torch.arange(3, 20)
+    loss, acc = evaluate(model, data, idx, torch.device("cpu"), batch=5)
+    with torch.no_grad():
+        logits = model(x[idx])
+    assert loss == pytest.approx(float(F.cross_entropy(logits.double(), y[idx], reduction="mean")), rel=1e-5)
+    assert acc == pytest.approx(float((logits.argmax(1) == y[idx]).double().mean()))
+    # and the augmentation would have changed the number (else the test could not fail)
+    xa, _ = data.batch(idx, torch.Generator().manual_seed(5), train=True)
+    assert not torch.equal(xa, x[idx])
+
+
+def test_a_kill_between_the_metrics_line_and_the_checkpoint_does_not_duplicate_the_line(tmp_path, monkeypatch):
+    """Simulated kill: last.pt's save at the end of epoch 2 dies after that epoch's metrics line was written.
+    The resumed run's metrics.jsonl has one line per epoch, equal to an uninterrupted run's (but for the times)."""
+    import nasir.runtime.fit as tr  # the loop saves last.pt through save_last
+
+    spec = spec_of(TINY)
+    train(spec, "synthetic:128", tmp_path / "a", cfg(), progress=False)
+    real_save, calls = tr.save_last, []
+
+    def dying_save(out, task, opt, scaler, state, sums, d):
+        calls.append(dict(state))
+        if state["epoch"] == 2 and state["step"] == 0:
+            raise SystemExit("killed")  # after metrics.jsonl got epoch 2's line, before last.pt records it
+        real_save(out, task, opt, scaler, state, sums, d)
+
+    monkeypatch.setattr(tr, "save_last", dying_save)
+    with pytest.raises(SystemExit):
+        train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False)
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2  # the line the kill orphaned
+    monkeypatch.setattr(tr, "save_last", real_save)
+    train(spec, "synthetic:128", tmp_path / "b", cfg(), progress=False, resume=True)
+
+    def lines(p):
+        return [{k: v for k, v in json.loads(s).items() if k != "seconds"} for s in (p / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = lines(tmp_path / "a"), lines(tmp_path / "b")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    assert b == a

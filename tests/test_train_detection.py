@@ -333,3 +333,21 @@ def test_compile_retinanet_with_trained_weights_writes_that_detector(spec, tmp_p
         "C=8",
     )
     assert code == 2 and "trained with other network parameters (--set C=4 --set layers=3)" in err
+
+
+def test_eval_ap_logs_coco_ap_per_epoch_equal_to_nasir_eval_of_the_checkpoint(spec, tmp_path):
+    """--eval-ap: every epoch's record carries AP .. APL of the held-out images; the last one equals what
+    `nasir eval --task detection` computes from best.pt (one epoch: best = last) on the same split."""
+    from nasir.coco_eval import METRICS, eval_checkpoint
+
+    data = make_coco(tmp_path / "coco")
+    train(spec, f"coco:{data}", tmp_path / "run", cfg(epochs=1, eval_ap=True), task="detection", device="cpu", progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {m: record[f"valid_{m}"] for m in METRICS}
+    assert all(v is None or 0.0 <= v <= 1.0 for v in logged.values()), logged
+    metrics, n, _ = eval_checkpoint(SPEC, tmp_path / "run" / "best.pt", f"coco:{data}", overrides=SETS, device="cpu")
+    assert n == 2  # 8 images, holdout 0.2 -> 2 held out
+    assert logged == {m: None if math.isnan(v) else pytest.approx(v) for m, v in metrics.items()}
+    # without the flag the records carry no AP
+    train(spec, f"coco:{data}", tmp_path / "plain", cfg(epochs=1), task="detection", device="cpu", progress=False)
+    assert not any(k.endswith("AP") for k in json.loads((tmp_path / "plain" / "metrics.jsonl").read_text()))

@@ -20,13 +20,18 @@ from nasir import ir
 from nasir.diagnostics import Diagnostic, DiagnosticError
 
 
-def recurrent_spec(spec_or_path: ir.Spec | str | Path, overrides: Any = None) -> ir.Spec | None:
-    """The verified spec if its network is a language model, else None (errors are left to the caller's path)."""
-    from nasir.api import load
+def recurrent_spec(spec_or_path: ir.Spec | str | Path, overrides: Any = None, network: str | None = None) -> ir.Spec | None:
+    """The verified spec (with `network` first, nasir.api.select_network) if that network is a language
+    model, else None (errors are left to the caller's path)."""
+    from nasir.api import load, select_network
     from nasir.rnn.lower import is_recurrent
 
     try:
-        spec = spec_or_path if isinstance(spec_or_path, ir.Spec) else load(spec_or_path, overrides=list(overrides) if overrides and not isinstance(overrides, dict) else overrides)
+        if isinstance(spec_or_path, ir.Spec):
+            spec = select_network(spec_or_path, network)
+        else:
+            spec = load(spec_or_path, overrides=list(overrides) if overrides and not isinstance(overrides, dict) else overrides,
+                        network=network)  # fmt: skip
     except DiagnosticError:
         return None
     return spec if is_recurrent(spec) else None
@@ -41,7 +46,7 @@ def search_cli(args: Any) -> int | None:
     from nasir.rnn import api
     from nasir.rnn.search import RecurrentInterrupted
 
-    spec = recurrent_spec(args.file, getattr(args, "overrides", None))
+    spec = recurrent_spec(args.file, getattr(args, "overrides", None), getattr(args, "network", None))
     if spec is None:
         return None
     refused = [f for f, v in (("--method", getattr(args, "method", None) not in (None, "darts")), ("--smooth", getattr(args, "smooth", None) not in (None, "none")),
@@ -76,7 +81,7 @@ def train_cli(args: Any) -> int | None:
     from nasir.rnn import api
     from nasir.rnn.search import RecurrentInterrupted
 
-    spec = recurrent_spec(args.file, getattr(args, "overrides", None))
+    spec = recurrent_spec(args.file, getattr(args, "overrides", None), getattr(args, "network", None))
     if spec is None:
         return None
     try:

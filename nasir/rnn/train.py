@@ -86,8 +86,8 @@ class TrainResult:
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world): under torchrun the process group of nasir.train (started once, left at exit)."""
-    from nasir.train import init_distributed
+    """(rank, world): under torchrun the runtime's process group (started once, left at exit)."""
+    from nasir.runtime.dist import init_distributed
 
     d = init_distributed(device)
     return d.rank, d.world

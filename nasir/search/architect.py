@@ -19,7 +19,8 @@ evaluations at the real weights w update them.
 
 The architecture parameters are all of `Supernet.arch_parameters()`: alphas, and betas (stretchable
 cells) and gammas (PC-DARTS) where the supernet has them; each update rule applies to all of them.
-`order="milenas"` is MiLeNAS' mixed-level rule (stretchable-cells Eq. 18, search/milenas.py): the
+`rule` picks the gradient (nasir/methods supplies it per method); `mixed_level_grad` is MiLeNAS'
+mixed-level rule (stretchable-cells Eq. 18, search/milenas.py, nasir/methods/milenas.py): the
 architecture descends grad (L_train + lam * L_val) at the current w, first order; with a third batch
 (`valid_beta`, the three-way split) the betas take their L_val from it. `regularizer()` (the
 passive-aggressive term, Eq. 15) is added to the architecture loss of every rule.
@@ -38,6 +39,8 @@ from nasir.search.supernet import Supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Reduce = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+# rule(architect, train, valid, xi, valid_beta) -> (grads in arch_parameters() order, loss, logits)
+Rule = Callable[..., tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]
 
 
 def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -96,15 +99,18 @@ class Architect:
     to unroll the step it is about to take (see the module docstring).
     """
 
-    def __init__(self, model: Supernet, w_optimizer: torch.optim.Optimizer | None = None, *, order: int | str = 1,
+    def __init__(self, model: Supernet, w_optimizer: torch.optim.Optimizer | None = None, *, order: int = 1,
                  lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3,
                  criterion: nn.Module | None = None, fd_radius: float = 0.01, mixed_level: float = 1.0,
-                 regularizer: Callable[[], torch.Tensor] | None = None, reduce: Reduce | None = None):  # fmt: skip
-        if order not in (1, 2, "milenas"):
-            raise ValueError(f"the architecture step is DARTS order 1 or 2 or 'milenas', got {order!r}")
+                 regularizer: Callable[[], torch.Tensor] | None = None, reduce: Reduce | None = None,
+                 rule: Rule | None = None):  # fmt: skip
+        if rule is None and order not in (1, 2):
+            raise ValueError(f"the architecture step is DARTS order 1 or 2, got {order!r}")
         self.model = model
         self.w_optimizer = w_optimizer
         self.order = order
+        # The gradient rule (nasir/methods: DARTS order 1 / 2, MiLeNAS' mixed level); None: DARTS of `order`.
+        self.rule = rule
         self.mixed_level = mixed_level  # lambda' of Eq. 18
         self.regularizer = regularizer
         self.reduce = reduce  # averages every gradient over the ranks of a distributed search
@@ -202,8 +208,8 @@ class Architect:
     def gradient(self, train: Batch, valid: Batch, xi: float, valid_beta: Batch | None = None
                  ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:  # fmt: skip
         """The architecture gradient of this step's rule, the regulariser's gradient added."""
-        if self.order == "milenas":
-            grads, loss, logits = self.mixed_level_grad(train, valid, valid_beta)
+        if self.rule is not None:
+            grads, loss, logits = self.rule(self, train, valid, xi, valid_beta)
         elif self.order == 1:
             grads, loss, logits = self.first_order_grad(valid)
         else:

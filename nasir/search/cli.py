@@ -11,7 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from nasir import limits
+from nasir import limits, methods
+
+# The search settings (library keywords, nasir/search/settings.py FLAGS) whose flag is not `--` + the name
+# with dashes: nasir/cli.py points a setting's error at its flag through this table.
+SETTING_FLAGS = {"partial_channels": "--pc-k", "w_lr": "--lr", "w_lr_min": "--lr-min", "w_weight_decay": "--weight-decay",
+                 "a_lr": "--arch-lr", "a_weight_decay": "--arch-weight-decay", "channels_last": "--layout"}  # fmt: skip
 
 
 def add_search_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,15 +29,15 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/<spec name>)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs (default: the spec's, else 50)")
     p.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the spec's, else 64)")
-    p.add_argument("--method", choices=("darts", "milenas", "pcdarts"),
+    p.add_argument("--method", choices=methods.spellings("method"),
                    help="architecture update: DARTS, MiLeNAS mixed level, PC-DARTS partial channels (default: the spec's, else darts)")  # fmt: skip
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS first or second order (default: the spec's, else 1)")
     p.add_argument("--pc-k", type=int, metavar="K", help="PC-DARTS: 1/K of the channels through the mixed ops (default 4)")
-    p.add_argument("--select", choices=("magnitude", "strength", "strength-star", "naive"),
+    p.add_argument("--select", choices=methods.spellings("select"),
                    help="how the architecture is derived: alpha magnitude (DARTS), operation strength or OStr* "
                         "(OStr-DARTS), loss increase on removal (naive); default: the spec's, else magnitude")  # fmt: skip
     p.add_argument("--strength-window", type=int, metavar="B", help="operation strength over the last B steps (default: one epoch)")
-    p.add_argument("--smooth", choices=("none", "rs", "adv"), help="SDARTS smoothing of the weight step (default: the spec's, else none)")
+    p.add_argument("--smooth", choices=methods.spellings("smooth"), help="SDARTS smoothing of the weight step (default: the spec's, else none)")
     p.add_argument("--adv-steps", type=int, metavar="N", help="SDARTS-ADV: PGD steps (default 7)")
     p.add_argument("--early-stop", type=int, metavar="C", help="stop once the derived architecture is unchanged for C epochs")
     p.add_argument("--hessian", action="store_true", default=None,
@@ -78,7 +83,7 @@ def run_search(args: argparse.Namespace) -> int:
     if not args.device.startswith("cuda"):
         keep_freed_memory()  # a whole process for one search: keep its activations' pages between steps
 
-    select = args.select.replace("-", "_") if args.select else None
+    select = methods.canonical("select", args.select)  # strength-star and strength_star alike
     layout = {"auto": None, "channels-last": True, "contiguous": False}[args.layout]
     t0 = time.perf_counter()
     try:

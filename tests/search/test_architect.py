@@ -1,4 +1,4 @@
-"""DARTS architecture steps against direct autograd computations (methods.md, "DARTS")."""
+"""DARTS architecture steps against direct autograd computations (docs/methods.md, "DARTS")."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_first_order_is_the_gradient_of_the_validation_loss_and_xi_zero_reduces_
     want = torch.autograd.grad(loss, model.arch_parameters())
     for a, b in zip(first, want):
         torch.testing.assert_close(a, b)
-    # xi = 0: w' = w, and the finite-difference term is multiplied by 0 (methods.md: first order is xi = 0).
+    # xi = 0: w' = w, and the finite-difference term is multiplied by 0 (docs/methods.md: first order is xi = 0).
     zero = arch.second_order_grad(train, valid, 0.0)[0]
     for a, b in zip(zero, want):
         torch.testing.assert_close(a, b)

@@ -1,4 +1,4 @@
-"""Data specs and loaders of the search (cli.md, "Data specs")."""
+"""Data specs and loaders of the search (docs/cli.md, "Data specs")."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from nasir.data import classification as D
 from nasir.diagnostics import DiagnosticError
-from nasir.search import data as D
 
 
 def test_data_specs_parse():

@@ -16,7 +16,7 @@ RANK_SCRIPT = """
 import os, sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from nasir.compile import resolve
+from nasir.lower import resolve
 from nasir.search.runner import Search, make_options
 spec, plan = resolve(sys.argv[1], ["C=4", "layers=3"])
 opts = make_options(spec, data="synthetic:32", overrides={"C": 4, "layers": 3}, limit_batches=None, channels_last=None,
@@ -35,8 +35,8 @@ def _free_port() -> int:
 
 def _emulate(select: str) -> dict[str, torch.Tensor]:
     """One process: each step averages the gradients of the two half-batches (arch step, then weight step)."""
-    from nasir.compile import resolve
-    from nasir.search import data as data_mod
+    from nasir.lower import resolve
+    from nasir.data import classification as data_mod
     from nasir.search.supernet import build_supernet, prepare
 
     spec, plan = resolve(EXAMPLES / "digits.cell", ["C=4", "layers=3"])
@@ -90,7 +90,7 @@ STOP_SCRIPT = """
 import json, os, signal, sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from nasir.compile import resolve
+from nasir.lower import resolve
 from nasir.search.runner import Search, SearchInterrupted, make_options
 spec, plan = resolve(sys.argv[1], ["C=4", "layers=3"])
 rank, out = int(os.environ["RANK"]), Path(sys.argv[2])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from helpers import TINY_SPACE, spec_of
 
 from nasir import ir
-from nasir.compile import resolve
+from nasir.lower import resolve
 from nasir.diagnostics import DiagnosticError
 from nasir.passes.derive import Derive
 from nasir.passes.mixed_ops import MixedOps
@@ -174,7 +174,7 @@ def derivation(first_edge_wins: bool) -> ir.Spec:
 
 
 def test_architectures_that_differ_only_in_edge_rank_compare_equal():
-    from nasir.search.runner import _canonical
+    from nasir.search.artefacts import canonical as _canonical
 
     one, other = derivation(True), derivation(False)
     assert _canonical(one) != _canonical(other)  # printed, the kept edges come in score order
@@ -193,7 +193,7 @@ def test_early_stop_fires_after_exactly_c_unchanged_epochs_while_ranks_swap(pati
     stop = EarlyStop(patience)
     fired = next(t for t, a in enumerate(archs, 1) if stop.update(architecture_key(a)))
     assert fired == patience + 1
-    from nasir.search.runner import _canonical
+    from nasir.search.artefacts import canonical as _canonical
 
     printed = EarlyStop(patience)  # the old comparison never sees the architecture repeat
     assert not any(printed.update(_canonical(a)) for a in archs)
@@ -347,9 +347,9 @@ def test_bad_optimiser_settings_point_at_the_setting(tmp_path, setting, message,
 
 
 def test_bad_optimiser_flags_are_errors(tmp_path):
-    with pytest.raises(DiagnosticError, match=r"--momentum must be a number in \[0, 1\), got 2"):
+    with pytest.raises(DiagnosticError, match=r"momentum must be a number in \[0, 1\), got 2"):
         _runner(_space(tmp_path), tmp_path / "x", momentum=2.0)
-    with pytest.raises(DiagnosticError, match="--warmup must be a whole number >= 0"):
+    with pytest.raises(DiagnosticError, match="warmup must be a whole number >= 0"):
         _runner(_space(tmp_path), tmp_path / "y", warmup=-1)
 
 

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from helpers import EXAMPLES, TINY_SPACE, spec_of
 
-from nasir.compile import resolve
+from nasir.lower import resolve
 from nasir.diagnostics import DiagnosticError
+from nasir.methods import milenas as milenas_method
 from nasir.passes.derive import Derive
 from nasir.search.architect import Architect
 from nasir.search.cli import add_search_parser, run_search
@@ -45,7 +46,7 @@ def _cells(text: str) -> str:
 
 
 def _derive(spec_path, scores, keep_edges=None) -> str:
-    from nasir.search.runner import _canonical
+    from nasir.search.artefacts import canonical as _canonical
     from nasir.search.supernet import prepare
 
     spec, _ = resolve(spec_path, ["C=4", "layers=3"])
@@ -98,10 +99,10 @@ def test_bad_method_settings_point_at_the_spec_and_flags():
     first = TINY_SPACE.count("\n") + 1
     assert [d.span.line for d in info.value.diagnostics] == [first, first + 1, first + 2]
     for flags, message in [
-        (dict(method="milenas", order=2), "MiLeNAS is a first-order method"),
-        (dict(partial_channels=2), "--pc-k (partial channels) applies to --method pcdarts only"),
-        (dict(select="bogus"), "--select must be one of"),
-        (dict(early_stop=0), "--early-stop must be a whole number >= 1, got 0"),
+        (dict(method="milenas", order=2), "order 2 does not apply to method milenas"),
+        (dict(partial_channels=2), "partial_channels 2 does not apply to method darts"),  # the setting, not the CLI's --pc-k
+        (dict(select="bogus"), "select must be one of"),
+        (dict(early_stop=0), "early_stop must be a whole number >= 1, got 0"),
     ]:
         with pytest.raises(DiagnosticError, match=message.replace("(", r"\(").replace(")", r"\)")):
             make_options(spec_of(TINY_SPACE), **kw, **flags)
@@ -241,7 +242,7 @@ def test_hessian_is_recorded_per_epoch(tmp_path):
 def test_mixed_level_gradient_is_that_of_train_plus_lambda_val():
     spec = spec_of(STRETCH)
     model = build_supernet(spec, seed=0)
-    arch = Architect(model, order="milenas", mixed_level=0.5)
+    arch = Architect(model, rule=milenas_method.gradient(None), mixed_level=0.5)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
     grads, _, _ = arch.gradient(batches[0], batches[1], xi=0.0, valid_beta=batches[2])

@@ -13,6 +13,7 @@ from nasir import ops
 from nasir.passes.mixed_ops import MixedOps
 from nasir.pipeline import PassManager
 from nasir.search.pcdarts import PartialMixedOp, channel_shuffle, edge_normalization, normalized_scores
+from nasir.targets import blocks  # noqa: F401 - registers the built-in ops' builders (nasir.ops names them only)
 
 CANDIDATES = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 

@@ -59,7 +59,7 @@ def test_search_writes_every_output(reference):
 
 
 def test_derived_selection_is_the_top_alpha_per_edge_and_top_two_edges_per_node(reference):
-    """Magnitude selection recomputed by hand from alphas.json (methods.md, DARTS derivation)."""
+    """Magnitude selection recomputed by hand from alphas.json (docs/methods.md, DARTS derivation)."""
     alphas = json.loads((reference.out / "alphas.json").read_text())
     derived = load(reference.out / "derived.cell")
     ops = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -157,8 +157,8 @@ def test_bad_input_is_a_diagnostic(reference, tmp_path):
         (dict(spec_or_path=EXAMPLES / "darts_v2.cell"), "has no choices to search"),
         (dict(data="cifar10:/no/such/folder"), "data path '/no/such/folder' does not exist"),
         (dict(data="imagenet"), "unknown data set 'imagenet'"),
-        (dict(epochs=0), "--epochs must be a whole number >= 1, got 0"),
-        (dict(select="bogus"), "--select must be one of magnitude, strength, strength-star, naive, got 'bogus'"),
+        (dict(epochs=0), "epochs must be a whole number >= 1, got 0"),
+        (dict(select="bogus"), "select must be one of magnitude, strength, strength_star, naive, got 'bogus'"),
         (dict(out=reference.out), "already holds a search"),
         (dict(out=reference.out, resume=True, seed=1), r"was made from something else: seed: 0 then, 1 now"),
         (dict(resume=True), "no checkpoint in"),
@@ -200,7 +200,7 @@ def _tiny_search(out, **kw):
     options are made for (its default layout); the Search itself runs on the CPU."""
     import attrs
 
-    from nasir.compile import resolve
+    from nasir.lower import resolve
     from nasir.search.runner import Search
 
     spec, plan = resolve(SPEC, TINY["overrides"])
@@ -290,7 +290,7 @@ def test_a_search_saved_where_the_default_layout_differs_resumes_but_a_layout_th
 
 
 def test_architecture_steps_run_without_tf32_and_metrics_name_the_setting(tmp_path, monkeypatch):
-    import nasir.search.runner as runner
+    import nasir.search.loop as runner  # the loop's module holds the weight step it calls
     from nasir.search.architect import Architect
 
     seen = {"arch": [], "weight": []}
@@ -411,7 +411,7 @@ def test_derived_onnx_records_its_seed_and_verify_export_passes_with_default_fla
 
 def test_a_nan_architecture_loss_stops_the_search_naming_its_step_and_writes_nothing_derived(tmp_path, monkeypatch):
     """The 3rd architecture step (epoch 2, step 1) returns NaN; epoch 1's checkpoint stays, no derived.cell."""
-    import nasir.search.runner as rn
+    import nasir.search.loop as rn  # the loop's module holds the architect it builds
 
     real = rn.Architect.step
     calls = {"n": 0}
@@ -467,7 +467,7 @@ def test_failures_known_before_the_first_step_are_reported_before_it_and_by_chec
         text = text.replace("  epochs 5", "  epochs 5\n  budget params <= 10")
     (tmp_path / "ops.cell").write_text((EXAMPLES / "ops.cell").read_text())
     (tmp_path / "s.cell").write_text(text)
-    import nasir.search.runner as rn
+    import nasir.search.loop as rn  # the loop's module holds the weight step it calls
 
     def no_step(*a, **kw):
         raise AssertionError("a step ran")

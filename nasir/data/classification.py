@@ -1,4 +1,4 @@
-"""Data for the search: `digits`, `synthetic[:N]`, `cifar10:PATH`, `folder:PATH` (cli.md, "Data specs").
+"""Classification data for search and training: `digits`, `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`.
 
 - `digits`: scikit-learn's embedded digits (1797 grey 8 x 8 images, 10 classes); no download.
 - `synthetic[:N]`: N (default 512) images of the network's input shape, drawn around one random

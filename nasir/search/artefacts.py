@@ -1,0 +1,145 @@
+"""What a search writes besides its checkpoint (docs/runtime.md): derived.cell text, the genotype,
+the ONNX export of the derived network, the alpha heatmap; the cost function budgets are checked with."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from nasir import ir
+from nasir.diagnostics import DiagnosticError
+from nasir.io import atomic_write, atomic_write_with
+from nasir.macro import Plan
+
+
+def canonical(spec: ir.Spec) -> str:
+    from nasir.printer import cell, network
+
+    return "\n\n".join([cell(c) for c in spec.cells] + [network(n) for n in spec.networks]) + "\n"
+
+
+def genotype_of(derived: ir.Spec) -> str | None:
+    """The DARTS genotype, else the NAS-Bench-201 string, else None (the cells have neither form)."""
+    from nasir import genotype
+
+    for fn in (genotype.spec_to_genotype, genotype.spec_to_nb201):
+        try:
+            return fn(derived)
+        except DiagnosticError:
+            continue
+    return None
+
+
+def derived_text(derived: ir.Spec, source: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """Standalone `.cell` text of a derived spec: every cell and network it needs, whatever file they came from.
+
+    Network parameters set on the command line become the defaults, so the file builds the network searched.
+    """
+    derived = with_overrides(derived, overrides)
+    return f"# Derived by nasir search from {Path(source).name}.\n" + canonical(derived)
+
+
+def literal(v: Any) -> ir.Expr:
+    return ir.Bool(v) if isinstance(v, bool) else ir.Num(v)
+
+
+def cost_fn(plan: Plan) -> Callable[[ir.Spec], dict[str, float]]:
+    def cost(spec: ir.Spec) -> dict[str, float]:
+        from nasir.targets.blocks import count_macs, count_params
+        from nasir.targets.network import Network
+
+        net = Network(spec, plan)
+        aux = net.auxiliary_head
+        params = count_params(net) - (count_params(aux) if aux is not None else 0)
+        return {"params": float(params), "macs": float(count_macs(net, plan.input))}
+
+    return cost
+
+
+def export_onnx(derived: ir.Spec, plan: Plan, path: Path, seed: int = 0) -> Path:
+    from nasir.targets.export import to_onnx
+    from nasir.targets.network import build
+
+    model = build(derived, plan, seed=seed).eval()
+    # Issue 14, item 6: the file is the derived network's seeded initialisation, not trained weights;
+    # it says so, and records the seed (nasir verify-export reads "nasir.seed").
+    meta = {"nasir.seed": str(seed), "nasir.weights": "untrained: the derived network's seeded initialisation (train it with nasir train)"}
+    return to_onnx(model, torch.zeros(1, *plan.input), path, metadata=meta)
+
+
+def alpha_heatmap(spec: ir.Spec, alphas: Mapping[str, Sequence[Sequence[float]]], path: Path) -> Path:
+    """softmax(alpha) per cell kind as a heatmap: one row per mixed edge (IR order), one column per op."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kinds = [k for k in alphas if spec.cell(k) is not None]
+    fig = Figure(figsize=(9, 1.2 + 0.32 * sum(len(alphas[k]) for k in kinds) + 0.8 * len(kinds)))
+    FigureCanvasAgg(fig)
+    heights = [max(len(alphas[k]), 1) for k in kinds]
+    axes = fig.subplots(len(kinds), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, kind in zip(axes, kinds):
+        cell = spec.cell(kind)
+        edges = [e for e in cell.edges if e.alpha is not None]  # type: ignore[union-attr]
+        soft = torch.tensor(alphas[kind], dtype=torch.float64).softmax(-1)
+        im = ax.imshow(soft.numpy(), cmap="Blues", vmin=0.0, aspect="auto")
+        ax.set_yticks(range(len(edges)), [f"{e.src} -> {e.dst}" for e in sorted(edges, key=lambda e: e.alpha)], fontsize=7)
+        ops = cell.alpha_rows[0] if cell.alpha_rows else ()  # type: ignore[union-attr]
+        ax.set_xticks(range(len(ops)), ops, rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{kind}: softmax(alpha)", fontsize=9)
+        for (i, j), v in zip(((i, j) for i in range(soft.shape[0]) for j in range(soft.shape[1])), soft.flatten().tolist()):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.6 * float(soft.max()) else "black")
+        fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return path
+
+
+
+
+def with_overrides(derived: ir.Spec, overrides: Mapping[str, Any] | None) -> ir.Spec:
+    """The derived spec whose network parameters set by `overrides` (`--set C=4`) are the defaults, so
+    that compiling it builds the network searched."""
+    if not overrides:
+        return derived
+    nets = []
+    for n in derived.networks:
+        params = tuple(attrs.evolve(p, default=literal(overrides[p.name])) if p.name in overrides else p for p in n.params)
+        nets.append(attrs.evolve(n, params=params))
+    return attrs.evolve(derived, networks=tuple(nets))
+
+
+def write_outputs(out: Path, *, derived: ir.Spec, text: str, genotype: str | None, variables: Mapping[str, Any], spec: ir.Spec,
+                  plan: Plan, seed: int, artifacts: bool, checkpoint: str) -> tuple[dict[str, Path], list[str]]:  # fmt: skip
+    """derived.cell, genotype.txt, the variables' JSON files; with `artifacts` also derived.onnx, derived.png,
+    alphas.png. Returns the files (by name) and notes on what could not be written."""
+    files: dict[str, Path] = {}
+    notes: list[str] = []
+    atomic_write(out / "derived.cell", text)
+    files["derived.cell"] = out / "derived.cell"
+    if genotype is not None:
+        atomic_write(out / "genotype.txt", genotype + "\n")
+        files["genotype.txt"] = out / "genotype.txt"
+    for name, values in variables.items():
+        atomic_write(out / f"{name}.json", json.dumps(values) + "\n")
+        files[f"{name}.json"] = out / f"{name}.json"
+    files["metrics.jsonl"] = out / "metrics.jsonl"
+    files["checkpoint.pt"] = out / checkpoint
+    if not artifacts:
+        return files, notes
+    try:
+        files["derived.onnx"] = export_onnx(derived, plan, out / "derived.onnx", seed=seed)
+    except ImportError as e:
+        notes.append(f"no ONNX export: {e}")
+    try:
+        from nasir.targets.draw import draw
+
+        files["derived.png"] = draw(derived, out / "derived.png")
+    except ImportError as e:
+        notes.append(f"no cell drawing: {e}")
+    files["alphas.png"] = alpha_heatmap(spec, variables["alphas"], out / "alphas.png")
+    return files, notes

@@ -1,0 +1,504 @@
+"""The search loop (docs/runtime.md): one `Search` per run: supernet, data, optimisers, per step an
+architecture step (the method's rule, nasir/methods) and a weight step (perturbed by the smoothing),
+per epoch evaluation, derivation by the selection rule, metrics and checkpoint; resume and stop.
+Entry point and file layout: nasir/search/runner.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from nasir import device as dv
+from nasir import finite, ir, methods
+from nasir import provenance as prov
+from nasir.data import classification as data_mod
+from nasir.diagnostics import Diagnostic, DiagnosticError
+from nasir.io import atomic_write
+from nasir.macro import Plan
+from nasir.runtime.dist import init_distributed
+from nasir.runtime.loop import Control
+from nasir.runtime.metrics import MetricsLog
+from nasir.runtime.state import save_checkpoint
+from nasir.search import diagnostics
+from nasir.search.architect import Architect, all_reduce_mean, weight_step
+from nasir.search.artefacts import (
+    canonical,
+    cost_fn,
+    derived_text,
+    genotype_of,
+    with_overrides,
+    write_outputs,
+)
+from nasir.search.milenas import three_way_split
+from nasir.search.settings import Options
+from nasir.search.smoothing import epsilon
+from nasir.search.strength import EarlyStop, StrengthMeter, architecture_key
+from nasir.search.supernet import build_supernet, prepare
+from nasir.search.topology import most_likely_edges, passive_aggressive, removed_nodes
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 3  # 3: the options gained warmup and drop_none; early stop keeps an order-free key
+
+
+def _flag_error(message: str, hint: str | None = None) -> DiagnosticError:
+    return DiagnosticError([Diagnostic(message, None, hint)])
+
+
+@attrs.frozen
+class SearchResult:
+    out: Path
+    derived: ir.Spec
+    derived_text: str
+    genotype: str | None
+    alphas: dict[str, list[list[float]]]
+    metrics: list[dict[str, Any]]
+    files: dict[str, Path]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def valid_acc(self) -> float | None:
+        return self.metrics[-1].get("valid_acc") if self.metrics else None
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """A stop signal (or `stop_after_steps`) ended the search at a step boundary; a checkpoint was saved."""
+
+    def __init__(self, out: Path, epoch: int, step: int):
+        super().__init__(f"search interrupted at epoch {epoch + 1}, step {step}; continue with --resume ({out})")
+        self.out, self.epoch, self.step = out, epoch, step
+
+
+class Search:
+    """One search run in `out`; `run()` trains to the last epoch (resuming if asked) and writes outputs."""
+
+    def __init__(self, spec: ir.Spec, plan: Plan, options: Options, out: Path, *, progress: bool = True,
+                 callback: Callable[[dict[str, Any]], None] | None = None, stop_after_steps: int | None = None,
+                 source: str | None = None, artifacts: bool = True):  # fmt: skip
+        self.spec = prepare(spec)
+        self.artifacts = artifacts
+        self.plan = plan
+        self.opt = options
+        self.out = out
+        self.progress = progress
+        self.callback = callback
+        self.stop_after_steps = stop_after_steps
+        # progress, stop signal, stop_after_steps, callback (nasir/runtime/loop.py); run() adds the bar
+        self.control = Control(total=0, initial=0, progress=False, main=False, stop_after_steps=stop_after_steps, callback=callback)
+        self.stop = self.control.stop
+        self.source = source or spec.file
+        self.device = torch.device(options.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # this process's GPU (nasir.device.select_device chose it)
+        # Under torchrun every rank takes an equal slice of each global batch; every gradient is
+        # averaged over the ranks (architect.all_reduce_mean), so weights and alphas stay identical.
+        self.dist = init_distributed(self.device)
+        self.reduce = all_reduce_mean if self.dist.world > 1 else None
+        if options.batch_size % self.dist.world:
+            raise _flag_error(f"the batch size {options.batch_size} does not split evenly over {self.dist.world} processes")
+        self.data = data_mod.load_data(options.data, plan.input, plan.classes)
+        self.notes: list[str] = [self.data.note] if self.data.note else []
+        self.method = methods.method(options.method)
+        self.selection = methods.selection(options.select)
+        self.smoothing = methods.smoothing(options.smooth)
+        self.three_way = self.method.three_way and any(c.beta_rows for c in self.spec.cells)
+        if self.three_way:  # weights / alpha / beta (stretchable-cells, MiLeNAS)
+            split = three_way_split(len(self.data), options.seed)
+            self.splits = [torch.tensor(x, dtype=torch.long) for x in split]
+        else:  # weights / architecture halves (DARTS)
+            self.splits = list(data_mod.split_halves(len(self.data), options.seed))
+        self.w_idx, self.a_idx = self.splits[0], self.splits[1]
+        b = options.batch_size
+        steps = max(1, min(len(x) for x in self.splits) // b)
+        if options.limit_batches is not None:
+            steps = min(steps, options.limit_batches)
+        self.steps = steps
+        if options.warmup_epochs >= options.epochs:
+            self.notes.append(f"no architecture step: the warm-up ({options.warmup_epochs} epochs) covers all {options.epochs} "
+                              "epochs, so the derived cell comes from the initial architecture variables (set warmup lower)")  # fmt: skip
+
+        self.model = build_supernet(self.spec, plan, seed=options.seed, channels_last=options.channels_last,
+                                    low_memory=options.low_memory, partial_channels=options.partial_channels,
+                                    fuse=options.fuse)  # fmt: skip
+        if options.deterministic:
+            dv.deterministic_pooling(self.model)  # torch has no deterministic CUDA backward for adaptive pooling
+        self.model.to(self.device)
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), options.w_lr, momentum=options.momentum,
+                                     weight_decay=options.w_weight_decay)  # fmt: skip
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, options.epochs, eta_min=options.w_lr_min)
+        # r(beta) is defined for output topologies only (stretchable-cells Eq. 14-15); under `topology
+        # inputs k` it is 0 identically, a constant with no gradient (issue 14, item 15: it crashed every
+        # such search), so no regularizer then.
+        outputs_kinds = [k for k in self.model.betas if getattr(self.model.cells[k].topology, "kind", None) == "outputs"]
+        regularizer = self._passive_aggressive if outputs_kinds and options.pa_lambda else None
+        self.architect = Architect(self.model, self.w_opt, rule=self.method.gradient(options), lr=options.a_lr, betas=options.a_betas,
+                                   weight_decay=options.a_weight_decay, mixed_level=options.mixed_level,
+                                   regularizer=regularizer, reduce=self.reduce)  # fmt: skip
+        self.meter = StrengthMeter(options.strength_window or steps)
+        self.early = EarlyStop(options.early_stop) if options.early_stop else None
+        self.stopped_early = False
+        self._derived: tuple[int, ir.Spec] | None = None
+        self.epoch = 0
+        self.step = 0
+        self.partial = self._zero_sums()
+        self.history: list[dict[str, Any]] = []
+        # Issue 14: what the search is made from (also in checkpoint.pt), and the first non-finite
+        # losses, kept on the device (nasir/finite.py) and read where the loop waits anyway.
+        split = {"kind": "three_way" if self.three_way else "halves", "seed": options.seed}
+        self.provenance = prov.record(spec, kind="search", overrides=dict(options.overrides), plan=plan, seed=options.seed,
+                                      data=options.data, split=split)  # fmt: skip
+        self.loss_watch = finite.FiniteWatch()
+        self.arch_watch = finite.FiniteWatch()
+
+    def _passive_aggressive(self) -> torch.Tensor:
+        """lambda * r(beta) summed over the cell kinds (stretchable-cells Eq. 14-15)."""
+        m = self.model
+        return self.opt.pa_lambda * sum(passive_aggressive(m.cells[k], list(rows)) for k, rows in m.betas.items())  # type: ignore[return-value]
+
+    # ---- state ---------------------------------------------------------------------------------
+    @staticmethod
+    def _zero_sums() -> dict[str, float]:
+        return {"train_loss": 0.0, "train_correct": 0.0, "arch_loss": 0.0, "arch_seen": 0.0, "seen": 0.0, "seconds": 0.0}
+
+    def state_dict(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint; `rng` from nasir.device.rng_state (which every rank must call under DDP)."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "options": self.opt.to_dict(),
+            "spec": canonical(self.spec),
+            "provenance": self.provenance,
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.architect.optimizer.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng": rng if rng is not None else dv.rng_state(),
+            "partial": {k: float(v) for k, v in self.partial.items()},  # device sums read once, here
+            "history": json.dumps(self.history),
+            "strength": self.meter.state_dict(),
+            "early": self.early.state_dict() if self.early else None,
+            "stopped_early": self.stopped_early,
+        }
+
+    def save(self) -> None:
+        """checkpoint.pt; every rank calls it (their RNG states are gathered), rank 0 writes it."""
+        def make(rng: dict[str, Any]) -> dict[str, Any]:
+            state = self.state_dict(rng)
+            if not finite.state_is_finite(state["model"]):  # the losses were finite, but the last step's update was not
+                raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + (self.step == 0)}"
+                                     f"{f', step {self.step}' if self.step else ''}")  # fmt: skip
+            return state
+
+        save_checkpoint(self.out / CHECKPOINT, self.dist, make)  # rank 0 writes, the others wait for the file
+
+    def _diverged(self, what: str, step: int | None = None) -> finite.NonFiniteError:
+        kept = "checkpoint.pt keeps the last finite state" if (self.out / CHECKPOINT).is_file() else "no checkpoint was written"
+        return finite.NonFiniteError(f"search stopped: {what}; {kept}; nothing derived from it was written",
+                                     hint="a smaller --lr or --arch-lr usually keeps the losses finite", step=step)  # fmt: skip
+
+    def check_finite(self) -> None:
+        """Stop at the first non-finite weight or architecture loss, naming its step (one host read)."""
+        dist = self.dist.world > 1
+        for watch, what in ((self.loss_watch, "training loss"), (self.arch_watch, "architecture loss")):
+            bad = watch.first(distributed=dist, device=self.device)
+            if bad is not None:
+                g, value = bad
+                raise self._diverged(f"the {what} is {finite.describe(value)} at epoch {g // self.steps + 1}, "
+                                     f"step {g % self.steps + 1} (of {self.steps})", g)  # fmt: skip
+
+    def load(self) -> None:
+        path = self.out / CHECKPOINT
+        try:
+            state = dv.load_on_cpu(path)  # on the CPU: the RNG states must stay there; the rest moves below
+        except FileNotFoundError:
+            raise _flag_error(f"--resume: no checkpoint in '{self.out}'", "start a new search without --resume") from None
+        except Exception as e:  # a truncated or foreign file
+            raise _flag_error(f"--resume: cannot read '{path}': {type(e).__name__}: {e}") from None
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise _flag_error(f"--resume: '{path}' was written by another version of nasir")
+        prov.require_same(prov.of(state), self.provenance, ("spec", "overrides", "network", "seed", "data", "split"),
+                          f"--resume: '{path}'", hint="resume with the spec, --set values, --seed and --data the search started with")  # fmt: skip
+        saved = state["options"]
+        now = self.opt.to_dict()
+        # What the user set, not what follows from it (the layout `auto` resolves per device): only the
+        # fields that are part of the result; a field the checkpoint predates counts as its default.
+        fields = {f.name: f for f in attrs.fields(Options)}
+        default = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in fields.items()}
+        differ = [k for k, v in now.items() if fields[k].eq and saved.get(k, default[k]) != v]
+        if differ:
+            listed = ", ".join(f"{k} ({saved.get(k, default[k])!r} then, {now[k]!r} now)" for k in differ)
+            raise _flag_error(f"--resume: the search in '{self.out}' ran with other settings: {listed}",
+                              "resume with the same flags, or start a new search in another --out")  # fmt: skip
+        if state["spec"] != canonical(self.spec):
+            raise _flag_error(f"--resume: the spec changed since the search in '{self.out}' started",
+                              "resume with the spec it started from, or start a new search in another --out")  # fmt: skip
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.architect.optimizer.load_state_dict(state["a_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.notes.extend(f"resume: {n}" for n in dv.restore_rng(state["rng"]))
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.partial = {k: float(v) for k, v in state["partial"].items()}
+        self.history = json.loads(state["history"])
+        self.meter.load_state_dict(dv.move_to(state["strength"], self.device))  # its history lives where the gradients do
+        self.stopped_early = bool(state["stopped_early"])
+        if self.early is not None:
+            self.early.load_state_dict(state["early"])
+
+    # ---- batches -------------------------------------------------------------------------------
+    def _batch(self, order: torch.Tensor, step: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.opt.batch_size
+        idx = order[step * b : (step + 1) * b]
+        g = data_mod.batch_generator(self.opt.seed, self.epoch, step, stream)
+        x, y = self.data.batch(idx, g)
+        if self.dist.world > 1:  # this rank's slice of the global batch, augmented as one process would
+            n = len(y) // self.dist.world
+            x, y = x[self.dist.rank * n : (self.dist.rank + 1) * n], y[self.dist.rank * n : (self.dist.rank + 1) * n]
+        return dv.to_device(x, self.device), dv.to_device(y, self.device)  # pinned, non-blocking on CUDA
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> SearchResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load()
+        elif (self.out / CHECKPOINT).exists():
+            raise _flag_error(f"'{self.out}' already holds a search (checkpoint.pt)",
+                              "continue it with --resume, or choose another --out")  # fmt: skip
+        if self.dist.main:
+            prov.write(self.out, self.provenance)
+        self.control = Control(total=self.opt.epochs * self.steps, initial=self.epoch * self.steps + self.step,
+                               progress=self.progress, main=self.dist.main, stop_after_steps=self.stop_after_steps,
+                               callback=self.callback, leave=False)  # fmt: skip
+        self.stop = self.control.stop
+        benchmark = torch.backends.cudnn.benchmark
+        try:
+            with self.stop.installed(), dv.deterministic_mode(self.opt.deterministic):
+                dv.fixed_shapes(self.device)  # cuDNN autotuning on CUDA unless deterministic: every step has one shape
+                while self.epoch < self.opt.epochs and not self.stopped_early:
+                    self._epoch(self.control.bar)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+            self.control.close()
+        return self.finish()
+
+    def _epoch(self, bar) -> None:
+        model, opt = self.model, self.opt
+        orders = [data_mod.epoch_order(idx, opt.seed, self.epoch, stream) for stream, idx in enumerate(self.splits)]
+        lr = self.sched.get_last_lr()[0]
+        eps = epsilon(self.epoch, opt.epochs, opt.eps_start, opt.eps_end) if self.smoothing.perturbs else None
+        model.train()
+        sums: dict[str, Any] = self.partial  # tensors on the device during the epoch: no host sync per step
+        dv.reset_peak_memory(self.device)
+        if bar is not None:
+            bar.set_description(f"epoch {self.epoch + 1}/{opt.epochs}")
+        while self.step < self.steps:
+            t0 = time.perf_counter()
+            train = self._batch(orders[0], self.step, 0)
+            valid = self._batch(orders[1], self.step, 1)
+            valid_beta = self._batch(orders[2], self.step, 2) if self.three_way else None
+            # 1. architecture step on the architecture data (after the warm-up), 2. weight step (docs/methods.md, DARTS).
+            a_loss = None
+            if self.epoch >= opt.warmup_epochs:
+                with dv.fp32_arch_grads(opt.fp32_arch_grads):  # TF32 off: the finite difference is sensitive (docs/gpu.md)
+                    a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
+                kinds = list(model.alphas)
+                self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
+            soft = self._smoothed(train, eps) if eps is not None else None
+            loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
+            at = self.epoch * self.steps + self.step
+            self.loss_watch.observe(loss, at)
+            if a_loss is not None:
+                self.arch_watch.observe(a_loss, at)
+            if self.device.type == "cpu":
+                self.check_finite()  # nothing to wait for on the CPU: stop at once
+            n = train[1].numel()
+            sums["train_loss"] += loss.double() * n
+            sums["train_correct"] += (logits.argmax(1) == train[1]).sum().double()
+            if a_loss is not None:
+                sums["arch_loss"] += a_loss.double() * n
+                sums["arch_seen"] += n
+            sums["seen"] += n
+            sums["seconds"] += time.perf_counter() - t0  # on CUDA the time to queue the step; the epoch's total is exact
+            self.step += 1
+            done = self.epoch * self.steps + self.step
+            if bar is not None:
+                bar.update(1)
+                if self.step % 50 == 1 or self.step == self.steps:  # reading the numbers waits for the GPU
+                    if self.dist.world == 1:  # (under torchrun every rank checks at the same points)
+                        self.check_finite()
+                    bar.set_postfix(loss=f"{float(loss):.3f}", arch="warm-up" if a_loss is None else f"{float(a_loss):.3f}",
+                                    acc=f"{float(sums['train_correct']) / sums['seen']:.3f}")  # fmt: skip
+            if self.control.callback is not None:  # a callback reads the losses: that waits for the GPU
+                self.control.notify({"epoch": self.epoch + 1, "step": self.step, "global_step": done, "loss": float(loss),
+                               "arch_loss": None if a_loss is None else float(a_loss)})  # fmt: skip
+            if self.control.should_stop(done):
+                if self.step < self.steps:
+                    self.check_finite()
+                    self.save()
+                    raise SearchInterrupted(self.out, self.epoch, self.step)
+                self.stop.requested = True  # the epoch is complete: finish it, then stop
+        t0 = time.perf_counter()
+        valid_loss, valid_acc = self.evaluate(self.a_idx)
+        eval_s = time.perf_counter() - t0
+        # After the evaluation (its one host read ends the epoch's queue), before anything is written.
+        self.check_finite()
+        if not finite.state_is_finite(model.state_dict()):
+            raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + 1}")
+        self.sched.step()
+        sums = {k: float(v) for k, v in sums.items()}
+        seen = max(sums["seen"], 1.0)
+        record = {
+            "epoch": self.epoch + 1, "steps": self.steps, "lr": lr,
+            "train_loss": sums["train_loss"] / seen, "train_acc": sums["train_correct"] / seen,
+            "arch_loss": sums["arch_loss"] / sums["arch_seen"] if sums.get("arch_seen") else None,
+            "valid_loss": valid_loss, "valid_acc": valid_acc,
+            "time_s": round(sums["seconds"] + eval_s, 3), "train_s": round(sums["seconds"], 3),
+        }  # fmt: skip
+        record.update(dv.precision_record(opt.fp32_arch_grads))
+        if opt.deterministic:
+            record["deterministic"] = True
+        peak = dv.peak_memory_mb(self.device)
+        if peak is not None:
+            record["gpu_peak_mb"] = peak
+        if eps is not None:
+            record["eps"] = eps
+        if self.epoch < opt.warmup_epochs:
+            record["warmup"] = True
+        if opt.hessian:
+            t0 = time.perf_counter()
+            with dv.fp32_arch_grads(opt.fp32_arch_grads):
+                eig = self.hessian_eigenvalue()
+            record["hessian_eig"] = eig.value
+            record["hessian_converged"] = eig.converged
+            record["hessian_method"] = eig.method
+            record["hessian_s"] = round(time.perf_counter() - t0, 3)
+        derived = self.derive()
+        record["genotype"] = genotype_of(derived)
+        if self.early is not None:
+            self.stopped_early = self.early.update(architecture_key(derived))
+            record["unchanged_epochs"] = self.early.count
+            if self.stopped_early:
+                record["early_stop"] = True
+        self.history.append(record)
+        self.epoch += 1
+        self.step = 0
+        self.partial = self._zero_sums()
+        self._write_epoch(record)
+        self.save()
+        if self.stop.requested and self.epoch < opt.epochs and not self.stopped_early:
+            raise SearchInterrupted(self.out, self.epoch, 0)
+
+    def _generator(self, step: int, stream: int) -> torch.Generator:
+        seed = data_mod.batch_generator(self.opt.seed, self.epoch, step, stream).initial_seed()
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def generator(self, stream: int) -> torch.Generator:
+        """A generator on the device for this step's `stream` (a function of seed, epoch, step): for the hooks."""
+        return self._generator(self.step, stream)
+
+    def _smoothed(self, batch: tuple[torch.Tensor, torch.Tensor], eps: float) -> dict[str, torch.Tensor] | None:
+        """The weights this weight step's mixed ops read: the smoothing's perturbation (nasir/methods/sdarts.py)."""
+        return self.smoothing.perturb(self, batch, eps) if self.smoothing.perturb is not None else None
+
+    def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return diagnostics.fixed_batch(self)
+
+    def hessian_eigenvalue(self):
+        """SDARTS' diagnostic (search/diagnostics.py)."""
+        return diagnostics.hessian_eigenvalue(self)
+
+    @torch.no_grad()
+    def evaluate(self, indices: torch.Tensor) -> tuple[float, float]:
+        """Loss and accuracy of the supernet in eval mode on `indices` (DARTS' `infer` on the valid half)."""
+        self.model.eval()
+        b = self.opt.batch_size
+        n_batches = math.ceil(len(indices) / b)
+        if self.opt.limit_batches is not None:
+            n_batches = min(n_batches, self.opt.limit_batches)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device, read once
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
+        for k in range(n_batches):
+            idx = indices[k * b : (k + 1) * b]
+            x, y = self.data.batch(idx, train=False)
+            x, y = dv.to_device(x, self.device), dv.to_device(y, self.device)
+            logits = self.model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum().double()
+            seen += y.numel()
+        self.model.train()
+        return float(loss) / max(seen, 1.0), float(correct) / max(seen, 1.0)
+
+    # ---- derivation and outputs ----------------------------------------------------------------
+    def scores(self) -> dict[str, list[list[float]]]:
+        """The selection rule's score per (alpha row, candidate), per cell kind (passes/derive.py ranks
+        them): the registered selection's hook (nasir/methods: magnitude, strength, strength_star, naive)."""
+        with torch.no_grad():
+            return self.selection.scores(self)
+
+    def removal_scores(self) -> dict[str, torch.Tensor]:
+        """The naive criterion (search/diagnostics.py)."""
+        return diagnostics.removal_scores(self)
+
+    def derive(self) -> ir.Spec:
+        """Selection by the chosen rule (`scores`) under the spec's limits and budgets (passes/derive.py);
+        stretchable cells keep the edges of their most likely codes (search/topology.py)."""
+        from nasir.passes.derive import Derive
+
+        at = self.epoch * self.steps + self.step  # steps done so far
+        if self._derived is not None and self._derived[0] == at:  # nothing changed since (finish after the last epoch)
+            return self._derived[1]
+        budgets = self.spec.search.budgets if self.spec.search else ()
+        m = self.model
+        keep = {k: most_likely_edges(m.cells[k], list(rows)) for k, rows in m.betas.items()}
+        remove = {k: removed_nodes(m.cells[k], list(rows)) for k, rows in m.betas.items()}
+        derived = Derive(self.scores(), keep_edges=keep, remove_nodes=remove, drop_none=self.opt.drop_none,
+                         cost=cost_fn(self.plan) if budgets else None).run(self.spec).spec  # fmt: skip
+        self._derived = (at, derived)
+        return derived
+
+    def _write_epoch(self, record: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        for name, values in self._variables().items():
+            atomic_write(self.out / name / f"epoch_{record['epoch']:03d}.json", json.dumps(values) + "\n")
+            atomic_write(self.out / f"{name}.json", json.dumps(values) + "\n")
+        MetricsLog(self.out / "metrics.jsonl").rewrite(self.history)  # the checkpoint holds every record: idempotent
+
+    def _variables(self) -> dict[str, Any]:
+        """What is written per epoch: alphas, the operation strengths, and betas / gammas where the supernet has them."""
+        m = self.model
+        out: dict[str, Any] = {"alphas": m.alpha_values()}
+        strength = self.meter.strength()
+        if strength:
+            out["strengths"] = {k: v.double().tolist() for k, v in strength.items()}
+        if m.betas:
+            out["betas"] = m.beta_values()
+        if m.gammas:
+            out["gammas"] = m.gamma_values()
+        return out
+
+    def finish(self) -> SearchResult:
+        """The result; rank 0 writes the files (search/artefacts.py). `derived` carries the caller's
+        network overrides as defaults, as derived.cell does, so compiling it builds the network searched."""
+        derived = self.derive()
+        overrides = dict(self.opt.overrides)
+        text = derived_text(derived, self.source, overrides)
+        genotype = genotype_of(derived)
+        alphas = self.model.alpha_values()
+        files: dict[str, Path] = {}
+        notes = list(self.notes)
+        if self.dist.main:
+            files, more = write_outputs(self.out, derived=derived, text=text, genotype=genotype, variables=self._variables(),
+                                        spec=self.spec, plan=self.plan, seed=self.opt.seed, artifacts=self.artifacts,
+                                        checkpoint=CHECKPOINT)  # fmt: skip
+            notes += more
+        return SearchResult(self.out, with_overrides(derived, overrides), text, genotype, alphas, list(self.history), files, tuple(notes))
