@@ -247,3 +247,17 @@ def test_an_odd_channel_count_under_a_factorized_reduce_is_an_error():
     text = THREE.replace("stem  conv3x3(3 * C), bn", TWO_STEMS.format(s=2)).replace("C = 4", "C = 3")
     assert errors_of(text) == [(19, 3, "cell 'normal' cannot be fed here: its input 'a' is halved by a factorized "
                                        "reduction, which needs an even channel count, and the cell has C = 3")]  # fmt: skip
+
+
+def test_an_autodl_checkpoint_is_refused_for_three_input_cells():
+    # AutoDL's TinyNetwork layout maps onto one-input (NAS-Bench-201) cells only; a three-input cell is not one.
+    from nasir.autodl import from_tiny_network
+    from nasir.diagnostics import DiagnosticError
+
+    net = build(spec_of(THREE), seed=0)
+    try:
+        from_tiny_network(net, {}, "autodl.pth")
+    except DiagnosticError as e:
+        assert "the network has no NAS-Bench-201 cells (one input per cell)" in e.diagnostics[0].message
+    else:
+        raise AssertionError("a network of three-input cells took an AutoDL TinyNetwork checkpoint")
