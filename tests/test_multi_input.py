@@ -186,6 +186,11 @@ def test_fused_supernet_cell_equals_the_plain_one():
     fused = build_supernet(spec, channels_last=False, fuse=True).eval()
     fused.load_state_dict(plain.state_dict())
     assert sum(type(m).__name__ == "FusedCell" for m in fused.net.cells) == 3
+    # DARTS's search cells (model_search.py, MixedOp) put a BN after each pooling candidate; a cell with
+    # more inputs is a DARTS cell too (NAS-Bench-201's one-input cells have none).
+    mixed = plain.net.cells[0]._ops[0]
+    pool = mixed._ops[[mixed.candidates[i] for i in mixed.index].index("max_pool_3x3")]
+    assert [type(m).__name__ for m in pool] == ["MaxPool2d", "BatchNorm2d"]
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-6)
