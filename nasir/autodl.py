@@ -67,7 +67,7 @@ def from_tiny_network(model: Any, sd: Mapping[str, Any], path: str | Path) -> di
     """`sd` (AutoDL TinyNetwork names) renamed to `model`'s names, mapped edge by edge; raises `DiagnosticError`."""
     cells = getattr(model, "cells", None)
     own = model.state_dict()
-    if cells is None or not any(hasattr(c, "_schedule") and not c.two_inputs for c in cells):
+    if cells is None or not any(getattr(c, "n_inputs", 0) == 1 for c in cells):  # CellModule.n_inputs
         raise _error(path, "the network has no NAS-Bench-201 cells (one input per cell)",
                      "import the architecture's NAS-Bench-201 string: nasir import ARCH_STRING")  # fmt: skip
 

@@ -93,7 +93,11 @@ class CellPlan:
     """One stacked cell: its kind, its C, whether it stands at a reduction position and follows one;
     the channels of the two previous states it reads (C_pp, C_p), its output channels (C_out = the
     output multiplier times C, docs/ops.md "A DARTS cell"), its stride (2 for a cell with `stride 2 from
-    inputs`) and the total downsampling `scale` of its output relative to the network input."""
+    inputs`) and the total downsampling `scale` of its output relative to the network input.
+
+    Per input, in the cell's input order (oldest state first): `in_channels`, the channels of the
+    state it reads, and `in_reductions`, how many times that state must be halved to reach the
+    resolution of the cell's last input (docs/network.md "Cells with more than two inputs")."""
 
     cell: str
     C: int
@@ -104,6 +108,8 @@ class CellPlan:
     C_out: int = 0
     stride: int = 1
     scale: int = 1
+    in_channels: tuple[int, ...] = ()
+    in_reductions: tuple[int, ...] = ()
 
 
 @attrs.frozen
@@ -151,6 +157,20 @@ class Plan:
     def out_channels(self) -> int:
         """Channels of the last body block's output (what the head reads)."""
         return self.body[-1].C_out if self.body else self.stem_channels
+
+
+def _cell_inputs(spec: ir.Spec, name: str | None) -> tuple[str, ...]:
+    """A cell kind's input names (two unnamed ones for an unknown kind: the verifier reports it)."""
+    cell = spec.cell(name) if name is not None else None
+    return tuple(cell.input_names) if cell is not None and cell.inputs else ("", "")
+
+
+def history_window(length: int, n: int) -> list[int]:
+    """The positions in a history of `length` states (stems first, then every block's output) that
+    an `n`-input cell reads, oldest first: the last `n`, where the history is shorter the first
+    state standing in for the missing earlier ones, as DARTS feeds s0 = s1 = stem
+    (docs/network.md "Cells with more than two inputs")."""
+    return [max(0, length - n + j) for j in range(n)]
 
 
 def _cell_shape(spec: ir.Spec, name: str | None) -> tuple[int, int]:
@@ -289,6 +309,13 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
     aux_after = None
     reduction_prev = len(network.stems) == 2  # ImageNet: the first cell's input comes from a reduction
     C_pp = C_p = c  # the two previous states' channels, as the cells read them
+    # Every state a cell can read, oldest first, as (channels, scale): the stem outputs (one stem is
+    # read twice, DARTS's s0 = s1 = stem), then each block's output (docs/network.md).
+    if len(stems) == 2 and stems[0]:
+        history = [(stems[0][-1].C_out, stems[0][-1].scale), (c, scale)]
+    else:
+        history = [(c, scale), (c, scale)]
+    reported: set[int] = set()
     for b in network.body:
         if isinstance(b, ir.Residual):
             c_out = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
@@ -296,6 +323,7 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
                 scale *= 2
                 body.append(ResidualPlan(C_p, c_out, 2, scale))
                 C_pp, C_p = C_p, c_out
+                history.append((c_out, scale))
             continue
         count = guard(evaluate_int, b.count, env, "cell count", 1, limits.MAX_CELLS)
         C = guard(evaluate_int, b.channels, env, "channels", 1, limits.MAX_CHANNELS)
@@ -312,9 +340,31 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
                 C *= 2
             kind = b.reduce if red else b.cell
             multiplier, stride = _cell_shape(spec, kind)
+            names = _cell_inputs(spec, kind)
+            read = [history[j] for j in history_window(len(history), len(names))]
+            reductions = []
+            for name, (_, s) in zip(names, read):
+                ratio = read[-1][1] // s
+                r = ratio.bit_length() - 1
+                reductions.append(r)
+                if len(names) <= 2 or id(b) in reported:
+                    continue  # one- and two-input cells keep DARTS's rule (reduction_prev); one error per stack
+                if read[-1][1] % s or ratio != 1 << r:
+                    reported.add(id(b))
+                    bag.error(b.span, f"cell '{kind}' cannot be fed here: its input '{name}' reads a state at 1/{s} of the input "
+                                      f"resolution and its last input one at 1/{read[-1][1]}, {read[-1][1] / s:g} times coarser; "
+                                      "factorized reductions halve, so only a power of two can be bridged",
+                              "use stems whose strides are powers of two, or a cell with fewer inputs")  # fmt: skip
+                elif r and C % 2:
+                    reported.add(id(b))
+                    bag.error(b.span, f"cell '{kind}' cannot be fed here: its input '{name}' is halved by a factorized reduction, "
+                                      f"which needs an even channel count, and the cell has C = {C}",
+                              "use an even C")  # fmt: skip
             scale *= stride
-            body.append(CellPlan(kind, C, red, reduction_prev, C_pp, C_p, multiplier * C, stride, scale))  # type: ignore[arg-type]
+            body.append(CellPlan(kind, C, red, reduction_prev, C_pp, C_p, multiplier * C, stride, scale,  # type: ignore[arg-type]
+                                 tuple(ch for ch, _ in read), tuple(reductions)))  # fmt: skip
             C_pp, C_p = C_p, multiplier * C
+            history.append((multiplier * C, scale))
             reduction_prev = red
             if aux is not None and aux_after is None and i == count * aux.at.num // aux.at.den:
                 aux_after = len(body) - 1

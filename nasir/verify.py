@@ -184,8 +184,8 @@ def _network(spec: ir.Spec, n: ir.Network, bag: DiagnosticBag, overrides, overri
             if c.reduction != must_reduce:
                 what = "is a reduction cell (stride 2)" if c.reduction else "does not reduce (no 'stride 2 from inputs')"
                 bag.error(b.span, f"inconsistent strides: cell '{name}' {what} but is stacked as a {'reduction' if must_reduce else 'normal'} cell")
-            if len(c.inputs) not in (1, 2):
-                bag.error(c.span, f"cell '{name}' has {len(c.inputs)} inputs; stacked cells read one (NAS-Bench-201) or two (DARTS) previous outputs")
+            if not c.inputs:  # n >= 1 inputs read the n previous outputs (docs/network.md "Cells with more than two inputs")
+                bag.error(c.span, f"cell '{name}' has no inputs; a stacked cell reads at least the previous output")
             if len(c.inputs) == 1 and c.output is not None and (c.output.kind == "concat" and len(c.output.nodes) != 1):
                 bag.error(c.output.span, f"inconsistent channels: one-input cell '{name}' must keep its channels, but its output concatenates {len(c.output.nodes)} nodes",
                           "write 'output NODE'")  # fmt: skip

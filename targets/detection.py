@@ -64,7 +64,7 @@ from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import CellPlan, Plan, parse_overrides
 from nasir.macro import plan as make_plan
-from nasir.targets.network import CellModule, Network, build
+from nasir.targets.network import Network, build, cell_call
 
 __all__ = [
     "FeatureLevel",
@@ -151,18 +151,15 @@ class NasBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         if hasattr(self, "stem0"):
             s0 = self.stem0(x)
-            s1 = self.stem1(s0)
+            history = [s0, self.stem1(s0)]
         else:
-            s0 = s1 = self.stem(x)
+            history = [self.stem(x)] * 2
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        # The same schedule as Network.features: a two-input cell reads the two previous states.
+        # The same schedule as Network.features: an n-input cell reads the n previous states.
         for i, m in enumerate(self.cells):
-            if isinstance(m, CellModule) and m.two_inputs:
-                s0, s1 = s1, m(s0, s1)
-            else:
-                s0, s1 = s1, m(s1)
+            history.append(cell_call(m, history))
             if i in self._names:
-                out[self._names[i]] = s1
+                out[self._names[i]] = history[-1]
         return out
 
 

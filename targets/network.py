@@ -9,7 +9,7 @@ reference checkpoint's state_dict maps onto a nasir network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from nasir import ir, ops
 from nasir.diagnostics import error_at
 from nasir.layers import LAYERS
-from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
+from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan, history_window
 from nasir.targets import blocks
 
 MakeOp = Callable[[ir.Edge, int, int], nn.Module]
@@ -36,11 +36,20 @@ def fixed_op_factory(affine: bool = True) -> MakeOp:
 class CellModule(nn.Module):
     """One stacked copy of an IR cell: preprocessing, one module per edge, node sums, output."""
 
-    def __init__(self, cell: ir.Cell, C_pp: int, C_p: int, C: int, reduction_prev: bool, make_op: MakeOp, affine: bool):
+    def __init__(self, cell: ir.Cell, C_pp: int, C_p: int, C: int, reduction_prev: bool, make_op: MakeOp, affine: bool,
+                 in_channels: tuple[int, ...] = (), in_reductions: tuple[int, ...] = ()):  # fmt: skip
         super().__init__()
         self.reduction = cell.reduction
-        self.two_inputs = len(cell.inputs) == 2
-        if self.two_inputs:
+        self.n_inputs = len(cell.inputs)
+        self.two_inputs = self.n_inputs == 2
+        if self.n_inputs > 2:
+            # docs/network.md "Cells with more than two inputs": input j (oldest first) is brought to
+            # C channels at the last input's resolution, as DARTS brings s0 (model.py, Cell.__init__).
+            if len(in_channels) != self.n_inputs or len(in_reductions) != self.n_inputs:
+                raise error_at(cell.span, f"cell '{cell.name}' has {self.n_inputs} inputs; the plan feeds {len(in_channels)}")
+            for j, (c_in, r) in enumerate(zip(in_channels, in_reductions)):
+                self.add_module(f"preprocess{j}", input_preprocess(c_in, C, r, affine))
+        elif self.two_inputs:
             self.preprocess0 = (blocks.FactorizedReduce(C_pp, C, affine) if reduction_prev
                                 else blocks.ReLUConvBN(C_pp, C, 1, 1, 0, affine))  # fmt: skip
             self.preprocess1 = blocks.ReLUConvBN(C_p, C, 1, 1, 0, affine)
@@ -61,14 +70,18 @@ class CellModule(nn.Module):
         self.multiplier = len(self._concat) if cell.output.kind == "concat" else 1
         self.drop_prob = 0.0
 
-    def input_states(self, s0: torch.Tensor, s1: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The cell's input states after preprocessing (two inputs; or one, projected if it widens)."""
+    def input_states(self, s0: torch.Tensor, s1: torch.Tensor | None = None, earlier: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """The cell's input states after preprocessing (two inputs; or one, projected if it widens; or
+        more: `earlier` are the states before s0, oldest first)."""
+        if self.n_inputs > 2:
+            return [getattr(self, f"preprocess{j}")(x) for j, x in enumerate((*earlier, s0, s1))]
         if self.two_inputs:
             return [self.preprocess0(s0), self.preprocess1(s1)]
         return [self.preprocess1(s0) if self._project else s0]
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
-        states = self.input_states(s0, s1)
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None,
+                earlier: Sequence[torch.Tensor] = ()) -> torch.Tensor:  # fmt: skip
+        states = self.input_states(s0, s1, earlier)
         for schedule in self._schedule:
             total = None
             for k, src in schedule:
@@ -83,6 +96,29 @@ class CellModule(nn.Module):
         if len(self._concat) == 1:
             return states[self._concat[0]]
         return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+def input_preprocess(C_in: int, C: int, reductions: int, affine: bool = True) -> nn.Module:
+    """One input of a cell with more than two inputs, brought to C channels at the cell's resolution
+    (docs/network.md "Cells with more than two inputs"): a 1 x 1 ReLUConvBN as DARTS's preprocess0
+    when no reduction lies between, a FactorizedReduce per reduction otherwise (the first C_in -> C,
+    the rest C -> C)."""
+    if reductions == 0:
+        return blocks.ReLUConvBN(C_in, C, 1, 1, 0, affine)
+    if reductions == 1:
+        return blocks.FactorizedReduce(C_in, C, affine)
+    return nn.Sequential(*(blocks.FactorizedReduce(C_in if i == 0 else C, C, affine) for i in range(reductions)))
+
+
+def cell_call(m: nn.Module, history: list[torch.Tensor], weights=None) -> torch.Tensor:
+    """Run block `m` on the states it reads from `history` (stem outputs, then every block's output):
+    a cell with n inputs the last n (nasir.macro.history_window), anything else the last one."""
+    if not isinstance(m, CellModule):
+        return m(history[-1])
+    if m.n_inputs == 1:
+        return m(history[-1], None, weights)
+    xs = [history[j] for j in history_window(len(history), m.n_inputs)]
+    return m(xs[-2], xs[-1], weights, xs[:-2])
 
 
 def _layers(layers: tuple[LayerPlan, ...]) -> list[nn.Module]:
@@ -116,7 +152,8 @@ class Network(nn.Module):
                     raise error_at(None, f"unknown cell '{b.cell}'")
                 if len(cell.inputs) == 1 and b.C_p != b.C and not cell.reduction:
                     raise error_at(cell.span, f"inconsistent channels: cell '{cell.name}' expects {b.C} channels, gets {b.C_p}")
-                self.cells.append(CellModule(cell, b.C_pp, b.C_p, b.C, b.reduction_prev, make_op, affine))
+                self.cells.append(CellModule(cell, b.C_pp, b.C_p, b.C, b.reduction_prev, make_op, affine,
+                                             b.in_channels, b.in_reductions))  # fmt: skip
                 self.cell_kinds.append(cell.name)
             if i == plan.aux_after and plan.aux_style is not None:
                 head_cls = blocks.AuxiliaryHeadCIFAR if plan.aux_style == "cifar" else blocks.AuxiliaryHeadImageNet
@@ -150,19 +187,14 @@ class Network(nn.Module):
 
     def features(self, x: torch.Tensor, weights: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """Run stems and cells; returns the last state, the auxiliary input (or None) and every cell output."""
-        s0, s1 = self.stem_forward(x)
+        history = list(self.stem_forward(x))
         aux_in = None
-        outs: list[torch.Tensor] = []
         for i, (kind, m) in enumerate(zip(self.cell_kinds, self.cells)):
-            if isinstance(m, CellModule):
-                w = weights.get(kind) if weights is not None else None
-                s0, s1 = (s1, m(s0, s1, w)) if m.two_inputs else (s1, m(s1, None, w))
-            else:
-                s0, s1 = s1, m(s1)
-            outs.append(s1)
+            w = weights.get(kind) if weights is not None and isinstance(m, CellModule) else None
+            history.append(cell_call(m, history, w))
             if i == self.plan.aux_after:
-                aux_in = s1
-        return s1, aux_in, outs
+                aux_in = history[-1]
+        return history[-1], aux_in, history[2:]
 
     def forward(self, x: torch.Tensor, weights: dict | None = None):
         s, aux_in, _ = self.features(x, weights)

@@ -20,7 +20,7 @@ import attrs
 from nasir import ir, ops
 from nasir.diagnostics import error_at
 from nasir.layers import LAYERS
-from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan
+from nasir.macro import CellPlan, LayerPlan, Plan, ResidualPlan, history_window
 from nasir.targets import blocks
 
 
@@ -90,7 +90,7 @@ BLOCKS = (
     "drop_path", "Identity", "Zero", "ReLUConvBN", "DilConv", "SepConv", "FactorizedReduce", "conv_7x1_1x7",
     "conv_3x1_1x3", "DualSepConv", "MBConv", "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "ResidualBlock",
 )  # fmt: skip
-_DEPENDS = {"ResidualBlock": ("ReLUConvBN",), "DualSepConv": ("DilConv",)}
+_DEPENDS = {"ResidualBlock": ("ReLUConvBN",), "DualSepConv": ("DilConv",), "input_preprocess": ("ReLUConvBN", "FactorizedReduce")}
 
 # A user's op (docs/ops.md, "Your own ops") is not copied: the generated module imports the op file by
 # its absolute path when it builds the network (which needs that file, and nasir for its decorator).
@@ -109,6 +109,19 @@ def user_op(path: str, builder: str):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return getattr(module, builder)'''
+
+
+# The inputs of a cell with more than two inputs (docs/network.md "Cells with more than two inputs"),
+# as nasir.targets.network.input_preprocess builds them (tests/test_multi_input.py compares the two).
+PREPROCESS_HELPER = '''\
+def input_preprocess(C_in: int, C: int, reductions: int) -> nn.Module:
+    """A cell input brought to C channels at the cell's resolution: a 1 x 1 ReLUConvBN when no
+    reduction lies between the input and the cell, else one FactorizedReduce per reduction."""
+    if reductions == 0:
+        return ReLUConvBN(C_in, C, 1, 1, 0)
+    if reductions == 1:
+        return FactorizedReduce(C_in, C)
+    return nn.Sequential(*(FactorizedReduce(C_in if i == 0 else C, C) for i in range(reductions)))'''
 
 
 def _user_op(d: ops.OpDef, stride: int) -> OpCode:
@@ -135,6 +148,8 @@ def block_source(names: set[str]) -> str:
     parts = [inspect.getsource(getattr(blocks, n)).rstrip() for n in BLOCKS if n in wanted]
     if "user_op" in wanted:
         parts.append(USER_OP_HELPER)
+    if "input_preprocess" in wanted:
+        parts.append(PREPROCESS_HELPER)
     return "\n\n\n".join(parts)
 
 
@@ -168,6 +183,7 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     if cell.is_search_space:
         raise error_at(cell.span, f"cell '{cell.name}' is a search space; derive an architecture first")
     two = len(cell.inputs) == 2
+    many = len(cell.inputs) > 2  # docs/network.md "Cells with more than two inputs"
     var = _state_names(cell)
     needs: set[str] = set()
     doc = [f'    """Cell \'{cell.name}\'' + (" (reduction: the ops that read the inputs have stride 2)" if cell.reduction else "") + "."]
@@ -178,18 +194,28 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
     doc.append(f"    output {'concat(' + ', '.join(out.nodes) + ')' if out.kind == 'concat' else out.nodes[0]}")
     if two:
         doc.append(f"    In forward, s0 and s1 are {cell.input_names[0]} and {cell.input_names[1]} after preprocessing.")
+    elif many:
+        ins = [var[n] for n in cell.input_names]
+        doc.append(f"    In forward, {', '.join(ins[:-1])} and {ins[-1]} are {', '.join(cell.input_names[:-1])} and "
+                   f"{cell.input_names[-1]} after preprocessing.")
     else:
         doc.append(f"    In forward, s0 is the cell input {cell.input_names[0]}.")
     doc.append('    """')
     lines = [f"class {class_name(cell)}(nn.Module):", *doc, ""]
-    lines.append("    def __init__(self, C_pp: int, C_p: int, C: int, reduction_prev: bool, drop_prob: float = 0.0) -> None:")
+    if many:
+        lines.append("    def __init__(self, C_in: tuple[int, ...], reductions: tuple[int, ...], C: int, drop_prob: float = 0.0) -> None:")
+    else:
+        lines.append("    def __init__(self, C_pp: int, C_p: int, C: int, reduction_prev: bool, drop_prob: float = 0.0) -> None:")
     lines.append("        super().__init__()")
     lines.append("        self.drop_prob = drop_prob")
+    if many:
+        needs.add("input_preprocess")
+        lines += [f"        self.preprocess{j} = input_preprocess(C_in[{j}], C, reductions[{j}])" for j in range(len(cell.inputs))]
     if two:
         needs.update({"FactorizedReduce", "ReLUConvBN"})
         lines.append("        self.preprocess0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)")
         lines.append("        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0)")
-    widens = not two and cell.reduction  # a one-input reduction cell (a chain stage) may widen: docs/network.md
+    widens = len(cell.inputs) == 1 and cell.reduction  # a one-input reduction cell (a chain stage) may widen: docs/network.md
     if widens:
         needs.add("ReLUConvBN")
         lines.append("        self.project = C_p != C  # a 1 x 1 projection widens the input first (docs/network.md)")
@@ -213,6 +239,10 @@ def cell_class(cell: ir.Cell) -> tuple[str, set[str]]:
         lines.append("    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:")
         lines.append("        s0 = self.preprocess0(s0)")
         lines.append("        s1 = self.preprocess1(s1)")
+    elif many:
+        ins = [var[n] for n in cell.input_names]
+        lines.append(f"    def forward(self, {', '.join(f'{v}: torch.Tensor' for v in ins)}) -> torch.Tensor:")
+        lines += [f"        {v} = self.preprocess{j}({v})" for j, v in enumerate(ins)]
     else:
         lines.append("    def forward(self, s0: torch.Tensor) -> torch.Tensor:")
         if widens:
@@ -261,11 +291,17 @@ def network_class(spec: ir.Spec, plan: Plan) -> tuple[str, set[str]]:
         init += _sequential("stem", _layers(plan.stems[0] if plan.stems else ()))
     cells = {c_.name: c_ for c_ in spec.cells}
     any_two = any(len(cells[b.cell].inputs) == 2 for b in plan.cells)
-    if any_two:
+    # A cell with more than two inputs: forward keeps the history `h` of states (stem outputs, then every
+    # block's output) and each block reads by position (nasir.macro.history_window), as
+    # Network.features does (docs/network.md "Cells with more than two inputs").
+    many = any(len(cells[b.cell].inputs) > 2 for b in plan.cells)
+    if many:
+        fwd.append("        s0 = self.stem0(x)\n        h = [s0, self.stem1(s0)]" if two_stems else "        h = [self.stem(x)] * 2")
+    elif any_two:
         fwd.append("        s0 = self.stem0(x)\n        s1 = self.stem1(s0)" if two_stems else "        s0 = s1 = self.stem(x)")
     else:
         fwd.append("        s = self.stem0(x)\n        s = self.stem1(s)" if two_stems else "        s = self.stem(x)")
-    last = "s1" if any_two else "s"
+    last = "h[-1]" if many else "s1" if any_two else "s"
     init.append("        self.cells = nn.ModuleList()")
     has_aux = False
     for i, b in enumerate(plan.body):
@@ -273,15 +309,22 @@ def network_class(spec: ir.Spec, plan: Plan) -> tuple[str, set[str]]:
             needs.add("ResidualBlock")
             init.append(f"        self.cells.append(ResidualBlock({b.C_in}, {b.C_out}))  # {i}: residual reduction")
             call = f"self.cells[{i}]({last})"
+            reads = [i + 1]
         else:
             assert isinstance(b, CellPlan)
             cell = cells[b.cell]
             assert cell.output is not None
             note = " (stride 2)" if b.reduction else ""
-            init.append(f"        self.cells.append({class_name(cell)}({b.C_pp}, {b.C_p}, {b.C}, {b.reduction_prev}, drop_path_prob))"
+            args = f"{b.in_channels}, {b.in_reductions}" if len(cell.inputs) > 2 else f"{b.C_pp}, {b.C_p}"
+            args += f", {b.C}" + (f", {b.reduction_prev}" if len(cell.inputs) <= 2 else "")
+            init.append(f"        self.cells.append({class_name(cell)}({args}, drop_path_prob))"
                         f"  # {i}: {cell.name}{note}")  # fmt: skip
             call = f"self.cells[{i}](s0, s1)" if len(cell.inputs) == 2 else f"self.cells[{i}]({last})"
-        fwd.append(f"        s0, s1 = s1, {call}" if any_two else f"        s = {call}")
+            reads = history_window(i + 2, len(cell.inputs))
+        if many:
+            fwd.append(f"        h.append(self.cells[{i}]({', '.join(f'h[{j}]' for j in reads)}))")
+        else:
+            fwd.append(f"        s0, s1 = s1, {call}" if any_two else f"        s = {call}")
         if i == plan.aux_after and plan.aux_style is not None:
             head = "AuxiliaryHeadCIFAR" if plan.aux_style == "cifar" else "AuxiliaryHeadImageNet"
             needs.add(head)

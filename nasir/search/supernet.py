@@ -421,11 +421,11 @@ class FusedCell(CellModule):
     rounding; it defers to it for drop path, low memory and cells without mixed edges.
     """
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor | None = None, weights=None, earlier=()) -> torch.Tensor:
         plan = getattr(self, "_fusion", None)
         if plan is None or weights is None or (self.training and self.drop_prob > 0.0):
-            return super().forward(s0, s1, weights)
-        states = self.input_states(s0, s1)  # a widening chain stage projects its input (docs/network.md)
+            return super().forward(s0, s1, weights, earlier)
+        states = self.input_states(s0, s1, earlier)  # a widening chain stage projects its input (docs/network.md)
         n_in = len(states)
         acc: list[torch.Tensor | None] = [None] * len(self._schedule)
         for i, out_edges in enumerate(plan):
@@ -493,7 +493,7 @@ class Supernet(nn.Module):
         cells = {c.name: c for c in spec.cells}
 
         if pool_bn is None:
-            pool_bn = any(len(c.inputs) == 2 for c in spec.cells if c.alpha_rows is not None)
+            pool_bn = any(len(c.inputs) >= 2 for c in spec.cells if c.alpha_rows is not None)
 
         def make_op(edge: ir.Edge, C: int, stride: int) -> nn.Module:
             if edge.alpha is None:
