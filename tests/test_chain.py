@@ -144,9 +144,9 @@ def test_derivation_takes_each_layers_own_argmax():
 
 
 def _text(spec) -> str:
-    from nasir.search.runner import _canonical  # the derived.cell text `nasir search` writes
+    from nasir.search.artefacts import canonical  # the derived.cell text `nasir search` writes
 
-    return _canonical(spec)
+    return canonical(spec)
 
 
 def test_a_none_layer_is_the_identity():
