@@ -27,7 +27,7 @@ from nasir.runtime.dist import init_distributed
 from nasir.runtime.loop import Control
 from nasir.runtime.metrics import MetricsLog
 from nasir.runtime.state import save_checkpoint
-from nasir.search import diagnostics
+from nasir.search import diagnostics, hooks
 from nasir.search.architect import Architect, all_reduce_mean, weight_step
 from nasir.search.artefacts import (
     canonical,
@@ -138,7 +138,7 @@ class Search:
         # such search), so no regularizer then.
         outputs_kinds = [k for k in self.model.betas if getattr(self.model.cells[k].topology, "kind", None) == "outputs"]
         regularizer = self._passive_aggressive if outputs_kinds and options.pa_lambda else None
-        self.architect = Architect(self.model, self.w_opt, rule=self.method.gradient(options), lr=options.a_lr, betas=options.a_betas,
+        self.architect = Architect(self.model, self.w_opt, rule=hooks.rule(self.method, options), lr=options.a_lr, betas=options.a_betas,
                                    weight_decay=options.a_weight_decay, mixed_level=options.mixed_level,
                                    regularizer=regularizer, reduce=self.reduce)  # fmt: skip
         self.meter = StrengthMeter(options.strength_window or steps)
@@ -405,8 +405,9 @@ class Search:
         return self._generator(self.step, stream)
 
     def _smoothed(self, batch: tuple[torch.Tensor, torch.Tensor], eps: float) -> dict[str, torch.Tensor] | None:
-        """The weights this weight step's mixed ops read: the smoothing's perturbation (nasir/methods/sdarts.py)."""
-        return self.smoothing.perturb(self, batch, eps) if self.smoothing.perturb is not None else None
+        """The weights this weight step's mixed ops read: the smoothing's perturbation (nasir/methods/sdarts.py,
+        implemented in search/hooks.py); None: softmax(alpha)."""
+        return hooks.perturb(self.smoothing, self, batch, eps)
 
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return diagnostics.fixed_batch(self)
@@ -440,9 +441,9 @@ class Search:
     # ---- derivation and outputs ----------------------------------------------------------------
     def scores(self) -> dict[str, list[list[float]]]:
         """The selection rule's score per (alpha row, candidate), per cell kind (passes/derive.py ranks
-        them): the registered selection's hook (nasir/methods: magnitude, strength, strength_star, naive)."""
+        them): the registered selection's hook (nasir/methods names it, search/hooks.py implements it)."""
         with torch.no_grad():
-            return self.selection.scores(self)
+            return hooks.scores(self.selection, self)
 
     def removal_scores(self) -> dict[str, torch.Tensor]:
         """The naive criterion (search/diagnostics.py)."""
