@@ -74,7 +74,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
-           deterministic: bool = False, fuse: bool = False) -> SearchResult:  # fmt: skip
+           deterministic: bool = False, fuse: bool = False, network: str | None = None) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
@@ -89,12 +89,13 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     torchrun, a CUDA run takes LOCAL_RANK's GPU; nasir.device.select_device). `fp32_arch_grads`: the
     architecture gradients without TF32; `deterministic`: deterministic CUDA algorithms, so a resumed
     search ends with the alphas of one that never stopped (docs/gpu.md). `fuse`: the fused supernet
-    (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md).
+    (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md). `network`:
+    which of the spec's networks the supernet stacks (default: the first; derived.cell names it first).
     Raises DiagnosticError for bad input and `SearchInterrupted` when stopped early.
     """
     from nasir.lower import resolve
 
-    spec, plan = resolve(spec_or_path, overrides)
+    spec, plan = resolve(spec_or_path, overrides, network)
     values = dict(overrides) if isinstance(overrides, Mapping) else _override_values(overrides)
     dev = dv.select_device(device)
     data_mod.parse_data_spec(data)  # bad data specs fail before anything is built
