@@ -51,12 +51,12 @@ from nasir.data import classification as data_mod
 from nasir.diagnostics import DiagnosticError
 from nasir.macro import Plan
 from nasir.runtime.process import keep_freed_memory
-from nasir.search.artefacts import alpha_heatmap, cost_fn, derived_text, export_onnx
+from nasir.search.artefacts import cost_fn, derived_text, export_onnx
 from nasir.search.loop import CHECKPOINT, Search, SearchInterrupted, SearchResult, _flag_error
 from nasir.search.settings import FLAGS, Options, make_options, spec_settings
 from nasir.search.supernet import prepare
 
-__all__ = ["CHECKPOINT", "FLAGS", "Options", "Search", "SearchInterrupted", "SearchResult", "alpha_heatmap", "check_space",
+__all__ = ["CHECKPOINT", "FLAGS", "Options", "Search", "SearchInterrupted", "SearchResult", "check_space",
            "claim_out", "derived_text", "export_onnx", "keep_freed_memory", "make_options", "search", "spec_settings"]  # fmt: skip
 
 
