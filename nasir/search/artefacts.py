@@ -35,13 +35,23 @@ def genotype_of(derived: ir.Spec) -> str | None:
     return None
 
 
-def derived_text(derived: ir.Spec, source: str, overrides: Mapping[str, Any] | None = None) -> str:
+def derived_text(derived: ir.Spec, source: str, overrides: Mapping[str, Any] | None = None,
+                 directory: str | Path | None = None) -> str:
     """Standalone `.cell` text of a derived spec: every cell and network it needs, whatever file they came from.
 
     Network parameters set on the command line become the defaults, so the file builds the network searched.
+    `directory`: where the text will be written; the spec's op files (`ops "..."`, docs/ops.md "Derived
+    files") are copied there and named by `ops` lines after the header, so the file loads its ops from
+    beside itself (nasir.ops.bundle_op_files). Without it the text has no `ops` lines.
     """
+    from nasir import ops, printer
+
     derived = with_overrides(derived, overrides)
-    return f"# Derived by nasir search from {Path(source).name}.\n" + canonical(derived)
+    header = f"# Derived by nasir search from {Path(source).name}.\n"
+    if derived.op_files and directory is not None:
+        derived = ops.bundle_op_files(derived, directory)
+        header += printer.op_file_lines(derived, directory) + "\n\n"
+    return header + canonical(derived)
 
 
 def literal(v: Any) -> ir.Expr:

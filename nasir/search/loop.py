@@ -492,7 +492,8 @@ class Search:
         network overrides as defaults, as derived.cell does, so compiling it builds the network searched."""
         derived = self.derive()
         overrides = dict(self.opt.overrides)
-        text = derived_text(derived, self.source, overrides)
+        # rank 0 copies the op files beside derived.cell and names them in it (the others only return the text)
+        text = derived_text(derived, self.source, overrides, directory=self.out if self.dist.main else None)
         genotype = genotype_of(derived)
         alphas = self.model.alpha_values()
         files: dict[str, Path] = {}
