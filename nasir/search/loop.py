@@ -452,7 +452,7 @@ class Search:
     def derive(self) -> ir.Spec:
         """Selection by the chosen rule (`scores`) under the spec's limits and budgets (passes/derive.py);
         stretchable cells keep the edges of their most likely codes (search/topology.py)."""
-        from nasir.passes.derive import Derive
+        from nasir.passes.derive import derive
 
         at = self.epoch * self.steps + self.step  # steps done so far
         if self._derived is not None and self._derived[0] == at:  # nothing changed since (finish after the last epoch)
@@ -461,8 +461,9 @@ class Search:
         m = self.model
         keep = {k: most_likely_edges(m.cells[k], list(rows)) for k, rows in m.betas.items()}
         remove = {k: removed_nodes(m.cells[k], list(rows)) for k, rows in m.betas.items()}
-        derived = Derive(self.scores(), keep_edges=keep, remove_nodes=remove, drop_none=self.opt.drop_none,
-                         cost=cost_fn(self.plan) if budgets else None).run(self.spec).spec  # fmt: skip
+        # through the pass manager's "derive" pipeline (passes/derive.py `derive`, nasir/pipeline.py)
+        derived = derive(self.spec, self.scores(), keep_edges=keep, remove_nodes=remove, drop_none=self.opt.drop_none,
+                         cost=cost_fn(self.plan) if budgets else None)  # fmt: skip
         self._derived = (at, derived)
         return derived
 

@@ -140,12 +140,12 @@ def check_space(spec: ir.Spec, plan: Plan, options: Options) -> None:
     budgets = spec.search.budgets if spec.search else ()
     if budgets and not any(c.topology is not None for c in spec.cells):  # (topology cells derive by their codes)
         from nasir import ops as ops_mod
-        from nasir.passes.derive import Derive
+        from nasir.passes.derive import derive
 
         searched = prepare(spec)
         cheap = {c.name: [[1.0 if ops_mod.REGISTRY[o].parameter_free and not ops_mod.REGISTRY[o].is_zero else 0.0 for o in row]
                           for row in c.alpha_rows] for c in searched.cells if c.alpha_rows}  # fmt: skip
-        Derive(cheap, drop_none=options.drop_none, cost=cost_fn(plan)).run(searched)  # raises "budget cannot be met ..."
+        derive(searched, cheap, drop_none=options.drop_none, cost=cost_fn(plan))  # raises "budget cannot be met ..."
 
 
 def _override_values(overrides: Sequence[str] | str | None) -> dict[str, Any]:
