@@ -119,8 +119,8 @@ def search(spec_or_path: Spec | str | Path, data: str = "digits", out: str | Pat
            early_stop: int | None = None, hessian: bool | None = None, strength_window: int | None = None,
            warmup: int | None = None, w_lr: float | None = None, w_lr_min: float | None = None,
            momentum: float | None = None, w_weight_decay: float | None = None, a_lr: float | None = None,
-           a_weight_decay: float | None = None, device: str = "auto", resume: bool = False,
-           overrides: Overrides = None, low_memory: bool = False,
+           a_weight_decay: float | None = None, mixed_level: float | None = None, eps_end: float | None = None,
+           device: str = "auto", resume: bool = False, overrides: Overrides = None, low_memory: bool = False,
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
@@ -131,7 +131,8 @@ def search(spec_or_path: Spec | str | Path, data: str = "digits", out: str | Pat
     comes from the spec's `search` block, then from the DARTS defaults: method darts|milenas|pcdarts,
     order 1|2, select magnitude|strength|strength_star|naive, smooth none|rs|adv (adv_steps),
     partial_channels (PC-DARTS' K), early_stop, hessian, strength_window, warmup, the optimisers'
-    w_lr, w_lr_min, momentum, w_weight_decay, a_lr, a_weight_decay. `limit_batches` caps the steps per
+    w_lr, w_lr_min, momentum, w_weight_decay, a_lr, a_weight_decay, MiLeNAS' mixed_level (lambda'),
+    SDARTS' final radius eps_end. `limit_batches` caps the steps per
     epoch; `callback(info)` runs after every step; `stop_after_steps` stops with a checkpoint.
     `device`: auto | cpu | cuda | cuda:N. Raises `DiagnosticError` for bad input and
     `SearchInterrupted` when stopped early. `network`: which of the spec's networks the supernet
@@ -139,16 +140,15 @@ def search(spec_or_path: Spec | str | Path, data: str = "digits", out: str | Pat
     """
     from nasir.search.runner import search as _search
 
-    if network is not None:  # the runner elaborates the spec's first network: load it with this one first
-        spec_or_path = _spec(spec_or_path, overrides, network)
     return _search(spec_or_path, data, out, epochs=epochs, batch_size=batch_size, order=order, seed=seed,
                    select=select, method=method, partial_channels=partial_channels, smooth=smooth,
                    adv_steps=adv_steps, early_stop=early_stop, hessian=hessian, strength_window=strength_window,
                    warmup=warmup, w_lr=w_lr, w_lr_min=w_lr_min, momentum=momentum, w_weight_decay=w_weight_decay,
-                   a_lr=a_lr, a_weight_decay=a_weight_decay, device=device, resume=resume, overrides=overrides,
+                   a_lr=a_lr, a_weight_decay=a_weight_decay, mixed_level=mixed_level, eps_end=eps_end,
+                   device=device, resume=resume, overrides=overrides,
                    low_memory=low_memory, channels_last=channels_last, limit_batches=limit_batches,
                    progress=progress, callback=callback, stop_after_steps=stop_after_steps, artifacts=artifacts,
-                   fp32_arch_grads=fp32_arch_grads, deterministic=deterministic, fuse=fuse)  # fmt: skip
+                   fp32_arch_grads=fp32_arch_grads, deterministic=deterministic, fuse=fuse, network=network)  # fmt: skip
 
 
 def train(spec_or_path: Spec | str | Path, data: str, out: str | Path, cfg: TrainConfig | None = None, *, task: str = "classification", device: str = "auto",

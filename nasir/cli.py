@@ -585,13 +585,7 @@ def cmd_eval(args) -> int:
 def cmd_search(args) -> int:
     from nasir.search.cli import run_search
 
-    if args.network is not None:
-        # The runner elaborates the spec's first network and takes a loaded spec in place of the path:
-        # load it once here with the chosen network first (nasir.api.select_network).
-        from nasir.api import load
-
-        args.file = load(args.file, overrides=args.overrides, network=args.network)
-    return run_search(args)
+    return run_search(args)  # --network: run_search passes it to the runner (nasir.lower.resolve)
 
 
 COMMANDS = {

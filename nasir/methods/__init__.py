@@ -2,12 +2,15 @@
 
 One registry, read by the verifier (nasir/verify.py), the search settings and options
 (nasir/search/settings.py), the CLI's choices (nasir/search/cli.py) and the loop (nasir/search/loop.py).
-Adding one: a file beside these that defines its entry (nasir/methods/base.py), one line below, tests.
-Importing this package imports no torch.
+Adding one: a file beside these that defines its entry (nasir/methods/base.py), one line below, its
+hook in nasir/search/hooks.py, tests (docs/runtime.md). Importing this package imports no torch: the
+entries name their hooks, and the search layer registers the implementations under those names on
+import (`register_hooks`), as the targets layer registers the ops' builders (nasir/ops.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nasir import ir
@@ -30,6 +33,29 @@ for _e in (darts.METHOD, milenas.METHOD, pcdarts.METHOD,
            magnitude.SELECTION, strength.STRENGTH, strength.STRENGTH_STAR, naive.SELECTION,
            sdarts.NONE, sdarts.RS, sdarts.ADV):  # fmt: skip
     register(_e)
+
+
+# The hooks by the names the entries give (Method.gradient, Selection.scores, Smoothing.perturb), filled by
+# the search layer on import (nasir/search/hooks.py `register_hooks`); empty until then.
+RULES: dict[str, Callable[..., Any]] = {}  # rule(options) -> (architect, train, valid, xi, valid_beta) -> (grads, loss, logits)
+SCORES: dict[str, Callable[..., Any]] = {}  # scores(search) -> {cell kind: [[score per op] per row]}
+PERTURBATIONS: dict[str, Callable[..., Any]] = {}  # perturb(search, batch, eps) -> {cell kind: weights}
+_HOOKS = {"rules": RULES, "scores": SCORES, "perturbations": PERTURBATIONS}
+
+
+def register_hooks(table: str, hooks: Mapping[str, Callable[..., Any]]) -> None:
+    """Register implementations under their names in `table` (rules | scores | perturbations)."""
+    _HOOKS[table].update(hooks)
+
+
+def hook(table: str, name: str) -> Callable[..., Any]:
+    """The implementation registered as `name`; an error naming what is missing when none is (the search
+    layer, nasir/search/hooks.py, was not imported, or an entry names a hook nobody registered)."""
+    found = _HOOKS[table].get(name)
+    if found is None:
+        raise RuntimeError(f"no {table} hook '{name}' is registered; the search layer registers them when "
+                           "nasir.search.hooks is imported")  # fmt: skip
+    return found
 
 
 def names(kind: str) -> tuple[str, ...]:
@@ -88,5 +114,6 @@ def choice(v: ir.Expr | None) -> tuple[str | None, tuple[ir.Arg, ...]]:
     return value_name(v), (v.args if isinstance(v, ir.Call) else ())
 
 
-__all__ = ["choice", "KINDS", "REGISTRY", "Entry", "Method", "Param", "Selection", "Smoothing", "canonical", "lookup", "method",
-           "names", "register", "selection", "smoothing", "spellings", "value_name"]  # fmt: skip
+__all__ = ["choice", "KINDS", "PERTURBATIONS", "REGISTRY", "RULES", "SCORES", "Entry", "Method", "Param", "Selection",
+           "Smoothing", "canonical", "hook", "lookup", "method", "names", "register", "register_hooks", "selection",
+           "smoothing", "spellings", "value_name"]  # fmt: skip

@@ -1,7 +1,9 @@
 """What a search method, selection rule or smoothing is (docs/runtime.md): a name, its parameters and hooks.
 
-This module and the registry (nasir/methods/__init__.py) import no torch, so the verifier and the CLI
-read them cheaply; the hooks import what they compute with when they run.
+This module and the registry (nasir/methods/__init__.py) import no torch and nothing above the IR layer,
+so the verifier and the CLI read them cheaply. An entry names its hooks; the search layer implements them
+and registers them under those names when it is imported (nasir/search/hooks.py), as the targets layer
+registers the ops' builders (nasir/ops.py `BUILDERS`).
 """
 
 from __future__ import annotations
@@ -65,15 +67,16 @@ class Entry:
 
 @attrs.frozen
 class Method(Entry):
-    """The architecture step's rule. Hooks:
+    """The architecture step's rule.
 
-    gradient(options) -> rule(architect, train, valid, xi, valid_beta) -> (grads, loss, logits)
+    gradient          the name of its rule in nasir.methods.RULES (nasir/search/hooks.py registers it):
+                      rule(options) -> (architect, train, valid, xi, valid_beta) -> (grads, loss, logits)
     warmup            epochs of weight steps only, when the spec and caller set none
     three_way         a third data split for the topology variables when the supernet has them
     check(spec)       a problem of this method with this spec, as (message, hint) or None
     """
 
-    gradient: Callable[[Any], Callable[..., Any]] | None = None
+    gradient: str = ""
     warmup: int = 0
     three_way: bool = False
     check: Callable[[Any], tuple[str, str | None] | None] | None = None
@@ -81,17 +84,19 @@ class Method(Entry):
 
 @attrs.frozen
 class Selection(Entry):
-    """How the derivation ranks the candidates: scores(search) -> {cell kind: [[score per op] per row]}."""
+    """How the derivation ranks the candidates. `scores` names its hook in nasir.methods.SCORES
+    (nasir/search/hooks.py): scores(search) -> {cell kind: [[score per op] per row]}."""
 
-    scores: Callable[[Any], dict[str, list[list[float]]]] | None = None
+    scores: str = ""
 
 
 @attrs.frozen
 class Smoothing(Entry):
-    """SDARTS-style perturbation of the weight step: perturb(search, batch, eps) -> the weights the
-    mixed ops read (None: softmax(alpha) unperturbed). `perturbs` False: no radius schedule at all."""
+    """SDARTS-style perturbation of the weight step. `perturb` names its hook in nasir.methods.PERTURBATIONS
+    (nasir/search/hooks.py): perturb(search, batch, eps) -> the weights the mixed ops read. `perturbs`
+    False: no perturbation (softmax(alpha) unperturbed) and no radius schedule at all."""
 
-    perturb: Callable[..., Any] | None = None
+    perturb: str = ""
     perturbs: bool = True
 
 

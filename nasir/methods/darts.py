@@ -1,9 +1,8 @@
 """DARTS (docs/methods.md, "DARTS"): alpha descends grad_alpha L_val, first order (xi = 0) or second
-order (the unrolled step with the finite-difference Hessian-vector product; search/architect.py)."""
+order (the unrolled step with the finite-difference Hessian-vector product; search/architect.py; the rule
+is registered as "darts" by nasir/search/hooks.py)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from nasir.methods.base import Method, Param
 
@@ -11,11 +10,4 @@ ORDER = Param("order", "order", int, lambda v: v in (1, 2), "1 or 2 (first- or s
               "first (1) or second (2) order architecture gradient")  # fmt: skip
 
 
-def gradient(options: Any):
-    """The architect's rule for `options.order`."""
-    if options.order == 1:
-        return lambda arch, train, valid, xi, valid_beta: arch.first_order_grad(valid)
-    return lambda arch, train, valid, xi, valid_beta: arch.second_order_grad(train, valid, xi)
-
-
-METHOD = Method("method", "darts", "DARTS: bilevel architecture step, first or second order", params=(ORDER,), gradient=gradient)
+METHOD = Method("method", "darts", "DARTS: bilevel architecture step, first or second order", params=(ORDER,), gradient="darts")

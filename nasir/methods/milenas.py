@@ -4,16 +4,10 @@ split gives the betas' L_val."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from nasir.methods.base import Method, Param
 
 LAM = Param("lam", "mixed_level", float, lambda v: v >= 0, "a number >= 0 (lambda' of Eq. 18)", 1.0, "lambda' of Eq. 18")
 
 
-def gradient(options: Any):
-    return lambda arch, train, valid, xi, valid_beta: arch.mixed_level_grad(train, valid, valid_beta)
-
-
 METHOD = Method("method", "milenas", "MiLeNAS: mixed-level architecture step (first order)", params=(LAM,),
-                gradient=gradient, three_way=True)  # fmt: skip
+                gradient="milenas", three_way=True)  # fmt: skip

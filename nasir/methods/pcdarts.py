@@ -20,4 +20,4 @@ def check(spec: Any) -> tuple[str, str | None] | None:
 
 
 METHOD = Method("method", "pcdarts", "PC-DARTS: partial channels and edge normalisation", params=(K, darts.ORDER),
-                gradient=darts.gradient, warmup=WARMUP, check=check)  # fmt: skip
+                gradient="darts", warmup=WARMUP, check=check)  # fmt: skip

@@ -1,10 +1,10 @@
 """What a search writes besides its checkpoint (docs/runtime.md): derived.cell text, the genotype,
-the ONNX export of the derived network, the alpha heatmap; the cost function budgets are checked with."""
+the ONNX export of the derived network, the alpha table (targets/draw.py `alphas_figure`); the cost function budgets are checked with."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 
 from nasir import ir
 from nasir.diagnostics import DiagnosticError
-from nasir.io import atomic_write, atomic_write_with
+from nasir.io import atomic_write
 from nasir.macro import Plan
 
 
@@ -35,13 +35,23 @@ def genotype_of(derived: ir.Spec) -> str | None:
     return None
 
 
-def derived_text(derived: ir.Spec, source: str, overrides: Mapping[str, Any] | None = None) -> str:
+def derived_text(derived: ir.Spec, source: str, overrides: Mapping[str, Any] | None = None,
+                 directory: str | Path | None = None) -> str:
     """Standalone `.cell` text of a derived spec: every cell and network it needs, whatever file they came from.
 
     Network parameters set on the command line become the defaults, so the file builds the network searched.
+    `directory`: where the text will be written; the spec's op files (`ops "..."`, docs/ops.md "Derived
+    files") are copied there and named by `ops` lines after the header, so the file loads its ops from
+    beside itself (nasir.ops.bundle_op_files). Without it the text has no `ops` lines.
     """
+    from nasir import ops, printer
+
     derived = with_overrides(derived, overrides)
-    return f"# Derived by nasir search from {Path(source).name}.\n" + canonical(derived)
+    header = f"# Derived by nasir search from {Path(source).name}.\n"
+    if derived.op_files and directory is not None:
+        derived = ops.bundle_op_files(derived, directory)
+        header += printer.op_file_lines(derived, directory) + "\n\n"
+    return header + canonical(derived)
 
 
 def literal(v: Any) -> ir.Expr:
@@ -70,35 +80,6 @@ def export_onnx(derived: ir.Spec, plan: Plan, path: Path, seed: int = 0) -> Path
     # it says so, and records the seed (nasir verify-export reads "nasir.seed").
     meta = {"nasir.seed": str(seed), "nasir.weights": "untrained: the derived network's seeded initialisation (train it with nasir train)"}
     return to_onnx(model, torch.zeros(1, *plan.input), path, metadata=meta)
-
-
-def alpha_heatmap(spec: ir.Spec, alphas: Mapping[str, Sequence[Sequence[float]]], path: Path) -> Path:
-    """softmax(alpha) per cell kind as a heatmap: one row per mixed edge (IR order), one column per op."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    kinds = [k for k in alphas if spec.cell(k) is not None]
-    fig = Figure(figsize=(9, 1.2 + 0.32 * sum(len(alphas[k]) for k in kinds) + 0.8 * len(kinds)))
-    FigureCanvasAgg(fig)
-    heights = [max(len(alphas[k]), 1) for k in kinds]
-    axes = fig.subplots(len(kinds), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, kind in zip(axes, kinds):
-        cell = spec.cell(kind)
-        edges = [e for e in cell.edges if e.alpha is not None]  # type: ignore[union-attr]
-        soft = torch.tensor(alphas[kind], dtype=torch.float64).softmax(-1)
-        im = ax.imshow(soft.numpy(), cmap="Blues", vmin=0.0, aspect="auto")
-        ax.set_yticks(range(len(edges)), [f"{e.src} -> {e.dst}" for e in sorted(edges, key=lambda e: e.alpha)], fontsize=7)
-        ops = cell.alpha_rows[0] if cell.alpha_rows else ()  # type: ignore[union-attr]
-        ax.set_xticks(range(len(ops)), ops, rotation=30, ha="right", fontsize=7)
-        ax.set_title(f"{kind}: softmax(alpha)", fontsize=9)
-        for (i, j), v in zip(((i, j) for i in range(soft.shape[0]) for j in range(soft.shape[1])), soft.flatten().tolist()):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.6 * float(soft.max()) else "black")
-        fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    return path
-
-
 
 
 def with_overrides(derived: ir.Spec, overrides: Mapping[str, Any] | None) -> ir.Spec:
@@ -141,5 +122,13 @@ def write_outputs(out: Path, *, derived: ir.Spec, text: str, genotype: str | Non
         files["derived.png"] = draw(derived, out / "derived.png")
     except ImportError as e:
         notes.append(f"no cell drawing: {e}")
-    files["alphas.png"] = alpha_heatmap(spec, variables["alphas"], out / "alphas.png")
+    try:
+        # softmax(alpha) with the operation strengths beside it (OStr-DARTS Eq. 11; the window's mean, as
+        # strengths.json holds it) and the derivation's picks framed (targets/draw.py `alphas_table`).
+        from nasir.targets.draw import alphas_figure
+
+        files["alphas.png"] = alphas_figure(spec, variables["alphas"], out / "alphas.png",
+                                            strengths=variables.get("strengths") or None, derived=derived)  # fmt: skip
+    except ImportError as e:
+        notes.append(f"no alpha table: {e}")
     return files, notes

@@ -96,7 +96,8 @@ def run_search(args: argparse.Namespace) -> int:
                         device=args.device, resume=args.resume,
                         overrides=args.overrides, low_memory=args.low_memory, fuse=args.fuse, channels_last=layout,
                         limit_batches=args.limit_batches, progress=not args.no_progress,
-                        deterministic=args.deterministic, fp32_arch_grads=args.fp32_arch_grads)  # fmt: skip
+                        deterministic=args.deterministic, fp32_arch_grads=args.fp32_arch_grads,
+                        network=getattr(args, "network", None))  # fmt: skip
     except SearchInterrupted as e:
         print(f"nasir: {e}", file=sys.stderr)
         return 130

@@ -27,7 +27,7 @@ from nasir.runtime.dist import init_distributed
 from nasir.runtime.loop import Control
 from nasir.runtime.metrics import MetricsLog
 from nasir.runtime.state import save_checkpoint
-from nasir.search import diagnostics
+from nasir.search import diagnostics, hooks
 from nasir.search.architect import Architect, all_reduce_mean, weight_step
 from nasir.search.artefacts import (
     canonical,
@@ -138,7 +138,7 @@ class Search:
         # such search), so no regularizer then.
         outputs_kinds = [k for k in self.model.betas if getattr(self.model.cells[k].topology, "kind", None) == "outputs"]
         regularizer = self._passive_aggressive if outputs_kinds and options.pa_lambda else None
-        self.architect = Architect(self.model, self.w_opt, rule=self.method.gradient(options), lr=options.a_lr, betas=options.a_betas,
+        self.architect = Architect(self.model, self.w_opt, rule=hooks.rule(self.method, options), lr=options.a_lr, betas=options.a_betas,
                                    weight_decay=options.a_weight_decay, mixed_level=options.mixed_level,
                                    regularizer=regularizer, reduce=self.reduce)  # fmt: skip
         self.meter = StrengthMeter(options.strength_window or steps)
@@ -405,8 +405,9 @@ class Search:
         return self._generator(self.step, stream)
 
     def _smoothed(self, batch: tuple[torch.Tensor, torch.Tensor], eps: float) -> dict[str, torch.Tensor] | None:
-        """The weights this weight step's mixed ops read: the smoothing's perturbation (nasir/methods/sdarts.py)."""
-        return self.smoothing.perturb(self, batch, eps) if self.smoothing.perturb is not None else None
+        """The weights this weight step's mixed ops read: the smoothing's perturbation (nasir/methods/sdarts.py,
+        implemented in search/hooks.py); None: softmax(alpha)."""
+        return hooks.perturb(self.smoothing, self, batch, eps)
 
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return diagnostics.fixed_batch(self)
@@ -440,9 +441,9 @@ class Search:
     # ---- derivation and outputs ----------------------------------------------------------------
     def scores(self) -> dict[str, list[list[float]]]:
         """The selection rule's score per (alpha row, candidate), per cell kind (passes/derive.py ranks
-        them): the registered selection's hook (nasir/methods: magnitude, strength, strength_star, naive)."""
+        them): the registered selection's hook (nasir/methods names it, search/hooks.py implements it)."""
         with torch.no_grad():
-            return self.selection.scores(self)
+            return hooks.scores(self.selection, self)
 
     def removal_scores(self) -> dict[str, torch.Tensor]:
         """The naive criterion (search/diagnostics.py)."""
@@ -451,7 +452,7 @@ class Search:
     def derive(self) -> ir.Spec:
         """Selection by the chosen rule (`scores`) under the spec's limits and budgets (passes/derive.py);
         stretchable cells keep the edges of their most likely codes (search/topology.py)."""
-        from nasir.passes.derive import Derive
+        from nasir.passes.derive import derive
 
         at = self.epoch * self.steps + self.step  # steps done so far
         if self._derived is not None and self._derived[0] == at:  # nothing changed since (finish after the last epoch)
@@ -460,8 +461,9 @@ class Search:
         m = self.model
         keep = {k: most_likely_edges(m.cells[k], list(rows)) for k, rows in m.betas.items()}
         remove = {k: removed_nodes(m.cells[k], list(rows)) for k, rows in m.betas.items()}
-        derived = Derive(self.scores(), keep_edges=keep, remove_nodes=remove, drop_none=self.opt.drop_none,
-                         cost=cost_fn(self.plan) if budgets else None).run(self.spec).spec  # fmt: skip
+        # through the pass manager's "derive" pipeline (passes/derive.py `derive`, nasir/pipeline.py)
+        derived = derive(self.spec, self.scores(), keep_edges=keep, remove_nodes=remove, drop_none=self.opt.drop_none,
+                         cost=cost_fn(self.plan) if budgets else None)  # fmt: skip
         self._derived = (at, derived)
         return derived
 
@@ -491,7 +493,8 @@ class Search:
         network overrides as defaults, as derived.cell does, so compiling it builds the network searched."""
         derived = self.derive()
         overrides = dict(self.opt.overrides)
-        text = derived_text(derived, self.source, overrides)
+        # rank 0 copies the op files beside derived.cell and names them in it (the others only return the text)
+        text = derived_text(derived, self.source, overrides, directory=self.out if self.dist.main else None)
         genotype = genotype_of(derived)
         alphas = self.model.alpha_values()
         files: dict[str, Path] = {}

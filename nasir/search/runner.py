@@ -51,12 +51,12 @@ from nasir.data import classification as data_mod
 from nasir.diagnostics import DiagnosticError
 from nasir.macro import Plan
 from nasir.runtime.process import keep_freed_memory
-from nasir.search.artefacts import alpha_heatmap, cost_fn, derived_text, export_onnx
+from nasir.search.artefacts import cost_fn, derived_text, export_onnx
 from nasir.search.loop import CHECKPOINT, Search, SearchInterrupted, SearchResult, _flag_error
 from nasir.search.settings import FLAGS, Options, make_options, spec_settings
 from nasir.search.supernet import prepare
 
-__all__ = ["CHECKPOINT", "FLAGS", "Options", "Search", "SearchInterrupted", "SearchResult", "alpha_heatmap", "check_space",
+__all__ = ["CHECKPOINT", "FLAGS", "Options", "Search", "SearchInterrupted", "SearchResult", "check_space",
            "claim_out", "derived_text", "export_onnx", "keep_freed_memory", "make_options", "search", "spec_settings"]  # fmt: skip
 
 
@@ -74,7 +74,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
-           deterministic: bool = False, fuse: bool = False) -> SearchResult:  # fmt: skip
+           deterministic: bool = False, fuse: bool = False, network: str | None = None) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
@@ -89,12 +89,13 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     torchrun, a CUDA run takes LOCAL_RANK's GPU; nasir.device.select_device). `fp32_arch_grads`: the
     architecture gradients without TF32; `deterministic`: deterministic CUDA algorithms, so a resumed
     search ends with the alphas of one that never stopped (docs/gpu.md). `fuse`: the fused supernet
-    (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md).
+    (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md). `network`:
+    which of the spec's networks the supernet stacks (default: the first; derived.cell names it first).
     Raises DiagnosticError for bad input and `SearchInterrupted` when stopped early.
     """
     from nasir.lower import resolve
 
-    spec, plan = resolve(spec_or_path, overrides)
+    spec, plan = resolve(spec_or_path, overrides, network)
     values = dict(overrides) if isinstance(overrides, Mapping) else _override_values(overrides)
     dev = dv.select_device(device)
     data_mod.parse_data_spec(data)  # bad data specs fail before anything is built
@@ -139,12 +140,12 @@ def check_space(spec: ir.Spec, plan: Plan, options: Options) -> None:
     budgets = spec.search.budgets if spec.search else ()
     if budgets and not any(c.topology is not None for c in spec.cells):  # (topology cells derive by their codes)
         from nasir import ops as ops_mod
-        from nasir.passes.derive import Derive
+        from nasir.passes.derive import derive
 
         searched = prepare(spec)
         cheap = {c.name: [[1.0 if ops_mod.REGISTRY[o].parameter_free and not ops_mod.REGISTRY[o].is_zero else 0.0 for o in row]
                           for row in c.alpha_rows] for c in searched.cells if c.alpha_rows}  # fmt: skip
-        Derive(cheap, drop_none=options.drop_none, cost=cost_fn(plan)).run(searched)  # raises "budget cannot be met ..."
+        derive(searched, cheap, drop_none=options.drop_none, cost=cost_fn(plan))  # raises "budget cannot be met ..."
 
 
 def _override_values(overrides: Sequence[str] | str | None) -> dict[str, Any]:

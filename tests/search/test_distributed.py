@@ -20,7 +20,8 @@ from nasir.lower import resolve
 from nasir.search.runner import Search, make_options
 spec, plan = resolve(sys.argv[1], ["C=4", "layers=3"])
 opts = make_options(spec, data="synthetic:32", overrides={"C": 4, "layers": 3}, limit_batches=None, channels_last=None,
-                    low_memory=False, device=torch.device("cpu"), epochs=1, batch_size=8, seed=0, select=sys.argv[3])
+                    low_memory=False, device=torch.device("cpu"), epochs=1, batch_size=8, seed=0, select=sys.argv[3],
+                    a_lr=3e-4)  # DARTS' rate, which _emulate uses (examples/digits.cell sets arch_lr 1e-2)
 run = Search(spec, plan, opts, Path(sys.argv[2]), progress=False, artifacts=False)
 run.run()
 torch.save(run.model.state_dict(), os.path.join(sys.argv[2], "rank%s.pt" % os.environ["RANK"]))
@@ -35,8 +36,8 @@ def _free_port() -> int:
 
 def _emulate(select: str) -> dict[str, torch.Tensor]:
     """One process: each step averages the gradients of the two half-batches (arch step, then weight step)."""
-    from nasir.lower import resolve
     from nasir.data import classification as data_mod
+    from nasir.lower import resolve
     from nasir.search.supernet import build_supernet, prepare
 
     spec, plan = resolve(EXAMPLES / "digits.cell", ["C=4", "layers=3"])

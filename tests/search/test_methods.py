@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from helpers import EXAMPLES, TINY_SPACE, spec_of
 
-from nasir.lower import resolve
 from nasir.diagnostics import DiagnosticError
-from nasir.methods import milenas as milenas_method
+from nasir.lower import resolve
 from nasir.passes.derive import Derive
 from nasir.search.architect import Architect
 from nasir.search.cli import add_search_parser, run_search
+from nasir.search.hooks import milenas_rule
 from nasir.search.runner import Search, make_options, search
 from nasir.search.supernet import build_supernet
 
@@ -242,7 +242,7 @@ def test_hessian_is_recorded_per_epoch(tmp_path):
 def test_mixed_level_gradient_is_that_of_train_plus_lambda_val():
     spec = spec_of(STRETCH)
     model = build_supernet(spec, seed=0)
-    arch = Architect(model, rule=milenas_method.gradient(None), mixed_level=0.5)
+    arch = Architect(model, rule=milenas_rule(None), mixed_level=0.5)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
     grads, _, _ = arch.gradient(batches[0], batches[1], xi=0.0, valid_beta=batches[2])

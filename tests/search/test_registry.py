@@ -91,10 +91,11 @@ def test_library_errors_name_the_setting_and_the_cli_says_its_flag(capsys, tmp_p
 def test_a_new_method_is_one_registry_entry(monkeypatch):
     """What docs/runtime.md says adding a method takes: an entry (here a first-order rule under another
     name) registered once is accepted by the spec, the verifier, the options and the CLI's choices."""
-    from nasir.methods import darts
+    from nasir.search.hooks import darts_rule
 
-    toy = Method("method", "toy", "first-order DARTS under another name", params=(), gradient=lambda o: darts.gradient(SimpleNamespace(order=1)))
+    toy = Method("method", "toy", "first-order DARTS under another name", params=(), gradient="toy")
     monkeypatch.setitem(methods.REGISTRY["method"], "toy", toy)
+    monkeypatch.setitem(methods.RULES, "toy", lambda o: darts_rule(SimpleNamespace(order=1)))
     spec = spec_of(TINY_SPACE + "search {\n  method toy\n}")
     assert make_options(spec, **KW).method == "toy" and make_options(spec_of(TINY_SPACE), method="toy", **KW).method == "toy"
     assert "toy" in _choices("--method")
@@ -167,3 +168,18 @@ def test_every_argument_of_an_entry_is_a_library_keyword_and_belongs_to_its_entr
                            (dict(smooth="adv", adv_steps=0), "adv_steps must be a whole number >= 1, got 0")]:  # fmt: skip
         with pytest.raises(DiagnosticError, match=message):
             make_options(spec, **flags, **KW)
+
+
+def test_every_entry_names_a_hook_the_search_layer_registers():
+    """The registry (IR layer, no torch) names hooks; nasir.search.hooks registers them on import. Every
+    entry's name resolves, and a name nobody registered is an error that says so (not a silent None)."""
+    import nasir.search.hooks as hooks
+
+    assert {e.gradient for e in methods.REGISTRY["method"].values()} == set(methods.RULES) == {"darts", "milenas"}
+    assert {e.scores for e in methods.REGISTRY["select"].values()} == set(methods.SCORES)
+    perturbing = {e.name: e.perturb for e in methods.REGISTRY["smooth"].values() if e.perturbs}
+    assert perturbing == {"rs": "random", "adv": "adversarial"} and set(perturbing.values()) == set(methods.PERTURBATIONS)
+    assert hooks.perturb(methods.smoothing("none"), None, None, 0.1) is None  # no perturbation, no hook needed
+    ghost = Method("method", "ghost", "names a rule nobody registered", gradient="ghost")
+    with pytest.raises(RuntimeError, match="no rules hook 'ghost' is registered"):
+        hooks.rule(ghost, SimpleNamespace(order=1))

@@ -141,7 +141,7 @@ def test_search_block_gives_defaults_and_flags_override_them():
     text = (EXAMPLES / "digits.cell").read_text()
     assert f"order = {opts.order}" in text and f"epochs {opts.epochs}" in text and f"batch_size {opts.batch_size}" in text
     assert (opts.seed, opts.w_lr, opts.momentum, opts.w_weight_decay, opts.grad_clip) == (2, 0.025, 0.9, 3e-4, 5.0)
-    assert (opts.w_lr_min, opts.a_lr, opts.a_betas, opts.a_weight_decay) == (0.001, 3e-4, (0.5, 0.999), 1e-3)
+    assert (opts.w_lr_min, opts.a_lr, opts.a_betas, opts.a_weight_decay) == (0.001, 1e-2, (0.5, 0.999), 1e-3)
     flagged = make_options(spec, data="digits", order=2, epochs=3, batch_size=5, seed=9, select=None, overrides={},
                            limit_batches=None, channels_last=False, low_memory=False, device=torch.device("cpu"))  # fmt: skip
     assert (flagged.order, flagged.epochs, flagged.batch_size, flagged.seed) == (2, 3, 5, 9)
@@ -507,3 +507,27 @@ def test_search_settings_must_be_finite(tmp_path, flag, value):
     with pytest.raises(DiagnosticError, match=r"must be .*got (inf|nan)"):
         search(SPEC, out=tmp_path, **{**TINY, flag: value})
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_the_alpha_table_gets_the_strengths_and_the_derived_picks(tmp_path, monkeypatch):
+    """alphas.png is targets/draw.py's table: softmax(alpha) from alphas.json, the operation strengths as
+    strengths.json holds them (OStr-DARTS Eq. 11), and the derived spec whose picks it frames."""
+    import nasir.targets.draw as draw
+
+    seen = {}
+    real = draw.alphas_figure
+
+    def spy(spec, alphas, path, strengths=None, derived=None):
+        seen.update(alphas=alphas, strengths=strengths, derived=derived)
+        return real(spec, alphas, path, strengths=strengths, derived=derived)
+
+    monkeypatch.setattr(draw, "alphas_figure", spy)
+    result = search(SPEC, out=tmp_path, **{**TINY, "epochs": 1}, select="strength")
+    assert seen["alphas"] == json.loads((tmp_path / "alphas.json").read_text()) == result.alphas
+    strengths = json.loads((tmp_path / "strengths.json").read_text())
+    assert seen["strengths"] == strengths and {k: (len(v), len(v[0])) for k, v in strengths.items()} == {"normal": (14, 8), "reduce": (14, 8)}
+    from nasir.printer import cell
+
+    picks = [cell(c) for c in load(tmp_path / "derived.cell").cells]
+    assert [cell(c) for c in seen["derived"].cells] == picks and "choice" not in "".join(picks)  # the picks derived.cell holds
+    assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
