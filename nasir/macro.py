@@ -386,6 +386,18 @@ def elaborate(spec: ir.Spec, network: ir.Network, overrides: dict[str, Any] | No
     return Plan(network.name, tuple(env.items()), shape, stems, tuple(body), aux_after, aux_style, head)
 
 
+def replan(spec: ir.Spec, plan: Plan) -> Plan:
+    """`plan`'s network elaborated again for `spec` with the same parameter values: a derived spec's cells
+    concatenate other nodes than the space's, so its channels per cell differ from the supernet's plan."""
+    net = spec.network(plan.network)
+    if net is None:
+        raise DiagnosticError([Diagnostic(f"{spec.file} has no network named '{plan.network}'")])
+    names = {p.name for p in net.params}
+    result = elaborate(spec, net, {k: v for k, v in plan.env if k in names})
+    assert result is not None
+    return result
+
+
 def plan(spec: ir.Spec, network: str | None = None, overrides: dict[str, Any] | None = None) -> Plan:
     net = spec.network(network)
     if net is None:

@@ -14,7 +14,7 @@ import torch
 from nasir import ir
 from nasir.diagnostics import DiagnosticError
 from nasir.io import atomic_write
-from nasir.macro import Plan
+from nasir.macro import Plan, replan
 
 
 def canonical(spec: ir.Spec) -> str:
@@ -63,7 +63,7 @@ def cost_fn(plan: Plan) -> Callable[[ir.Spec], dict[str, float]]:
         from nasir.targets.blocks import count_macs, count_params
         from nasir.targets.network import Network
 
-        net = Network(spec, plan)
+        net = Network(spec, replan(spec, plan))  # a candidate's cells concatenate their own nodes
         aux = net.auxiliary_head
         params = count_params(net) - (count_params(aux) if aux is not None else 0)
         return {"params": float(params), "macs": float(count_macs(net, plan.input))}
@@ -75,7 +75,7 @@ def export_onnx(derived: ir.Spec, plan: Plan, path: Path, seed: int = 0) -> Path
     from nasir.targets.export import to_onnx
     from nasir.targets.network import build
 
-    model = build(derived, plan, seed=seed).eval()
+    model = build(derived, replan(derived, plan), seed=seed).eval()  # the derived cells' own channels
     # Issue 14, item 6: the file is the derived network's seeded initialisation, not trained weights;
     # it says so, and records the seed (nasir verify-export reads "nasir.seed").
     meta = {"nasir.seed": str(seed), "nasir.weights": "untrained: the derived network's seeded initialisation (train it with nasir train)"}

@@ -333,3 +333,14 @@ def test_methods_combine_from_cli_flags(tmp_path, capsys):
         assert (tmp_path / "run" / name).is_file(), name
     opts = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["options"]
     assert (opts["method"], opts["smooth"], opts["select"], opts["early_stop"], opts["hessian"]) == ("milenas", "rs", "strength_star", 5, True)
+    # The derived stretchable cell concatenates fewer nodes than the space: the ONNX export and the
+    # budget's cost function elaborate its own channels (they used to reuse the supernet's plan).
+    import nasir
+    from nasir.search.artefacts import cost_fn
+    from nasir.targets.blocks import count_params
+
+    derived = nasir.load(tmp_path / "run" / "derived.cell")
+    assert "concat(" in (tmp_path / "run" / "derived.cell").read_text() and (tmp_path / "run" / "derived.onnx").is_file()
+    _, space_plan = resolve(path, [])
+    want = count_params(nasir.build(tmp_path / "run" / "derived.cell"))
+    assert cost_fn(space_plan)(derived)["params"] == want
