@@ -499,10 +499,12 @@ def cmd_train(args) -> int:
     from nasir.train import TrainConfig, TrainInterrupted, train
 
     detection = args.task == "detection"
-    if not detection:  # a derived recurrent cell trains as a language model (nasir/rnn)
+    spec = None
+    if not detection:  # a derived recurrent cell trains as a language model (nasir/rnn); the spec is read once
         from nasir.rnn.hooks import train_cli
 
-        if (rc := train_cli(args)) is not None:
+        spec = load(args.file, overrides=args.overrides, network=args.network)
+        if (rc := train_cli(args, spec)) is not None:
             return rc
     data = args.data or "digits"
     if detection:
@@ -511,7 +513,8 @@ def cmd_train(args) -> int:
         if args.data is None:
             raise DiagnosticError([Diagnostic("--task detection needs COCO-format data: --data coco:PATH", hint="see 'nasir train --help'")])
         coco_path(data)  # a bad --data is reported before the spec is even read
-    spec = load(args.file, overrides=args.overrides, network=args.network)
+    if spec is None:
+        spec = load(args.file, overrides=args.overrides, network=args.network)
     preset = args.preset or ("detection" if detection else "digits" if data == "digits" else None)
     cfg = TrainConfig.from_preset(
         preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -565,14 +568,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from nasir.api import load
     from nasir.search.cli import run_search
 
-    if args.network is not None:
-        # The runner elaborates the spec's first network and takes a loaded spec in place of the path:
-        # load it once here with the chosen network first (nasir.api.select_network).
-        from nasir.api import load
-
-        args.file = load(args.file, overrides=args.overrides, network=args.network)
+    # The spec is read once, here: the recurrent hook (nasir/rnn/hooks.py search_cli) and the runner both
+    # take a loaded spec in place of the path. With --network, the chosen network comes first
+    # (nasir.api.select_network), which is the one the runner elaborates.
+    args.file = load(args.file, overrides=args.overrides, network=args.network)
     return run_search(args)
 
 
