@@ -273,3 +273,13 @@ def test_verify_export_of_a_language_model_refuses_an_image_model_and_pt2(tmp_pa
     (tmp_path / "lm.pt2").write_bytes(b"PK")
     code, _, err = run(capsys, "verify-export", tmp_path / "lm.pt2", "--spec", spec, *LM_SETS)
     assert code == 2 and "a language model exports to ONNX or TorchScript, not .pt2" in err
+
+
+def test_an_untrained_language_model_onnx_records_its_seed_for_verify_export(tmp_path, capsys):
+    spec = EXAMPLES / "darts_v2_rnn.cell"
+    assert run(capsys, "compile", spec, "-t", "onnx", "-o", tmp_path / "lm.onnx", "--seed", "3", *LM_SETS)[0] == 0
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "lm.onnx").metadata_props}
+    assert meta == {"nasir.seed": "3", "nasir.weights": "untrained"}
+    code, out, err = run(capsys, "verify-export", tmp_path / "lm.onnx", "--spec", spec, *LM_SETS)
+    assert code == 0 and "seed 3 (recorded in" in out, err
+    assert run(capsys, "verify-export", tmp_path / "lm.onnx", "--spec", spec, "--seed", "0", *LM_SETS)[0] == 1

@@ -90,8 +90,10 @@ def to_torchscript(model: RNNLM, path: str | Path) -> Path:
     return path
 
 
-def to_onnx(model: RNNLM, path: str | Path) -> Path:
-    """ONNX of the language model with dynamic sequence length and batch (opset 17, a Loop over time)."""
+def to_onnx(model: RNNLM, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """ONNX of the language model with dynamic sequence length and batch (opset 17, a Loop over time).
+    `metadata`: key/value strings for the model's `metadata_props`, as nasir/targets/export.py writes
+    them (e.g. nasir.seed, which `nasir verify-export` reads back)."""
     script = scripted(model)
     buf = io.BytesIO()
     example = (torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, model.lm.nhid))
@@ -100,8 +102,17 @@ def to_onnx(model: RNNLM, path: str | Path) -> Path:
                           output_names=list(OUTPUTS),
                           dynamic_axes={"words": {0: "sequence", 1: "batch"}, "hidden": {0: "batch"},
                                         "log_probs": {0: "sequence", 1: "batch"}, "next_hidden": {0: "batch"}})  # fmt: skip
+    data = buf.getvalue()
+    if metadata:
+        import onnx
+
+        m = onnx.load_from_string(data)
+        for k, v in metadata.items():
+            entry = m.metadata_props.add()
+            entry.key, entry.value = str(k), str(v)
+        data = m.SerializeToString()
     path = Path(path)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, data)
     return path
 
 
