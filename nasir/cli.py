@@ -464,7 +464,9 @@ def cmd_export_genotype(args) -> int:
 
 
 def cmd_verify_export(args) -> int:
+    from nasir.api import load
     from nasir.lower import verify_export
+    from nasir.rnn.hooks import verify_export as verify_lm_export
     from nasir.targets.export import read_metadata
 
     seed = args.seed
@@ -473,8 +475,11 @@ def cmd_verify_export(args) -> int:
         seed = int(recorded) if recorded is not None and recorded.isdigit() and int(recorded) <= limits.MAX_SEED else 0
         if recorded is not None:
             print(f"seed {seed} (recorded in {args.model})")
-    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides,
-                          network=args.network)  # fmt: skip
+    spec = load(args.spec, overrides=args.overrides, network=args.network)  # read once, for either kind
+    seed = seed if seed is not None else 0
+    diffs = verify_lm_export(args.model, spec, weights=args.weights, seed=seed, overrides=args.overrides)  # a language model
+    if diffs is None:
+        diffs = verify_export(args.model, spec, weights=args.weights, seed=seed, overrides=args.overrides)
     provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
     if provider:
         print(f"ran on {provider}")

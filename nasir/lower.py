@@ -274,24 +274,17 @@ def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *,
                   seed: int = 0, overrides: Overrides = None, batches: Sequence[int] = (1, 8),
                   network: str | None = None) -> dict[int, float]:  # fmt: skip
     """Max-abs difference, per batch size, between an exported model (ONNX, TorchScript, .pt2) and PyTorch
-    eval of the spec's `network` (default: the first). A language model (a recurrent spec) is fed words
-    and a hidden state, as nasir/rnn/export.py exports it (`parity` there)."""
+    eval of the spec's `network` (default: the first). A language model's export takes words and a hidden
+    state, not an image: `nasir verify-export` hands a recurrent spec to nasir/rnn/export.py's `parity`
+    (nasir/rnn/hooks.py `verify_export`; this module may not import nasir.rnn.api, which imports it back)."""
     from nasir.rnn.check import is_recurrent
     from nasir.targets import export
 
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    listed = overrides is not None and not isinstance(overrides, Mapping)
-    if isinstance(spec_or_path, ir.Spec):
-        spec = select_network(spec_or_path, network)
-    else:  # read once: the spec object goes on to either path
-        spec = load(spec_or_path, overrides=list(overrides) if listed else dict(overrides or {}), network=network)  # type: ignore[arg-type]
+    spec, plan = resolve(spec_or_path, overrides, network)
     if is_recurrent(spec):
-        from nasir.rnn import export as lm_export
-        from nasir.rnn.api import build as build_lm
-
-        return lm_export.parity(build_lm(spec, weights=weights, seed=seed, overrides=overrides), model_path, batches)
-    spec, plan = resolve(spec, overrides, network)
+        net = spec.network()
+        raise error_at(net.span if net is not None else None, "this is a language model: its export takes words and a hidden state, not an image",
+                       "check it with nasir.rnn.export.parity (nasir verify-export does)")  # fmt: skip
     model = build_from_plan(spec, plan, weights, seed)
     return export.parity(model, model_path, batches, input_shape=plan.input)
 

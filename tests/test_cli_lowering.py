@@ -14,6 +14,7 @@ from torch import nn
 
 import nasir
 from nasir.cli import main
+from nasir.diagnostics import DiagnosticError
 from nasir.lower import build
 
 NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|"
@@ -273,6 +274,11 @@ def test_verify_export_of_a_language_model_refuses_an_image_model_and_pt2(tmp_pa
     (tmp_path / "lm.pt2").write_bytes(b"PK")
     code, _, err = run(capsys, "verify-export", tmp_path / "lm.pt2", "--spec", spec, *LM_SETS)
     assert code == 2 and "a language model exports to ONNX or TorchScript, not .pt2" in err
+    # the library's image-model check refuses a language model rather than feed it an image
+    from nasir.lower import verify_export
+
+    with pytest.raises(DiagnosticError, match="this is a language model"):
+        verify_export(tmp_path / "image.onnx", spec, overrides=LM_SETS[1::2])
 
 
 def test_an_untrained_language_model_onnx_records_its_seed_for_verify_export(tmp_path, capsys):

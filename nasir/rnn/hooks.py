@@ -99,6 +99,18 @@ def train_cli(args: Any, spec: ir.Spec | None = None) -> int | None:
     return 0
 
 
+def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *, weights: str | Path | None = None,
+                  seed: int = 0, overrides: Any = None, network: str | None = None):  # fmt: skip
+    """`nasir verify-export` of a language model: nasir/rnn/export.py `parity` (words and a hidden state in,
+    per batch size, as nasir.targets.export.Parity), or None when the spec is not a language model."""
+    from nasir.rnn import api, export
+
+    spec = recurrent_spec(spec_or_path, overrides, network)
+    if spec is None:
+        return None
+    return export.parity(api.build(spec, weights=weights, seed=seed, overrides=overrides), model_path)
+
+
 def compile_spec(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *, weights: str | Path | None = None,
                  seed: int = 0, overrides: Any = None) -> Path | None:  # fmt: skip
     from nasir.rnn import api
