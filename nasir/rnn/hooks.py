@@ -3,6 +3,7 @@
 Each function returns None when the spec is not a language model, so a call site stays one line:
     if (rc := hooks.search_cli(args)) is not None: return rc          # nasir/search/cli.py run_search
     if (rc := hooks.train_cli(args, spec)) is not None: return rc     # nasir/cli.py cmd_train
+    diffs = hooks.verify_export(model, spec, ...)  # None: not an LM   # nasir/cli.py cmd_verify_export
 `nasir.compile` and `nasir.build` (nasir/__init__.py) dispatch on the loaded spec themselves
 (`nasir.rnn.check.is_recurrent`), so `nasir compile` reads the spec once; `compile_spec` is that
 dispatch for a caller holding a path. The CLI reads the spec once for search and train too: cmd_search
