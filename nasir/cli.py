@@ -482,7 +482,9 @@ def cmd_export_genotype(args) -> int:
 
 
 def cmd_verify_export(args) -> int:
+    from nasir.api import load
     from nasir.lower import verify_export
+    from nasir.rnn.hooks import verify_export as verify_lm_export
     from nasir.targets.export import read_metadata
 
     seed = args.seed
@@ -491,8 +493,11 @@ def cmd_verify_export(args) -> int:
         seed = int(recorded) if recorded is not None and recorded.isdigit() and int(recorded) <= limits.MAX_SEED else 0
         if recorded is not None:
             print(f"seed {seed} (recorded in {args.model})")
-    diffs = verify_export(args.model, args.spec, weights=args.weights, seed=seed if seed is not None else 0, overrides=args.overrides,
-                          network=args.network)  # fmt: skip
+    spec = load(args.spec, overrides=args.overrides, network=args.network)  # read once, for either kind
+    seed = seed if seed is not None else 0
+    diffs = verify_lm_export(args.model, spec, weights=args.weights, seed=seed, overrides=args.overrides)  # a language model
+    if diffs is None:
+        diffs = verify_export(args.model, spec, weights=args.weights, seed=seed, overrides=args.overrides)
     provider = getattr(diffs, "provider", "")  # nasir.targets.export.Parity: what the exported model ran on
     if provider:
         print(f"ran on {provider}")
@@ -517,10 +522,12 @@ def cmd_train(args) -> int:
     from nasir.train import TrainConfig, TrainInterrupted, train
 
     detection = args.task == "detection"
-    if not detection:  # a derived recurrent cell trains as a language model (nasir/rnn)
+    spec = None
+    if not detection:  # a derived recurrent cell trains as a language model (nasir/rnn); the spec is read once
         from nasir.rnn.hooks import train_cli
 
-        if (rc := train_cli(args)) is not None:
+        spec = load(args.file, overrides=args.overrides, network=args.network)
+        if (rc := train_cli(args, spec)) is not None:
             return rc
     data = args.data or "digits"
     if detection:
@@ -529,7 +536,8 @@ def cmd_train(args) -> int:
         if args.data is None:
             raise DiagnosticError([Diagnostic("--task detection needs COCO-format data: --data coco:PATH", hint="see 'nasir train --help'")])
         coco_path(data)  # a bad --data is reported before the spec is even read
-    spec = load(args.file, overrides=args.overrides, network=args.network)
+    if spec is None:
+        spec = load(args.file, overrides=args.overrides, network=args.network)
     preset = args.preset or ("detection" if detection else "digits" if data == "digits" else None)
     cfg = TrainConfig.from_preset(
         preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -583,9 +591,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from nasir.api import load
     from nasir.search.cli import run_search
 
-    return run_search(args)  # --network: run_search passes it to the runner (nasir.lower.resolve)
+    # The spec is read once, here: the recurrent hook (nasir/rnn/hooks.py search_cli) and the runner both
+    # take a loaded spec in place of the path. With --network, the chosen network comes first
+    # (nasir.api.select_network), which is the one the runner elaborates.
+    args.file = load(args.file, overrides=args.overrides, network=args.network)
+    return run_search(args)
 
 
 COMMANDS = {

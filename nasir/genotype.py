@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from functools import cache
 from importlib import resources
@@ -936,7 +935,7 @@ def genotype_to_spec_text(g: Genotype | NB201Arch, macro: str | None = None, sou
 
 def recurrent_cell(g: RecurrentGenotype, name: str = "rnn") -> ir.Cell:
     """The derived recurrent cell: input s0, nodes s1..sN, one edge into each node, output mean(concat)."""
-    from nasir.rnn.lower import RECURRENT_INPUT
+    from nasir.rnn.space import RECURRENT_INPUT
 
     n = g.cell.nodes
     states = (RECURRENT_INPUT,) + tuple(f"s{i}" for i in range(1, n + 1))
@@ -1031,12 +1030,60 @@ def genotype_from_spec(spec: ir.Spec) -> Genotype:
     return Genotype(n_pairs, n_concat, r_pairs, r_concat)
 
 
+def recurrent_genotype_of_cell(cell: ir.Cell) -> RecurrentGenotype:
+    """The authors' Genotype of a derived recurrent cell, read off the IR (the inverse of `recurrent_cell`):
+    node i's one in-edge gives (op, index of its source); the output's states give concat. States are
+    numbered as in nasir/rnn/space.py (the input 0, the nodes 1..N in declaration order)."""
+    from nasir.rnn.space import Genotype as Cell
+
+    if cell.is_search_space:
+        raise error_at(cell.span, f"cell '{cell.name}' is a search space (it has choice edges)", "derive it first, e.g. with nasir search")
+    bag = DiagnosticBag()
+    if len(cell.inputs) != 1:
+        bag.error(cell.span, f"a recurrent cell has one input; '{cell.name}' has {len(cell.inputs)}")
+    if cell.output is None or cell.output.kind != "mean":
+        bag.error(cell.output.span if cell.output else cell.span, f"the output of recurrent cell '{cell.name}' is not mean(...)")
+    bag.check()
+    index = {s: i for i, s in enumerate(cell.states)}
+    into = _in_edges(cell)
+    pairs = []
+    for node in cell.node_names:
+        edges = into.get(node, [])
+        if len(edges) != 1:
+            bag.error(cell.span, f"node '{node}' of a derived recurrent cell has {len(edges)} inputs; it has exactly one (k = 1)")
+        else:
+            pairs.append((edges[0].op, index[edges[0].src]))
+    bag.check()
+    assert cell.output is not None
+    try:
+        g = Cell(tuple(pairs), tuple(index[s] for s in cell.output.nodes))
+    except ValueError as e:  # an unverified cell: an op that is not a recurrent activation, a later source
+        raise error_at(cell.span, f"cell '{cell.name}': {e}") from None
+    return RecurrentGenotype(g, span=cell.span)
+
+
+def _recurrent_cell_of(spec: ir.Spec) -> ir.Cell | None:
+    """The recurrent cell of a spec: the one its network's `language_model` runs, else its only cell, if recurrent."""
+    net = spec.network()
+    lm = net.language_model if net is not None else None
+    if lm is not None:
+        cell = spec.cell(lm.cell)
+        if cell is None:
+            raise error_at(lm.span, f"the language model runs cell '{lm.cell}', which the spec does not define")
+        return cell
+    if net is None and spec.cells and all(c.recurrent for c in spec.cells):
+        if len(spec.cells) > 1:
+            raise error_at(spec.cells[1].span, "several recurrent cells and no language model to choose one",
+                           "add a network with 'language_model CELL(...)'")  # fmt: skip
+        return spec.cells[0]
+    return None
+
+
 def spec_to_genotype(spec: ir.Spec) -> str:
     """The DARTS genotype string of a derived cell pair (or recurrent cell), as DARTS prints it."""
-    from nasir.rnn.lower import genotype_of, is_recurrent
-
-    if is_recurrent(spec):
-        return str(genotype_of(spec))
+    rnn = _recurrent_cell_of(spec)
+    if rnn is not None:
+        return str(recurrent_genotype_of_cell(rnn))
     return str(genotype_from_spec(spec))
 
 
@@ -1080,8 +1127,6 @@ def spec_to_nb201(spec: ir.Spec) -> str:
     """The NAS-Bench-201 string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` of a derived cell.
 
     A recurrent spec (also one input per cell) answers with its recurrent Genotype instead."""
-    from nasir.rnn.lower import is_recurrent
-
-    if is_recurrent(spec):
+    if _recurrent_cell_of(spec) is not None:
         return spec_to_genotype(spec)
     return str(nb201_from_spec(spec))

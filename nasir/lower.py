@@ -274,10 +274,17 @@ def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *,
                   seed: int = 0, overrides: Overrides = None, batches: Sequence[int] = (1, 8),
                   network: str | None = None) -> dict[int, float]:  # fmt: skip
     """Max-abs difference, per batch size, between an exported model (ONNX, TorchScript, .pt2) and PyTorch
-    eval of the spec's `network` (default: the first)."""
+    eval of the spec's `network` (default: the first). A language model's export takes words and a hidden
+    state, not an image: `nasir verify-export` hands a recurrent spec to nasir/rnn/export.py's `parity`
+    (nasir/rnn/hooks.py `verify_export`; this module may not import nasir.rnn.api, which imports it back)."""
+    from nasir.rnn.check import is_recurrent
     from nasir.targets import export
 
     spec, plan = resolve(spec_or_path, overrides, network)
+    if is_recurrent(spec):
+        net = spec.network()
+        raise error_at(net.span if net is not None else None, "this is a language model: its export takes words and a hidden state, not an image",
+                       "check it with nasir.rnn.export.parity (nasir verify-export does)")  # fmt: skip
     model = build_from_plan(spec, plan, weights, seed)
     return export.parity(model, model_path, batches, input_shape=plan.input)
 

@@ -12,7 +12,9 @@ import torch
 from helpers import EXAMPLES
 from torch import nn
 
+import nasir
 from nasir.cli import main
+from nasir.diagnostics import DiagnosticError
 from nasir.lower import build
 
 NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|"
@@ -234,3 +236,56 @@ def test_draw_writes_the_image(tmp_path, capsys):
     assert code == 0 and "sep_conv_3x3" in (tmp_path / "cells.svg").read_text()
     code, _, err = run(capsys, "draw", EXAMPLES / "darts_v2.cell", "-o", tmp_path / "cells.gif")
     assert code == 2 and "must end in .png or .svg" in err
+
+
+LM_SETS = ["--set", "size=8", "--set", "tokens=30"]
+
+
+@pytest.mark.parametrize("target,name", [("onnx", "lm.onnx"), ("torchscript", "lm.ts")])
+def test_verify_export_of_a_language_model_feeds_it_words_and_a_hidden_state(target, name, tmp_path, capsys):
+    # an image input fails on a language model's export (it takes words [T, B] and hidden [B, nhid]);
+    # the file must match PyTorch with the weights it was compiled with, and only with those
+    spec = EXAMPLES / "darts_v2_rnn.cell"
+    model = nasir.build(spec, overrides=LM_SETS[1::2], seed=3)
+    g = torch.Generator().manual_seed(5)
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "w.pt")
+    assert run(capsys, "compile", spec, "-t", target, "-o", tmp_path / name, "--weights", tmp_path / "w.pt", *LM_SETS)[0] == 0
+    code, out, err = run(capsys, "verify-export", tmp_path / name, "--spec", spec, "--weights", tmp_path / "w.pt", *LM_SETS)
+    assert code == 0 and "ok: within" in err, err
+    diffs = [float(x) for x in re.findall(r"batch (?:1|8): max abs diff (\S+)", out)]
+    assert len(diffs) == 2 and max(diffs) < 1e-5
+    code, out, err = run(capsys, "verify-export", tmp_path / name, "--spec", spec, *LM_SETS)  # seeded weights, not w.pt
+    assert code == 1 and "parity FAILED" in err
+    code, _, err = run(capsys, "verify-export", tmp_path / name, "--spec", spec, "--weights", tmp_path / "w.pt", "--set", "size=8")
+    assert code == 2 and "do not fit this model" in err  # the spec's 10,000 words: the weights hold 30
+
+
+def test_verify_export_of_a_language_model_refuses_an_image_model_and_pt2(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "image", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "image.onnx")
+    spec = EXAMPLES / "darts_v2_rnn.cell"
+    code, _, err = run(capsys, "verify-export", tmp_path / "image.onnx", "--spec", spec, *LM_SETS)
+    assert code == 2 and "takes the inputs input; a language model's export takes words, hidden" in err
+    (tmp_path / "lm.pt2").write_bytes(b"PK")
+    code, _, err = run(capsys, "verify-export", tmp_path / "lm.pt2", "--spec", spec, *LM_SETS)
+    assert code == 2 and "a language model exports to ONNX or TorchScript, not .pt2" in err
+    # the library's image-model check refuses a language model rather than feed it an image
+    from nasir.lower import verify_export
+
+    with pytest.raises(DiagnosticError, match="this is a language model"):
+        verify_export(tmp_path / "image.onnx", spec, overrides=LM_SETS[1::2])
+
+
+def test_an_untrained_language_model_onnx_records_its_seed_for_verify_export(tmp_path, capsys):
+    spec = EXAMPLES / "darts_v2_rnn.cell"
+    assert run(capsys, "compile", spec, "-t", "onnx", "-o", tmp_path / "lm.onnx", "--seed", "3", *LM_SETS)[0] == 0
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "lm.onnx").metadata_props}
+    assert meta == {"nasir.seed": "3", "nasir.weights": "untrained"}
+    code, out, err = run(capsys, "verify-export", tmp_path / "lm.onnx", "--spec", spec, *LM_SETS)
+    assert code == 0 and "seed 3 (recorded in" in out, err
+    assert run(capsys, "verify-export", tmp_path / "lm.onnx", "--spec", spec, "--seed", "0", *LM_SETS)[0] == 1

@@ -222,7 +222,11 @@ def compile(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *,
         return path
     if target == "torchscript":
         return export.to_torchscript(model, out)
-    return export.to_onnx(model, out)
+    # as a CNN's ONNX (nasir/lower.py compile): verify-export reads the seed of an untrained export back
+    meta = {"nasir.weights": "trained" if weights is not None else "untrained"}
+    if weights is None:
+        meta["nasir.seed"] = str(seed)
+    return export.to_onnx(model, out, metadata=meta)
 
 
 def info(spec_or_path: ir.Spec | str | Path, overrides: Overrides = None) -> dict[str, Any]:

@@ -10,9 +10,8 @@ from typing import Any
 
 from nasir import ir
 from nasir.diagnostics import DiagnosticBag, did_you_mean
-from nasir.rnn.space import PRIMITIVES, LanguageModel
+from nasir.rnn.space import PRIMITIVES, RECURRENT_INPUT, LanguageModel  # noqa: F401 - RECURRENT_INPUT kept for importers
 
-RECURRENT_INPUT = "s0"
 LM_ARGS = ("tokens", "ninp", "nhid", "dropout", "dropouth", "dropoutx", "dropouti", "dropoute")
 RECURRENT_ONLY_OPS = tuple(o for o in PRIMITIVES if o != "none")  # ops that exist only in recurrent cells
 LM_HINT = "write e.g. 'language_model rnn(tokens = 10000, ninp = 300, nhid = 300)'"

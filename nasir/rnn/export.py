@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +90,10 @@ def to_torchscript(model: RNNLM, path: str | Path) -> Path:
     return path
 
 
-def to_onnx(model: RNNLM, path: str | Path) -> Path:
-    """ONNX of the language model with dynamic sequence length and batch (opset 17, a Loop over time)."""
+def to_onnx(model: RNNLM, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """ONNX of the language model with dynamic sequence length and batch (opset 17, a Loop over time).
+    `metadata`: key/value strings for the model's `metadata_props`, as nasir/targets/export.py writes
+    them (e.g. nasir.seed, which `nasir verify-export` reads back)."""
     script = scripted(model)
     buf = io.BytesIO()
     example = (torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, model.lm.nhid))
@@ -100,31 +102,103 @@ def to_onnx(model: RNNLM, path: str | Path) -> Path:
                           output_names=list(OUTPUTS),
                           dynamic_axes={"words": {0: "sequence", 1: "batch"}, "hidden": {0: "batch"},
                                         "log_probs": {0: "sequence", 1: "batch"}, "next_hidden": {0: "batch"}})  # fmt: skip
+    data = buf.getvalue()
+    if metadata:
+        import onnx
+
+        m = onnx.load_from_string(data)
+        for k, v in metadata.items():
+            entry = m.metadata_props.add()
+            entry.key, entry.value = str(k), str(v)
+        data = m.SerializeToString()
     path = Path(path)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, data)
     return path
 
 
 def onnx_parity(model: RNNLM, path: str | Path, lengths: Sequence[int] = (5, 17), batch: int = 3, seed: int = 0) -> float:
     """The largest |ONNX Runtime - PyTorch| over both outputs at each sequence length (random words and state)."""
-    import onnxruntime as ort
+    return max(parity(model, path, (batch,), lengths, seed=seed, provider="cpu").values())
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+def _runner(path: Path, provider: str) -> tuple[Callable[[np.ndarray, np.ndarray], list[np.ndarray]], str]:
+    """(words, hidden) -> [log_probs, next_hidden] of an exported language model, and what runs it."""
+    from nasir.diagnostics import Diagnostic, DiagnosticError
+    from nasir.targets.export import onnx_providers, onnxruntime
+
+    hint = "verify against the spec (and --set values) the model was compiled from"
+    if not path.is_file():
+        raise DiagnosticError([Diagnostic(f"cannot read '{path}': no such file")])
+    if path.suffix.lower() == ".pt2":
+        raise DiagnosticError([Diagnostic(f"'{path}': a language model exports to ONNX or TorchScript, not .pt2", hint=hint)])
+    kind = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
+    try:
+        if kind == "onnx":
+            ort = onnxruntime()
+            sess = ort.InferenceSession(str(path), providers=onnx_providers(provider))
+            names = tuple(i.name for i in sess.get_inputs())
+            if names != INPUTS:
+                raise DiagnosticError([Diagnostic(f"'{path}' takes the inputs {', '.join(names)}; a language model's export takes "
+                                                  f"{', '.join(INPUTS)}", hint=hint)])  # fmt: skip
+            return (lambda w, h: sess.run(list(OUTPUTS), {INPUTS[0]: w, INPUTS[1]: h})), sess.get_providers()[0]
+        with _quiet():
+            module = torch.jit.load(str(path), map_location="cpu")
+    except DiagnosticError:
+        raise
+    except Exception as e:  # a corrupt file or another kind of model: bad input, not a bug
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DiagnosticError([Diagnostic(f"cannot load model '{path}' as {kind}: {reason}")]) from None
+
+    def run(w: np.ndarray, h: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(torch.from_numpy(w), torch.from_numpy(h))
+        return [t.numpy() for t in out]
+
+    return run, "torch (cpu)"
+
+
+def parity(model: RNNLM, path: str | Path, batches: Sequence[int] = (1, 8), lengths: Sequence[int] = (5, 17), *,
+           seed: int = 0, provider: str = "auto"):  # fmt: skip
+    """`nasir verify-export` of a language model: {batch size: the largest |exported - PyTorch eval| over both
+    outputs (log-probabilities, next hidden state) and the sequence lengths}, as nasir.targets.export.Parity
+    (with the `provider` that ran the file and the `nonfinite` outputs). The file is this module's ONNX
+    (ONNX Runtime) or TorchScript; inputs are seeded random words of the model's vocabulary and a small
+    random hidden state."""
+    from nasir.diagnostics import Diagnostic, DiagnosticError
+    from nasir.targets.export import Parity
+
+    path = Path(path)
+    run, ran_on = _runner(path, provider)
     g = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    out = Parity()
+    out.provider = ran_on
     was = model.training
     model.eval()
     try:
-        for T in lengths:
-            words = torch.randint(0, model.lm.tokens, (T, batch), generator=g)
-            hidden = 0.1 * torch.randn(batch, model.lm.nhid, generator=g)
-            with torch.no_grad():
-                lp, h = model(words, hidden)
-            got = sess.run(list(OUTPUTS), {"words": words.numpy(), "hidden": hidden.numpy()})
-            worst = max(worst, float(np.abs(got[0] - lp.numpy()).max()), float(np.abs(got[1] - h.numpy()).max()))
+        for b in batches:
+            worst = 0.0
+            for T in lengths:
+                words = torch.randint(0, model.lm.tokens, (T, b), generator=g)
+                hidden = 0.1 * torch.randn(b, model.lm.nhid, generator=g)
+                with torch.no_grad():
+                    ref = [t.cpu().numpy() for t in model(words, hidden)]
+                try:
+                    got = run(words.numpy(), hidden.numpy())
+                except Exception as e:  # noqa: BLE001 - e.g. a file compiled for a smaller vocabulary or other sizes
+                    reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    raise DiagnosticError([Diagnostic(f"'{path}' cannot run on the spec's words ({T}, {b}) and hidden state ({b}, {model.lm.nhid}): {reason}",
+                                                      hint="verify against the spec (and --set values) the model was compiled from")]) from None  # fmt: skip
+                for name, a, r in zip(OUTPUTS, got, ref):
+                    if a.shape != r.shape:
+                        raise DiagnosticError([Diagnostic(f"'{path}' returns {name} of shape {a.shape}, PyTorch {r.shape} (batch {b}, length {T})",
+                                                          hint="verify against the spec (and --set values) the model was compiled from")])  # fmt: skip
+                    bad = [who for who, x in (("the exported model", a), ("PyTorch", r)) if not np.isfinite(x).all()]
+                    out.nonfinite += tuple(f"{who}'s {name} at batch {b}, length {T} holds NaN or inf" for who in bad)
+                    worst = max(worst, float(np.abs(a - r).max()))
+            out[b] = worst
     finally:
         model.train(was)
-    return worst
+    return out
 
 
 # ---- generated PyTorch source ----------------------------------------------------------------------------

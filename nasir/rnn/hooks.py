@@ -2,10 +2,12 @@
 
 Each function returns None when the spec is not a language model, so a call site stays one line:
     if (rc := hooks.search_cli(args)) is not None: return rc          # nasir/search/cli.py run_search
-    if (rc := hooks.train_cli(args)) is not None: return rc           # nasir/cli.py cmd_train
+    if (rc := hooks.train_cli(args, spec)) is not None: return rc     # nasir/cli.py cmd_train
+    diffs = hooks.verify_export(model, spec, ...)  # None: not an LM   # nasir/cli.py cmd_verify_export
 `nasir.compile` and `nasir.build` (nasir/__init__.py) dispatch on the loaded spec themselves
 (`nasir.rnn.check.is_recurrent`), so `nasir compile` reads the spec once; `compile_spec` is that
-dispatch for a caller holding a path.
+dispatch for a caller holding a path. The CLI reads the spec once for search and train too: cmd_search
+puts the loaded spec in `args.file` (the runner takes a spec for a path), cmd_train passes it here.
 """
 
 from __future__ import annotations
@@ -76,12 +78,13 @@ def search_cli(args: Any) -> int | None:
     return 0
 
 
-def train_cli(args: Any) -> int | None:
-    """`nasir train FILE` of a derived recurrent cell: the language model, perplexity."""
+def train_cli(args: Any, spec: ir.Spec | None = None) -> int | None:
+    """`nasir train FILE` of a derived recurrent cell: the language model, perplexity. `spec`: FILE as the
+    caller already loaded it (with `args.overrides` and `args.network`), so it is not read again."""
     from nasir.rnn import api
     from nasir.rnn.search import RecurrentInterrupted
 
-    spec = recurrent_spec(args.file, getattr(args, "overrides", None), getattr(args, "network", None))
+    spec = recurrent_spec(spec if spec is not None else args.file, getattr(args, "overrides", None), getattr(args, "network", None))
     if spec is None:
         return None
     try:
@@ -95,6 +98,18 @@ def train_cli(args: Any) -> int | None:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 reports, as it writes
         print(f"valid perplexity {r.valid_ppl:.2f}, test perplexity {r.test_ppl:.2f}; weights in {r.out / 'model.pt'}", file=sys.stderr)
     return 0
+
+
+def verify_export(model_path: str | Path, spec_or_path: ir.Spec | str | Path, *, weights: str | Path | None = None,
+                  seed: int = 0, overrides: Any = None, network: str | None = None):  # fmt: skip
+    """`nasir verify-export` of a language model: nasir/rnn/export.py `parity` (words and a hidden state in,
+    per batch size, as nasir.targets.export.Parity), or None when the spec is not a language model."""
+    from nasir.rnn import api, export
+
+    spec = recurrent_spec(spec_or_path, overrides, network)
+    if spec is None:
+        return None
+    return export.parity(api.build(spec, weights=weights, seed=seed, overrides=overrides), model_path)
 
 
 def compile_spec(spec_or_path: ir.Spec | str | Path, target: str, out: str | Path, *, weights: str | Path | None = None,

@@ -75,11 +75,9 @@ def lower(spec: ir.Spec, overrides: Mapping[str, Any] | None = None) -> Lowered:
         space = SearchSpace(len(cell.nodes), mixed.alpha_rows[0], concat)  # type: ignore[index]
         rows = tuple(row[(states[p], states[i])] for p, i in space.edges)
         return Lowered(cell, net, lm, space=attrs.evolve(space, rows=rows))  # type: ignore[arg-type]
-    pairs = []
-    for n in cell.node_names:
-        (e,) = cell.in_edges(n)
-        pairs.append((e.op, index[e.src]))
-    return Lowered(cell, net, lm, genotype=Genotype(tuple(pairs), concat))
+    from nasir.genotype import recurrent_genotype_of_cell
+
+    return Lowered(cell, net, lm, genotype=recurrent_genotype_of_cell(cell).cell)
 
 
 def derived_spec(spec: ir.Spec, low: Lowered, genotype: Genotype, overrides: Mapping[str, Any] | None = None) -> ir.Spec:

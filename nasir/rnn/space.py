@@ -19,6 +19,7 @@ import attrs
 # order of the space's choice, which examples/ptb.cell writes in this order.
 PRIMITIVES = ("none", "tanh", "relu", "sigmoid", "identity")
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
+RECURRENT_INPUT = "s0"  # the state name of the cell's one input in the DSL (state 0; docs/recurrent.md)
 
 
 @attrs.frozen
