@@ -531,7 +531,7 @@ def cmd_train(args) -> int:
             return rc
     data = args.data or "digits"
     if detection:
-        from nasir.train import coco_path
+        from nasir.data.coco import coco_path
 
         if args.data is None:
             raise DiagnosticError([Diagnostic("--task detection needs COCO-format data: --data coco:PATH", hint="see 'nasir train --help'")])

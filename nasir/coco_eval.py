@@ -155,9 +155,10 @@ def eval_checkpoint(spec_path: str | Path, weights: str | Path, data: str | None
     from nasir import device as dv
     from nasir import provenance as prov
     from nasir.api import load
+    from nasir.data.classification import holdout_split
+    from nasir.data.coco import coco_path
     from nasir.macro import parse_overrides
     from nasir.targets import detection
-    from nasir.train import _split, coco_path
 
     if data is None:
         raise DiagnosticError([Diagnostic("--task detection needs COCO-format data: --data coco:PATH", hint="see 'nasir eval --help'")])
@@ -171,7 +172,7 @@ def eval_checkpoint(spec_path: str | Path, weights: str | Path, data: str | None
         dataset = detection.coco_dataset(path, "train")
         recorded = ((prov.read(weights) or {}).get("split")) or {}
         split_seed = seed if seed is not None else int(recorded.get("seed", 0))
-        _, held = _split(len(dataset), float(recorded.get("holdout", 0.2)), split_seed)
+        _, held = holdout_split(len(dataset), float(recorded.get("holdout", 0.2)), split_seed)
         indices, split = held.tolist(), "held-out part of train"
     detection.check_images(dataset)
     dev = dv.select_device(device)

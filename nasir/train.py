@@ -29,6 +29,8 @@ from nasir import device as dv
 from nasir import finite, ir, limits
 from nasir import provenance as prov
 from nasir.data import classification as data_mod
+from nasir.data import coco as data_coco
+from nasir.data.classification import holdout_split
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import remove_stale_temporaries, writable_dir
 from nasir.runtime.dist import Dist, init_distributed
@@ -144,12 +146,6 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
-    k = max(1, int(round(n * fraction)))
-    return perm[k:].sort().values, perm[:k].sort().values
-
-
 def evaluate(model: torch.nn.Module, data: data_mod.Data, idx: torch.Tensor, device: torch.device, batch: int = 256) -> tuple[float, float]:
     """(loss, accuracy) on `idx` in eval mode."""
     model.eval()
@@ -181,7 +177,7 @@ def _eval_data(text: str, data: data_mod.Data, holdout: float, seed: int) -> tup
             return data, torch.arange(len(data)), test, torch.arange(len(test))
         except (RuntimeError, OSError):
             pass  # no test batch on disk: hold out a part of the training set instead
-    train_idx, test_idx = _split(len(data), holdout, seed)
+    train_idx, test_idx = holdout_split(len(data), holdout, seed)
     return data, train_idx, data, test_idx
 
 
@@ -338,24 +334,6 @@ def run_provenance(spec: ir.Spec, plan, kind: str, cfg: TrainConfig, data: str) 
 
 
 # ---- detection ------------------------------------------------------------------------------------
-def coco_path(data: str) -> Path:
-    """The PATH of `coco:PATH`, checked: PATH/annotations/instances_train.json and PATH/train/ exist.
-    Errors point into the --data value, as the classification data specs' do."""
-    layout = "expected PATH/annotations/instances_train.json and its images in PATH/train/ (nasir never downloads)"
-    kind, colon, rest = data.partition(":")
-    if kind != "coco" or not colon:
-        raise data_mod._spec_error(data, "--task detection reads COCO-format data: coco:PATH", 0, len(kind), layout)
-    if not rest:
-        raise data_mod._spec_error(data, "'coco' needs a path: coco:PATH", 0, None, layout)
-    path = Path(rest).expanduser()
-    if not path.exists():
-        raise data_mod._spec_error(data, f"data path '{rest}' does not exist", len(kind) + 1)
-    missing = [q for q in ("annotations/instances_train.json", "train") if not (path / q).exists()]
-    if missing:
-        raise data_mod._spec_error(data, f"no COCO training split under '{rest}': {' and '.join(missing)} not found", len(kind) + 1, None, layout)
-    return path
-
-
 def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig, *, device: str = "auto", resume: bool = False,
                     progress: bool = True, stop_after_steps: int | None = None,
                     callback: Callable[[dict[str, Any]], None] | None = None, workers: int | None = None,
@@ -376,7 +354,7 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     from nasir.macro import parse_overrides, plan
     from nasir.targets import detection
 
-    path = coco_path(data)
+    path = data_coco.coco_path(data)
     dev, d = _device(device)
     if workers is None:
         workers = dv.loader_workers(dev, d.world)
@@ -396,7 +374,7 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
             raise DiagnosticError([Diagnostic(f"{path}: {len(train_set)} training image(s): too few to hold some out",
                                               hint="add images, or a PATH/val split with annotations/instances_val.json")])  # fmt: skip
         test_set = train_set
-        train_idx, test_idx = _split(len(train_set), cfg.holdout, cfg.seed)
+        train_idx, test_idx = holdout_split(len(train_set), cfg.holdout, cfg.seed)
     if test_set is not train_set and test_set.labels_of != train_set.labels_of:
         raise DiagnosticError([Diagnostic(f"{path}: the training and held-out annotations define other categories "
                                           f"({sorted(train_set.labels_of)} vs {sorted(test_set.labels_of)})",

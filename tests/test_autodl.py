@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from nasir.lower import build
 from nasir.diagnostics import DiagnosticError
 from nasir.genotype import genotype_to_spec_text, parse_genotype
+from nasir.lower import build
 
 
 # ---- the reference: AutoDL's TinyNetwork ---------------------------------------------------------------

@@ -201,8 +201,8 @@ def test_eval_cli_reports_coco_ap_of_a_detector_checkpoint(tmp_path, capsys):
 def test_eval_without_a_val_split_scores_the_held_out_training_images(tmp_path):
     from nasir.api import load
     from nasir.coco_eval import eval_checkpoint
+    from nasir.data.classification import holdout_split
     from nasir.targets import detection
-    from nasir.train import _split
 
     data = write_coco(tmp_path / "coco", "train", VAL + VAL + VAL[:1])  # 7 images, no val split
     spec_path = Path(__file__).resolve().parents[1] / "examples" / "darts_v2.cell"
@@ -213,7 +213,7 @@ def test_eval_without_a_val_split_scores_the_held_out_training_images(tmp_path):
     metrics, n, split = eval_checkpoint(spec_path, tmp_path / "best.pt", f"coco:{data}", device="cpu")
     # without provenance: nasir train's defaults, a fifth held out with seed 0 -> round(7 * 0.2) = 1 image
     assert (n, split) == (1, "held-out part of train")
-    (held,) = _split(7, 0.2, 0)[1].tolist()
+    (held,) = holdout_split(7, 0.2, 0)[1].tolist()
     ds = detection.coco_dataset(data, "train")
     direct = evaluate_detector(detection.load_detector(load(spec_path), tmp_path / "best.pt")[0], ds, "cpu", indices=[held])
     assert format_ap(metrics) == format_ap(direct)

@@ -14,8 +14,8 @@ import pytest
 from nasir import ops
 from nasir.api import load
 from nasir.cli import main
-from nasir.lower import import_genotype
 from nasir.diagnostics import DiagnosticError
+from nasir.lower import import_genotype
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -259,3 +259,10 @@ def _mix(*xs: int) -> int:
     for x in xs:
         h = ((h ^ (x & 0xFFFFFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
     return h
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out) indices of `n` items: a seeded `fraction` held out (at least one), both sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    k = max(1, int(round(n * fraction)))
+    return perm[k:].sort().values, perm[:k].sort().values

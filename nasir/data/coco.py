@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from nasir.data.classification import _spec_error
 from nasir.diagnostics import Diagnostic, DiagnosticError
 
 __all__ = ["CocoDetectionTargets", "CocoJson", "ImageError", "check_coco", "check_images", "coco_dataset", "collate"]
@@ -283,3 +284,21 @@ def collate(batch):
     """DataLoader collate for detection: images of different sizes stay a list, as RetinaNet takes them."""
     images, targets = zip(*batch)
     return list(images), list(targets)
+
+
+def coco_path(data: str) -> Path:
+    """The PATH of `coco:PATH`, checked: PATH/annotations/instances_train.json and PATH/train/ exist.
+    Errors point into the --data value, as the classification data specs' do."""
+    layout = "expected PATH/annotations/instances_train.json and its images in PATH/train/ (nasir never downloads)"
+    kind, colon, rest = data.partition(":")
+    if kind != "coco" or not colon:
+        raise _spec_error(data, "--task detection reads COCO-format data: coco:PATH", 0, len(kind), layout)
+    if not rest:
+        raise _spec_error(data, "'coco' needs a path: coco:PATH", 0, None, layout)
+    path = Path(rest).expanduser()
+    if not path.exists():
+        raise _spec_error(data, f"data path '{rest}' does not exist", len(kind) + 1)
+    missing = [q for q in ("annotations/instances_train.json", "train") if not (path / q).exists()]
+    if missing:
+        raise _spec_error(data, f"no COCO training split under '{rest}': {' and '.join(missing)} not found", len(kind) + 1, None, layout)
+    return path

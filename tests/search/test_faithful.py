@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from helpers import TINY_SPACE, spec_of
 
 from nasir import ir
-from nasir.lower import resolve
 from nasir.diagnostics import DiagnosticError
+from nasir.lower import resolve
 from nasir.passes.derive import Derive
 from nasir.passes.mixed_ops import MixedOps
 from nasir.passes.topology import Topology

@@ -8,8 +8,8 @@ import torch
 from helpers import EXAMPLES
 from torch import nn
 
-from nasir.lower import build
 from nasir.diagnostics import DiagnosticError
+from nasir.lower import build
 from nasir.targets import export
 
 SETS = ["C=8", "layers=5", "auxiliary=true"]

@@ -12,8 +12,8 @@ from helpers import EXAMPLES, spec_of
 from torch import nn
 
 from nasir.api import load
-from nasir.lower import compile, resolve, weights_path
 from nasir.diagnostics import DiagnosticError
+from nasir.lower import compile, resolve, weights_path
 from nasir.ops import REGISTRY
 from nasir.targets import blocks, network, torch_source
 
