@@ -3,6 +3,7 @@
     python benchmarks/search_step.py --original ../shared/peers/quark0-darts-cnn   # the goals' run
     python benchmarks/search_step.py --batches 32 --steps 1 --variants reference,nasir
     python benchmarks/search_step.py --variants original:weight,nasir:weight+arch1 --original PATH
+    python benchmarks/search_step.py --stacking --threads 1     # grouped convs across edges, edge by edge
 
 Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
 a warm-up step, then `--steps` timed steps of each kind, the median reported:
@@ -362,6 +363,59 @@ def child(variant: str, batch: int, steps: int, kinds: list[str], original: Path
     return out
 
 
+def stacking(batch: int = 32, edges: int = 4, C: int = 16, size: int = 32, reps: int = 7) -> list[tuple]:
+    """Issue 15's "stack the depthwise convolutions of all edges leaving one state" measured on its own.
+
+    The first half of a sep/dil conv candidate (depthwise k x k, pointwise 1x1, non-affine BN) of `edges`
+    edges reading one state (4 for an input state of a DARTS normal cell), forward and backward: run edge by
+    edge as the fused supernet does, against stacked (the state's ReLU repeated `edges` times, one depthwise
+    conv with edges * C groups, one 1x1 conv with `edges` groups, one BN over the stacked channels, which
+    gives the same values: non-affine BN statistics are per channel). Each part alone too. CPU time of this
+    process (other processes on the cores do not count), variants interleaved, median of `reps` after a
+    warm-up; returns (what, k, dilation, per-edge ms, stacked ms).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(batch, C, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
+    xs = torch.randn(batch, edges * C, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
+    pw = [torch.randn(C, C, 1, 1, generator=g).requires_grad_() for _ in range(edges)]
+    rows = []
+    for k, d in ((3, 1), (5, 1), (3, 2), (5, 2)):
+        p = d * (k - 1) // 2
+        dw = [torch.randn(C, 1, k, k, generator=g).requires_grad_() for _ in range(edges)]
+
+        def per_edge(dw=dw, p=p, d=d):
+            r = F.relu(x)
+            return sum(F.batch_norm(F.conv2d(F.conv2d(r, w, None, 1, p, d, C), v), None, None, training=True).sum()
+                       for w, v in zip(dw, pw))  # fmt: skip
+
+        def stacked(dw=dw, p=p, d=d):
+            r = F.relu(x).repeat(1, edges, 1, 1)
+            h = F.conv2d(F.conv2d(r, torch.cat(dw), None, 1, p, d, edges * C), torch.cat(pw), None, 1, 0, 1, edges)
+            return F.batch_norm(h, None, None, training=True).sum()
+
+        fns = {"dw+pw+BN": (per_edge, stacked),
+               "dw": (lambda dw=dw, p=p, d=d: sum(F.conv2d(x, w, None, 1, p, d, C).sum() for w in dw),
+                      lambda dw=dw, p=p, d=d: F.conv2d(x.repeat(1, edges, 1, 1), torch.cat(dw), None, 1, p, d, edges * C).sum())}  # fmt: skip
+        if (k, d) == (3, 1):
+            fns["pw"] = (lambda: sum(F.conv2d(x, v).sum() for v in pw), lambda: F.conv2d(xs, torch.cat(pw), None, 1, 0, 1, edges).sum())
+            fns["BN"] = (lambda: sum(F.batch_norm(x * 1.0, None, None, training=True).sum() for _ in pw),
+                         lambda: F.batch_norm(xs * 1.0, None, None, training=True).sum())  # fmt: skip
+        for what, pair in fns.items():
+            ts: list[list[float]] = [[], []]
+            for i in range(reps + 1):
+                for j, f in enumerate(pair):
+                    t = time.process_time()
+                    f().backward()
+                    if i:
+                        ts[j].append(time.process_time() - t)
+            rows.append((what, k, d, 1e3 * statistics.median(ts[0]), 1e3 * statistics.median(ts[1])))
+    return rows
+
+
 def _fmt(v: float | None, unit: str = "s") -> str:
     return "-" if v is None else f"{v:.2f} {unit}"
 
@@ -379,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and no --variants: the first batch only, as the goals ask for the weight step alone at 64)")
     p.add_argument("--original", type=Path, help="a copy of the original DARTS search code (quark0/darts cnn/) to time beside nasir")
     p.add_argument("--json", type=Path, help="also write the rows to this file")
+    p.add_argument("--stacking", action="store_true",
+                   help="time stacked (grouped) convolutions across the edges leaving a state against edge by edge, and exit")  # fmt: skip
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -388,6 +444,15 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
         print(json.dumps(child(a.child, a.batch, a.steps, kinds, a.original)))
+        return 0
+    if a.stacking:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        print(f"4 edges leaving one state, C = 16, batch {a.batches[0]}, 32 x 32, channels_last, {a.threads} thread(s), CPU time")
+        print(f"{'part':<10}{'kernel':>8}{'per edge':>11}{'stacked':>10}{'ratio':>8}")
+        for what, k, d, t0, t1 in stacking(batch=a.batches[0]):
+            print(f"{what:<10}{f'{k}x{k} d{d}':>8}{t0:>8.1f} ms{t1:>7.1f} ms{t1 / t0:>7.2f}x")
         return 0
     if a.original is not None:
         original_code(a.original)  # a wrong path fails here, before any child runs

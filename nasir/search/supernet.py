@@ -290,6 +290,46 @@ def _bn_update_stats(bn: nn.BatchNorm2d, x: torch.Tensor) -> None:
 _FOLD = True
 
 
+class _MaxPoolKeepInput(torch.autograd.Function):
+    """Max pooling that keeps only its input for the backward pass and finds the argmax again there.
+
+    Stock max pooling keeps its input and an int64 index tensor (twice a float tensor of the output's
+    size). In a fused cell the pooled state is kept anyway (the skip candidate's weighted-sum term keeps
+    it, docs/performance.md, "Memory"), so recomputing the indices in backward drops the index tensor: one
+    per state with a max-pool candidate. Same values and gradients (the same kernel picks the same argmax);
+    the backward is written in differentiable ops (double backward works).
+    """
+
+    @staticmethod
+    def forward(ctx, x, k: int, s: int, p: int):
+        ctx.save_for_backward(x)
+        ctx.conf = (k, s, p)
+        return F.max_pool2d(x, k, s, p)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        k, s, p = ctx.conf
+        with torch.no_grad():
+            _, idx = F.max_pool2d(x.detach(), k, s, p, return_indices=True)
+        gx = torch.ops.aten.max_pool2d_with_indices_backward(g, x, [k, k], [s, s], [p, p], [1, 1], False, idx)
+        return gx, None, None, None
+
+
+def _pair_int(v: Any) -> int | None:
+    v = v if isinstance(v, tuple) else (v, v)
+    return v[0] if len(v) == 2 and v[0] == v[1] else None
+
+
+def _max_pool(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """pool(x), keeping no index tensor when the pooling is a plain square one (_MaxPoolKeepInput)."""
+    k, s, p = _pair_int(pool.kernel_size), _pair_int(pool.stride), _pair_int(pool.padding)
+    plain = None not in (k, s, p) and _pair_int(pool.dilation) == 1 and not pool.ceil_mode and not pool.return_indices
+    if not plain or not (torch.is_grad_enabled() and x.requires_grad):
+        return pool(x)
+    return _MaxPoolKeepInput.apply(x, k, s, p)
+
+
 def _candidate_plan(op: nn.Module) -> tuple:
     """How the fused mixed op runs one candidate: ("relu", tail, bn | None) when it starts with a ReLU of
     the input (sep/dil conv, ReLUConvBN, conv 7x1-1x7; bn: a final non-affine BN that takes the
@@ -337,7 +377,7 @@ def _run_candidate(op: nn.Module, plan: tuple, x: torch.Tensor, shared: dict, we
         key = repr(pool)
         p = shared.get(key)
         if p is None:
-            p = shared[key] = pool(x)
+            p = shared[key] = _max_pool(pool, x) if type(pool) is nn.MaxPool2d else pool(x)
         if bn is None:
             return p, False
         first = shared.get(("bn", key))

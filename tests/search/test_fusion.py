@@ -172,3 +172,45 @@ def test_library_default_layout_is_the_cli_default():
     assert model.channels_last == opts.channels_last == default_channels_last()
     # fusion is opt-in in both (the unfused path reproduces the fixed-seed record bit for bit)
     assert model.fuse is opts.fuse is False and not any(m.fuse for m in model.modules() if isinstance(m, MixedOp))
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_keeping_only_its_input_has_stock_gradients_and_second_gradients(fmt, stride):
+    from nasir.search.supernet import _max_pool
+
+    pool = nn.MaxPool2d(3, stride=stride, padding=1)
+    g = torch.Generator().manual_seed(0)
+    # integer values: many ties inside a window, so the argmax found again in backward must be the same one
+    x0 = torch.randint(0, 4, (2, 3, 7, 7), generator=g).double().contiguous(memory_format=fmt)
+    w = torch.randn(pool(x0).shape, generator=g, dtype=torch.float64)
+    grads = []
+    for f in (pool, lambda t: _max_pool(pool, t)):
+        x = x0.clone().requires_grad_()
+        y = f(x)
+        (gx,) = torch.autograd.grad((y * w).sum() ** 2, x, create_graph=True)
+        (ggx,) = torch.autograd.grad((gx**2).sum(), x)
+        grads.append((y.detach(), gx.detach(), ggx))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_a_fused_darts_supernet_keeps_no_max_pool_index_tensor():
+    # Stock max pooling keeps an int64 index tensor per pooled state; the fused path keeps none (the
+    # indices are found again in backward). Counted over every tensor autograd saves in a forward pass.
+    spec = spec_of(TINY_SPACE)
+    saved = {}
+    for fuse in (False, True):
+        model = build_supernet(spec, seed=0, fuse=fuse)
+        model.train()
+        dtypes: list[torch.dtype] = []
+
+        def pack(t, dtypes=dtypes):
+            dtypes.append(t.dtype)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(2, model.plan.input[0], 8, 8)).sum()
+        saved[fuse] = dtypes.count(torch.int64)
+    assert saved[False] > 0  # the check can see index tensors: the op-by-op supernet keeps them
+    assert saved[True] == 0
