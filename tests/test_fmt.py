@@ -182,3 +182,12 @@ def test_parametric_ops_and_ops_lines_get_the_documented_layout():
                 "  nodes n0\n  edges x -> n0 : mbconv(k = 5)\n  output n0\n}\n")  # fmt: skip
     assert format_text(messy, "x.cell") == expected
     assert format_text(expected, "x.cell") == expected
+
+
+def test_a_dashed_setting_keeps_its_dash_and_a_spaced_subtraction_its_spaces():
+    # `select strength-star` is the README's spelling (lexed as strength - star); fmt printed `strength - star`
+    messy = "search {\n  select   strength-star\n  epochs 3-1\n  batch_size 4 - 1\n}\n"
+    expected = "search {\n  select strength-star\n  epochs 3-1\n  batch_size 4 - 1\n}\n"
+    assert format_text(messy, "x.cell") == expected
+    assert format_text(expected, "x.cell") == expected
+    assert "a - b" in format_text("network n(a = 2, b = 1) {\n  input (a-b, 8, 8)\n}\n", "x.cell")
