@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(c)
 
     f = sub.add_parser("fmt", help="lay out .cell text (lossless: comments, like, patterns, includes stay)")
-    f.add_argument("file", type=Path)
+    f.add_argument("file", type=Path, help="a .cell file; '-' reads stdin")
     f.add_argument("-i", "--in-place", action="store_true", help="rewrite the file (only if the layout changes)")
     f.add_argument("--canonical", action="store_true", help="print the canonical text of the elaborated IR instead "
                    "(includes' contents left out, like and patterns expanded, comments dropped; never written in place)")  # fmt: skip
@@ -351,6 +351,9 @@ def _load_stdin(overrides, network=None):
 def cmd_fmt(args) -> int:
     from nasir.io import atomic_write
 
+    stdin = str(args.file) == "-"  # `nasir fmt -` reads standard input, as `nasir check -` does
+    if stdin and args.in_place:
+        raise DiagnosticError([Diagnostic("standard input cannot be rewritten in place", hint="drop -i")])
     if args.canonical:
         if args.in_place:
             raise DiagnosticError([Diagnostic("--canonical cannot be written in place: it drops comments and expands "
@@ -358,12 +361,12 @@ def cmd_fmt(args) -> int:
         from nasir.api import load
         from nasir.printer import print_spec
 
-        sys.stdout.write(print_spec(load(args.file)))
+        sys.stdout.write(print_spec(_load_stdin(None) if stdin else load(args.file)))
         return 0
     from nasir.fmt import format_text
-    from nasir.frontend import read_source
+    from nasir.frontend import read_source, read_stdin
 
-    source = read_source(args.file)
+    source = read_stdin() if stdin else read_source(args.file)
     text = format_text(source.text, source.name)
     if args.in_place:
         if text != source.text:

@@ -60,11 +60,22 @@ class DiagnosticError(Exception):
     """Raised when input is bad; carries every diagnostic found, already sorted by position."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):
-        self.diagnostics = sorted(diagnostics, key=_position_key)
+        # One report per problem: an element reached twice (a cell and the cell `like` it share the edge
+        # text) reported the same message at the same place twice.
+        unique: dict[tuple, Diagnostic] = {}
+        for d in diagnostics:
+            unique.setdefault(_identity(d), d)
+        self.diagnostics = sorted(unique.values(), key=_position_key)
         super().__init__("\n".join(d.render() for d in self.diagnostics))
 
     def render(self) -> str:
         return "\n".join(d.render() for d in self.diagnostics)
+
+
+def _identity(d: Diagnostic) -> tuple:
+    s = d.span
+    where = None if s is None else (s.file, s.line, s.col, s.end_line, s.end_col)
+    return (d.severity, d.message, d.hint, where)
 
 
 def _position_key(d: Diagnostic):

@@ -143,6 +143,8 @@ def _space(p: _Tok, t: _Tok) -> bool:
         return False
     if p.parent == "neg" and a == "-":
         return False
+    if p.decl == "search" and "sub" in (p.parent, t.parent) and "-" in (a, b) and p.start + len(a) == t.start:
+        return False  # a dashed spelling as written (`select strength-star`, README "Search methods"), not `a - b`
     if b == "(":  # f(x), cells(C), concat(...), choice(...); but `input (3, 32, 32)` and `= (a + b)`
         return not (a[:1].isalpha() or a[:1] == "_") or a in ("input", "if")
     if t.parent == "set_lit" and b == "}":

@@ -329,7 +329,12 @@ def _build_transformer(source: SourceFile) -> Transformer:
             return ir.Budget(str(c[0]), c[1], span=sp(meta))
 
         def setting(self, meta, c):
-            return ir.Setting(str(c[0]), c[1], span=sp(meta))
+            v = c[1]
+            if isinstance(v, ir.BinOp) and v.op == "-" and isinstance(v.left, ir.Var) and isinstance(v.right, ir.Var):
+                # `select strength-star`: one dashed name (README "Search methods"), not a subtraction of two
+                # names, so that the canonical text prints it as one word (it printed `strength - star`)
+                v = ir.Var(f"{v.left.name}-{v.right.name}", span=v.span)
+            return ir.Setting(str(c[0]), v, span=sp(meta))
 
         def call(self, meta, c):
             name, *args = c

@@ -515,6 +515,14 @@ def _dict_entries(source: SourceFile, stmts: list[_Stmt], env: dict[str, _Py]) -
     return out
 
 
+def _names_genotype(source: SourceFile, env: dict[str, _Py], name: str) -> bool:
+    """Does `name` hold a genotype (aliases followed)?"""
+    try:
+        return _is_genotype_data(_follow(source, env, name, env[name]))
+    except DiagnosticError:
+        return False
+
+
 def _select(source: SourceFile, stmts: list[_Stmt], name: str | None, first_error: DiagnosticError | None = None) -> _Py:
     env = {s.target: s.value for s in stmts if s.target is not None}
     entries = _dict_entries(source, stmts, env)
@@ -550,10 +558,12 @@ def _select(source: SourceFile, stmts: list[_Stmt], name: str | None, first_erro
         if by_key:
             raise error_at(None, f"'{name}' is a key of several dicts with different genotypes",
                            "choose one as DICT.KEY: " + ", ".join(f"{e.table}.{e.key}" for e in by_key))  # fmt: skip
-        known = list(env) + [e.key for e in entries]
+        known = [t for t in env if _names_genotype(source, env, t)]
+        known += [e.key for e in entries if e.key not in known]
         if first_error is not None and not env:
             raise first_error
-        hint = did_you_mean(name, known) or ("names defined: " + ", ".join(known) if known else None)
+        # only genotypes are offered: `Genotype` (the namedtuple) and `PRIMITIVES` are names, not choices
+        hint = did_you_mean(name, known) or ("genotypes: " + ", ".join(known) if known else "it defines no genotype")
         raise error_at(None, f"{source.name} defines no genotype named '{name}'", hint)
     value = _follow(source, env, name, env[name])
     if value.kind == "dict":

@@ -182,3 +182,26 @@ def test_parametric_ops_and_ops_lines_get_the_documented_layout():
                 "  nodes n0\n  edges x -> n0 : mbconv(k = 5)\n  output n0\n}\n")  # fmt: skip
     assert format_text(messy, "x.cell") == expected
     assert format_text(expected, "x.cell") == expected
+
+
+def test_a_dashed_setting_keeps_its_dash_and_a_spaced_subtraction_its_spaces():
+    # `select strength-star` is the README's spelling (lexed as strength - star); fmt printed `strength - star`
+    messy = "search {\n  select   strength-star\n  epochs 3-1\n  batch_size 4 - 1\n}\n"
+    expected = "search {\n  select strength-star\n  epochs 3-1\n  batch_size 4 - 1\n}\n"
+    assert format_text(messy, "x.cell") == expected
+    assert format_text(expected, "x.cell") == expected
+    assert "a - b" in format_text("network n(a = 2, b = 1) {\n  input (a-b, 8, 8)\n}\n", "x.cell")
+
+
+def test_fmt_reads_standard_input_as_check_does(capsys, monkeypatch):
+    import io
+
+    messy = "\ufeffsearch {\n select   strength-star\n}\n"  # with a byte-order mark
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(messy.encode())))
+    assert main(["fmt", "-"]) == 0
+    assert capsys.readouterr().out == "search {\n  select strength-star\n}\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"search {\n  select strength-star\n}\n")))
+    assert main(["fmt", "--canonical", "-"]) == 0
+    assert capsys.readouterr().out == "search {\n  select strength-star\n}\n"
+    assert main(["fmt", "-i", "-"]) == 2
+    assert "standard input cannot be rewritten in place" in capsys.readouterr().err

@@ -189,3 +189,17 @@ def test_raw_syntax_tree_is_typed_nodes_read_by_field_with_spans():
     assert isinstance(head, syn.HeadStmt) and [layer.name for layer in head.layers] == ["linear"]
     assert isinstance(search, syn.SearchDecl)
     assert [type(x) for x in search.items] == [ir.Limit, ir.Setting]
+
+
+def test_a_problem_reached_twice_is_reported_once():
+    # `reduce like normal` shares the edge text of `normal`: an unknown op set in it was reported twice
+    # at the same place.
+    text = ("cell normal {\n  inputs a, b\n  nodes n0\n  edges * -> n0 : choice(nope)\n  output n0\n}\n"
+            "cell reduce like normal {\n  stride 2 from inputs\n}\n")  # fmt: skip
+    assert errors_of(text) == [(4, 26, "unknown op or op set 'nope'")]
+    from nasir.diagnostics import Diagnostic, DiagnosticError
+    from nasir.source import Span
+
+    a, b = (Span("f.cell", 1, 2, 1, 5) for _ in range(2))  # equal places, distinct objects
+    kept = DiagnosticError([Diagnostic("m", a), Diagnostic("m", b), Diagnostic("m", b, "h"), Diagnostic("n", a)])
+    assert [(d.message, d.hint) for d in kept.diagnostics] == [("m", None), ("m", "h"), ("n", None)]

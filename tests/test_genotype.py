@@ -844,3 +844,17 @@ def test_decorated_definitions_and_docstrings_are_skipped_as_one_statement_each(
     (note,) = notes
     # the docstring (lines 1-4), the decorated function (5-8) and the expression (11)
     assert note.message == "skipped 3 statements of g.py that are not genotype data (lines 1-4, 5-8, 11: decorated, docstring, other)"
+
+
+def test_an_unknown_name_offers_the_genotypes_only_aliases_followed():
+    # The hint used to list every assigned name (`Genotype`, `PRIMITIVES`, `Networks`...): not choices for --name.
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(AUTODL_FILE, "SETN", source_name="genotypes.py")
+    # ResNet_CODE is an NB201 Structure; DARTS a key of Networks, resnet one of architectures
+    assert e.value.diagnostics[0].hint == "genotypes: DARTS_V1, DARTS_V2, GDAS_V1, ResNet_CODE, DARTS, resnet"
+    pair = "[('skip_connect', 0), ('skip_connect', 1)]"
+    text = (f"PRIMITIVES = ['none']\nA = Genotype(normal={pair}, normal_concat=[2], reduce={pair}, reduce_concat=[2])\n"
+            "B = A\nC = B\n")  # fmt: skip
+    with pytest.raises(DiagnosticError) as e:
+        parse_genotype(text, "X", source_name="g.py")
+    assert e.value.diagnostics[0].hint == "genotypes: A, B, C"

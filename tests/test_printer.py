@@ -105,3 +105,16 @@ def test_a_derived_cell_with_a_parametric_op_prints_edges_not_equations():
     assert print_spec(spec) == text
     plain = load(text.replace("sep_conv(k = 7)", "sep_conv_7x7"), name="t.cell")
     assert "n0 = sep_conv_7x7(x)" in print_spec(plain)  # plain names keep the equation form
+
+
+def test_a_dashed_setting_is_one_name_printed_as_written():
+    # `select strength-star` is one name (README "Search methods"); the canonical text printed the
+    # subtraction `strength - star`, in `nasir fmt --canonical` and in provenance.json's spec_text.
+    from nasir.frontend import parse_text
+
+    text = "search {\n  select strength-star\n  epochs 3 - 1\n}"
+    spec = parse_text(text, "t.cell")
+    select, epochs = spec.search.settings
+    assert select.value == ir.Var("strength-star") and isinstance(epochs.value, ir.BinOp)
+    assert print_spec(spec) == "search {\n  select strength-star\n  epochs 3 - 1\n}\n"
+    assert parse_text(print_spec(spec), "t.cell") == spec
