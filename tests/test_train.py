@@ -196,6 +196,7 @@ torch.save(tr._LAST_MODEL_STATE, os.path.join(out, "rank%s.pt" % os.environ["RAN
 """
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_agree_and_match_the_averaged_single_process_step(tmp_path):
     import subprocess
     import sys

@@ -82,6 +82,7 @@ def reference(world: int = 2):
     return model.state_dict(), torch.cat(hidden)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_equal_weights_equal_to_the_averaged_half_batch_step(tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()

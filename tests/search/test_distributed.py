@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import EXAMPLES
@@ -67,6 +68,7 @@ def _emulate(select: str) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_alphas_and_weights_identical_and_equal_to_the_averaged_step(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -122,6 +124,7 @@ resumed = run("cut").run(resume=True)
 """
 
 
+@pytest.mark.slow
 def test_a_sigint_to_one_rank_mid_epoch_stops_both_at_the_same_step_and_resume_gives_the_same_alphas(tmp_path):
     """Under torchrun a worker gets Ctrl-C twice (the terminal's and the agent's copy); only rank 1 gets it
     here. Both ranks must agree on the stop step (else one waits forever in an all-reduce), checkpoint

@@ -135,6 +135,7 @@ def test_ostr_star_divides_strength_by_the_softmax_weight(tmp_path):
     assert _cells(result.derived_text) == _derive(SPEC, star)
 
 
+@pytest.mark.slow
 def test_naive_criterion_is_the_loss_increase_when_one_op_is_removed(tmp_path):
     runner = _runner(SPEC, tmp_path, select="naive", epochs=1)
     runner.run()
@@ -189,6 +190,7 @@ network t(C = 4, classes = 10) {
 
 
 # ---- SDARTS -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_smoothing_perturbs_on_the_simplex_and_the_radius_grows_as_the_authors_schedule(tmp_path):
     runner = _runner(SPEC, tmp_path, smooth="adv", adv_steps=3, epochs=3)
     batch = runner._batch(runner.w_idx, 0, 0)
@@ -232,6 +234,7 @@ def test_hessian_eigenvalue_matches_the_full_hessian(tmp_path):
     assert eig.value == pytest.approx(largest, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_hessian_is_recorded_per_epoch(tmp_path):
     result = search(SPEC, out=tmp_path, epochs=2, hessian=True, **TINY)
     assert all(isinstance(m["hessian_eig"], float) and m["hessian_eig"] != 0.0 for m in result.metrics)
@@ -318,6 +321,7 @@ def test_pcdarts_derives_from_edge_normalised_scores(tmp_path):
 
 
 # ---- combined, from the CLI -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_methods_combine_from_cli_flags(tmp_path, capsys):
     path = tmp_path / "s.cell"
     path.write_text(STRETCH)

@@ -339,6 +339,7 @@ class _EpochEndError(Exception):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(select="strength"), dict(method="milenas"), dict(method="pcdarts", warmup=0)])
+@pytest.mark.slow
 def test_the_search_steps_never_wait_for_the_device(tmp_path, kw):
     """On `meta` every host read of a tensor (.item(), float(), .tolist(), bool()) raises, as a GPU would
     make it wait: an epoch's steps must run to the end, where the evaluation reads the numbers once."""

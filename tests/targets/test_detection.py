@@ -149,6 +149,7 @@ def _synthetic_boxes(n: int, seed: int) -> tuple[list[torch.Tensor], list[dict[s
     return images, targets
 
 
+@pytest.mark.slow
 def test_retinanet_training_on_synthetic_boxes_lowers_the_loss_and_inference_has_torchvision_format(darts):
     torch.manual_seed(0)
     model = _small_detector(darts)

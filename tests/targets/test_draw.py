@@ -19,6 +19,7 @@ def svg_texts(path) -> list[str]:
     return re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text())
 
 
+@pytest.mark.slow
 def test_derived_cells_are_drawn_with_one_label_per_edge(tmp_path):
     out = draw(load(EXAMPLES / "darts_v2.cell"), tmp_path / "cells.svg")
     texts = Counter(svg_texts(out))
