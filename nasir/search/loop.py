@@ -25,7 +25,6 @@ from nasir.io import atomic_write
 from nasir.macro import Plan
 from nasir.runtime.dist import init_distributed
 from nasir.runtime.fit import Task, fit
-from nasir.runtime.loop import Control
 from nasir.runtime.metrics import MetricsLog
 from nasir.runtime.state import save_checkpoint
 from nasir.search import diagnostics, hooks
@@ -91,9 +90,6 @@ class Search:
         self.progress = progress
         self.callback = callback
         self.stop_after_steps = stop_after_steps
-        # progress, stop signal, stop_after_steps, callback (nasir/runtime/loop.py); run() adds the bar
-        self.control = Control(total=0, initial=0, progress=False, main=False, stop_after_steps=stop_after_steps, callback=callback)
-        self.stop = self.control.stop
         self.source = source or spec.file
         self.device = torch.device(options.device)
         if self.device.type == "cuda" and self.device.index is not None:
