@@ -1,5 +1,6 @@
 """The training loop (docs/runtime.md): one resumable loop driven by a task object (`Task`), shared by
-classification and detection training (nasir/train.py builds the tasks). Per epoch: the task's
+classification and detection training (nasir/train.py builds the tasks) and the search
+(nasir/search/loop.py `Search.task`, whose own steps, streams and epoch end are `Task` hooks). Per epoch: the task's
 schedule, seeded order and batches (nasir/data), mixed precision (`amp`; None: on CUDA) with its
 GradScaler, clipped optimizer steps, DDP under torchrun; at its end evaluation, best.pt, metrics.jsonl
 (`MetricsLog`), last.pt (`save_checkpoint`); finite checks (nasir/finite.py) and stop at a step boundary
@@ -8,6 +9,8 @@ GradScaler, clipped optimizer steps, DDP under torchrun; at its end evaluation, 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import sys
 import time
@@ -55,6 +58,22 @@ class Task:
     fixed_shapes: bool = False  # every batch has one shape: let cuDNN autotune (nasir.device.fixed_shapes)
     extra: dict[str, Any] = attrs.Factory(dict)  # saved in last.pt beside the weights
     provenance: dict[str, Any] | None = None  # nasir/provenance.py: in provenance.json, last.pt and best.pt
+    # The search's hooks (docs/runtime.md, "The search as a Task"); every default is training's behaviour.
+    owns_step: bool = False  # `step` ran its own backward and optimizer steps (fit only observes and counts)
+    splits: list[torch.Tensor] | None = None  # one seeded order per split (stream k); `batch(orders, step)` draws
+    batch: Callable[[list[torch.Tensor], int], Any] | None = None  # (steps: min(len(split)) // batch size)
+    check: Callable[[], None] | None = None  # the task's own finite check (its watches) instead of fit's
+    postfix: Callable[[], dict[str, str]] | None = None  # the progress bar's numbers
+    step_info: Callable[[], dict[str, Any]] | None = None  # set: the callback is called per step with it, not per epoch
+    end_epoch: Callable[[int], dict[str, Any]] | None = None  # set: replaces evaluation, record, best.pt, metrics, last.pt
+    save: Callable[[], None] | None = None  # the task's checkpoint at a stop (instead of last.pt)
+    done: Callable[[], bool] = lambda: False  # early stop, consulted before each epoch
+    finish_epoch_on_stop: bool = False  # a stop at the epoch's last step finishes the epoch first
+    count_from_start: bool = False  # stop_after_steps counts the run's steps from its start (resumed ones included)
+    interrupted: Callable[[Path, int, int], BaseException] | None = None  # the exception a stop raises
+    ddp: bool = True  # False: the task averages its gradients itself (no DistributedDataParallel)
+    start: tuple[int, int] | None = None  # (epoch, step) the task resumed at itself
+    desc: str | None = None  # the progress bar's title
 
 
 class TrainInterrupted(KeyboardInterrupt):
@@ -87,7 +106,7 @@ def fit(task: Task, out: Path, cfg: Any, dev: torch.device, d: Dist, *, resume: 
     if cfg.batch_size % d.world:
         raise DiagnosticError([Diagnostic(f"the batch size {cfg.batch_size} does not split evenly over {d.world} processes")])
     net: torch.nn.Module = model
-    if d.world > 1:
+    if d.world > 1 and task.ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if d.main and task.provenance is not None:
         # After DDP's construction (a collective): every rank has checked --out before this is written.
@@ -126,11 +145,16 @@ def fit(task: Task, out: Path, cfg: Any, dev: torch.device, d: Dist, *, resume: 
         for note in dv.restore_rng(ck["rng"]):
             if d.main:
                 print(f"nasir: resume: {note}", file=sys.stderr)
-    steps = math.ceil(len(task.train_idx) / cfg.batch_size)
+    if task.start is not None:
+        state["epoch"], state["step"] = task.start
+    if task.splits is not None:  # several streams: the last partial batch is dropped (as DARTS does)
+        steps = max(1, min(len(x) for x in task.splits) // cfg.batch_size)
+    else:
+        steps = math.ceil(len(task.train_idx) / cfg.batch_size)
     if cfg.limit_batches is not None:
         steps = min(steps, cfg.limit_batches)
     control = Control(total=cfg.epochs * steps, initial=state["epoch"] * steps + state["step"], progress=progress, main=d.main,
-                      desc=f"train {task.name}", stop_after_steps=stop_after_steps)  # fmt: skip
+                      desc=task.desc or f"train {task.name}", stop_after_steps=stop_after_steps, leave=task.end_epoch is None)  # fmt: skip
     bar, stop = control.bar, control.stop
     last: dict[str, Any] = {}
     done = 0
@@ -152,30 +176,40 @@ def fit(task: Task, out: Path, cfg: Any, dev: torch.device, d: Dist, *, resume: 
                                  f"step {state['step'] or steps}", None)  # fmt: skip
         save_last(out, task, opt, scaler, state, sums, d)
 
+    interrupted = task.interrupted or TrainInterrupted
+
     try:
         with stop.installed():
-            while state["epoch"] < cfg.epochs:
+            while state["epoch"] < cfg.epochs and not task.done():
                 epoch = state["epoch"]
                 task.begin_epoch(opt, epoch)  # the learning rate and drop-path of this epoch
-                order = data_mod.epoch_order(task.train_idx, cfg.seed, epoch, 0)
                 t0 = time.perf_counter()
                 dv.reset_peak_memory(dev)
                 net.train()
-                todo = [shard(order[s * cfg.batch_size : (s + 1) * cfg.batch_size], d) for s in range(state["step"], steps)]
-                for batch in task.batches(todo):
+                if task.splits is not None and task.batch is not None:  # one order per stream, the task slices per rank
+                    orders = [data_mod.epoch_order(idx, cfg.seed, epoch, stream) for stream, idx in enumerate(task.splits)]
+                    batches: Iterable[Any] = (task.batch(orders, s) for s in range(state["step"], steps))
+                else:
+                    order = data_mod.epoch_order(task.train_idx, cfg.seed, epoch, 0)
+                    todo = [shard(order[s * cfg.batch_size : (s + 1) * cfg.batch_size], d) for s in range(state["step"], steps)]
+                    batches = task.batches(todo)
+                check = task.check or functools.partial(check_losses, epoch)
+                for batch in batches:
                     g = data_mod.batch_generator(cfg.seed, epoch, state["step"], d.rank)
-                    with torch.autocast(dev.type, enabled=amp):
+                    with contextlib.nullcontext() if task.owns_step else torch.autocast(dev.type, enabled=amp):
                         loss, add = task.step(net, batch, g)
-                    watch.observe(loss, epoch * steps + state["step"])
+                    if task.check is None:
+                        watch.observe(loss, epoch * steps + state["step"])
                     if dev.type == "cpu":
-                        check_losses(epoch)  # nothing to wait for on the CPU: stop at once
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                    if cfg.grad_clip > 0:  # 0: no clipping
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
+                        check()  # nothing to wait for on the CPU: stop at once
+                    if not task.owns_step:
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(opt)
+                        if cfg.grad_clip > 0:  # 0: no clipping
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        scaler.step(opt)
+                        scaler.update()
                     _add(sums, add)
                     state["step"] += 1
                     done += 1
@@ -183,12 +217,26 @@ def fit(task: Task, out: Path, cfg: Any, dev: torch.device, d: Dist, *, resume: 
                         bar.update(1)
                         if state["step"] % 50 == 1 or state["step"] == steps:  # reading the loss waits for the GPU
                             if d.world == 1:  # (under torchrun every rank checks at the same points, below)
-                                check_losses(epoch)
-                            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{float(sums['loss']) / max(1.0, float(sums['seen'])):.3f}")
-                    if control.should_stop(done):
-                        check_losses(epoch)
-                        save()
-                        raise TrainInterrupted(out, epoch, state["step"])
+                                check()
+                            if task.postfix is not None:
+                                bar.set_postfix(**task.postfix())
+                            else:
+                                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{float(sums['loss']) / max(1.0, float(sums['seen'])):.3f}")
+                    if task.step_info is not None and callback is not None:  # reading the losses waits for the GPU
+                        callback(task.step_info())
+                    if control.should_stop(epoch * steps + state["step"] if task.count_from_start else done):
+                        if task.finish_epoch_on_stop and state["step"] == steps:
+                            stop.requested = True  # the epoch is complete: finish it, then stop
+                            continue
+                        check()
+                        task.save() if task.save is not None else save()
+                        raise interrupted(out, epoch, state["step"])
+                if task.end_epoch is not None:  # the task evaluates, records, writes and saves (its checks first)
+                    last = task.end_epoch(epoch)
+                    state = {**state, "epoch": epoch + 1, "step": 0}
+                    if stop.requested and state["epoch"] < cfg.epochs and not task.done():
+                        raise interrupted(out, state["epoch"], 0)
+                    continue
                 check_losses(epoch)
                 if not finite.state_is_finite(model.state_dict()):
                     raise _diverged(out, f"the weights are not finite after epoch {epoch + 1} (its last step, {steps}, "
@@ -216,7 +264,7 @@ def fit(task: Task, out: Path, cfg: Any, dev: torch.device, d: Dist, *, resume: 
                 state = {"epoch": epoch + 1, "step": 0, "best": score if improved else state["best"], "metrics_lines": metrics.lines}
                 sums = {}
                 save()
-                if callback is not None:
+                if callback is not None and task.step_info is None:
                     callback(last)
     finally:
         control.close()

@@ -1,7 +1,7 @@
 """The search loop (docs/runtime.md): one `Search` per run: supernet, data, optimisers, per step an
 architecture step (the method's rule, nasir/methods) and a weight step (perturbed by the smoothing),
 per epoch evaluation, derivation by the selection rule, metrics and checkpoint; resume and stop.
-Entry point and file layout: nasir/search/runner.py."""
+It runs as a `Task` of the runtime's one loop (nasir/runtime/fit.py; docs/runtime.md). Entry point and file layout: nasir/search/runner.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write
 from nasir.macro import Plan
 from nasir.runtime.dist import init_distributed
-from nasir.runtime.loop import Control
+from nasir.runtime.fit import Task, fit
 from nasir.runtime.metrics import MetricsLog
 from nasir.runtime.state import save_checkpoint
 from nasir.search import diagnostics, hooks
@@ -90,9 +90,6 @@ class Search:
         self.progress = progress
         self.callback = callback
         self.stop_after_steps = stop_after_steps
-        # progress, stop signal, stop_after_steps, callback (nasir/runtime/loop.py); run() adds the bar
-        self.control = Control(total=0, initial=0, progress=False, main=False, stop_after_steps=stop_after_steps, callback=callback)
-        self.stop = self.control.stop
         self.source = source or spec.file
         self.device = torch.device(options.device)
         if self.device.type == "cuda" and self.device.index is not None:
@@ -264,7 +261,7 @@ class Search:
             x, y = x[self.dist.rank * n : (self.dist.rank + 1) * n], y[self.dist.rank * n : (self.dist.rank + 1) * n]
         return dv.to_device(x, self.device), dv.to_device(y, self.device)  # pinned, non-blocking on CUDA
 
-    # ---- the loop ------------------------------------------------------------------------------
+    # ---- the loop: a Task of the runtime's loop (nasir/runtime/fit.py, docs/runtime.md) -----------
     def run(self, resume: bool = False) -> SearchResult:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -274,77 +271,88 @@ class Search:
                               "continue it with --resume, or choose another --out")  # fmt: skip
         if self.dist.main:
             prov.write(self.out, self.provenance)
-        self.control = Control(total=self.opt.epochs * self.steps, initial=self.epoch * self.steps + self.step,
-                               progress=self.progress, main=self.dist.main, stop_after_steps=self.stop_after_steps,
-                               callback=self.callback, leave=False)  # fmt: skip
-        self.stop = self.control.stop
         benchmark = torch.backends.cudnn.benchmark
         try:
-            with self.stop.installed(), dv.deterministic_mode(self.opt.deterministic):
+            with dv.deterministic_mode(self.opt.deterministic):
                 dv.fixed_shapes(self.device)  # cuDNN autotuning on CUDA unless deterministic: every step has one shape
-                while self.epoch < self.opt.epochs and not self.stopped_early:
-                    self._epoch(self.control.bar)
+                fit(self.task(), self.out, self.opt, self.device, self.dist, resume=False, progress=self.progress,
+                    stop_after_steps=self.stop_after_steps, callback=self.callback, amp=False)  # fmt: skip
         finally:
             torch.backends.cudnn.benchmark = benchmark
-            self.control.close()
         return self.finish()
 
-    def _epoch(self, bar) -> None:
-        model, opt = self.model, self.opt
-        orders = [data_mod.epoch_order(idx, opt.seed, self.epoch, stream) for stream, idx in enumerate(self.splits)]
-        lr = self.sched.get_last_lr()[0]
-        eps = epsilon(self.epoch, opt.epochs, opt.eps_start, opt.eps_end) if self.smoothing.perturbs else None
-        model.train()
-        sums: dict[str, Any] = self.partial  # tensors on the device during the epoch: no host sync per step
+    def task(self) -> Task:
+        """The search as the runtime loop's task: its own steps (architecture, then weights), its streams,
+        its epoch end, checkpoint and early stop; `fit` draws the orders, counts, checks and stops."""
+        return Task(
+            name="search", model=self.model, train_idx=self.splits[0], step=self._task_step, summary=dict,
+            evaluate=dict, best_payload=dict, score="valid_acc", higher=True, make_optimizer=lambda: self.w_opt,
+            begin_epoch=self._begin_epoch, owns_step=True, splits=self.splits, batch=self._task_batch,
+            check=self.check_finite, postfix=self._postfix, step_info=self._step_info, end_epoch=self._end_epoch,
+            save=self.save, done=lambda: self.stopped_early, finish_epoch_on_stop=True, count_from_start=True,
+            interrupted=SearchInterrupted, ddp=False, start=(self.epoch, self.step), desc="search",
+        )  # fmt: skip
+
+    def _begin_epoch(self, _w_opt: torch.optim.Optimizer, epoch: int) -> None:
+        opt = self.opt
+        self.epoch = epoch
+        self._lr = self.sched.get_last_lr()[0]
+        self._eps = epsilon(epoch, opt.epochs, opt.eps_start, opt.eps_end) if self.smoothing.perturbs else None
+        self.model.train()
         dv.reset_peak_memory(self.device)
-        if bar is not None:
-            bar.set_description(f"epoch {self.epoch + 1}/{opt.epochs}")
-        while self.step < self.steps:
-            t0 = time.perf_counter()
-            train = self._batch(orders[0], self.step, 0)
-            valid = self._batch(orders[1], self.step, 1)
-            valid_beta = self._batch(orders[2], self.step, 2) if self.three_way else None
-            # 1. architecture step on the architecture data (after the warm-up), 2. weight step (docs/methods.md, DARTS).
-            a_loss = None
-            if self.epoch >= opt.warmup_epochs:
-                with dv.fp32_arch_grads(opt.fp32_arch_grads):  # TF32 off: the finite difference is sensitive (docs/gpu.md)
-                    a_loss, _ = self.architect.step(train, valid, xi=lr, valid_beta=valid_beta)
-                kinds = list(model.alphas)
-                self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
-            soft = self._smoothed(train, eps) if eps is not None else None
-            loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
-            at = self.epoch * self.steps + self.step
-            self.loss_watch.observe(loss, at)
-            if a_loss is not None:
-                self.arch_watch.observe(a_loss, at)
-            if self.device.type == "cpu":
-                self.check_finite()  # nothing to wait for on the CPU: stop at once
-            n = train[1].numel()
-            sums["train_loss"] += loss.double() * n
-            sums["train_correct"] += (logits.argmax(1) == train[1]).sum().double()
-            if a_loss is not None:
-                sums["arch_loss"] += a_loss.double() * n
-                sums["arch_seen"] += n
-            sums["seen"] += n
-            sums["seconds"] += time.perf_counter() - t0  # on CUDA the time to queue the step; the epoch's total is exact
-            self.step += 1
-            done = self.epoch * self.steps + self.step
-            if bar is not None:
-                bar.update(1)
-                if self.step % 50 == 1 or self.step == self.steps:  # reading the numbers waits for the GPU
-                    if self.dist.world == 1:  # (under torchrun every rank checks at the same points)
-                        self.check_finite()
-                    bar.set_postfix(loss=f"{float(loss):.3f}", arch="warm-up" if a_loss is None else f"{float(a_loss):.3f}",
-                                    acc=f"{float(sums['train_correct']) / sums['seen']:.3f}")  # fmt: skip
-            if self.control.callback is not None:  # a callback reads the losses: that waits for the GPU
-                self.control.notify({"epoch": self.epoch + 1, "step": self.step, "global_step": done, "loss": float(loss),
-                               "arch_loss": None if a_loss is None else float(a_loss)})  # fmt: skip
-            if self.control.should_stop(done):
-                if self.step < self.steps:
-                    self.check_finite()
-                    self.save()
-                    raise SearchInterrupted(self.out, self.epoch, self.step)
-                self.stop.requested = True  # the epoch is complete: finish it, then stop
+
+    def _task_batch(self, orders: list[torch.Tensor], step: int) -> tuple[float, Any, Any, Any]:
+        """The step's batches: weights (stream 0), architecture (1), betas (2, three-way splits)."""
+        self.step = step
+        t0 = time.perf_counter()
+        train = self._batch(orders[0], step, 0)
+        valid = self._batch(orders[1], step, 1)
+        valid_beta = self._batch(orders[2], step, 2) if self.three_way else None
+        return t0, train, valid, valid_beta
+
+    def _task_step(self, _net: torch.nn.Module, batch: tuple[float, Any, Any, Any], _g: torch.Generator):
+        model, opt = self.model, self.opt
+        t0, train, valid, valid_beta = batch
+        # 1. architecture step on the architecture data (after the warm-up), 2. weight step (docs/methods.md, DARTS).
+        a_loss = None
+        if self.epoch >= opt.warmup_epochs:
+            with dv.fp32_arch_grads(opt.fp32_arch_grads):  # TF32 off: the finite difference is sensitive (docs/gpu.md)
+                a_loss, _ = self.architect.step(train, valid, xi=self._lr, valid_beta=valid_beta)
+            kinds = list(model.alphas)
+            self.meter.record_grads(dict(zip(kinds, self.architect.last_grads[: len(kinds)])))
+        soft = self._smoothed(train, self._eps) if self._eps is not None else None
+        loss, logits = weight_step(model, self.w_opt, train, clip=opt.grad_clip, soft=soft, reduce=self.reduce)
+        at = self.epoch * self.steps + self.step
+        self.loss_watch.observe(loss, at)
+        if a_loss is not None:
+            self.arch_watch.observe(a_loss, at)
+        sums = self.partial  # tensors on the device during the epoch: no host sync per step
+        n = train[1].numel()
+        sums["train_loss"] += loss.double() * n
+        sums["train_correct"] += (logits.argmax(1) == train[1]).sum().double()
+        if a_loss is not None:
+            sums["arch_loss"] += a_loss.double() * n
+            sums["arch_seen"] += n
+        sums["seen"] += n
+        sums["seconds"] += time.perf_counter() - t0  # on CUDA the time to queue the step; the epoch's total is exact
+        self.step += 1
+        self._last = (loss, a_loss)
+        return loss, {}
+
+    def _postfix(self) -> dict[str, str]:
+        loss, a_loss = self._last
+        return {"loss": f"{float(loss):.3f}", "arch": "warm-up" if a_loss is None else f"{float(a_loss):.3f}",
+                "acc": f"{float(self.partial['train_correct']) / self.partial['seen']:.3f}"}  # fmt: skip
+
+    def _step_info(self) -> dict[str, Any]:
+        loss, a_loss = self._last
+        return {"epoch": self.epoch + 1, "step": self.step, "global_step": self.epoch * self.steps + self.step,
+                "loss": float(loss), "arch_loss": None if a_loss is None else float(a_loss)}  # fmt: skip
+
+    def _end_epoch(self, _epoch: int) -> dict[str, Any]:
+        """Evaluation, the epoch's record (docs/runtime.md), derivation, early stop, files, checkpoint."""
+        model, opt = self.model, self.opt
+        lr, eps = self._lr, self._eps
         t0 = time.perf_counter()
         valid_loss, valid_acc = self.evaluate(self.a_idx)
         eval_s = time.perf_counter() - t0
@@ -353,7 +361,7 @@ class Search:
         if not finite.state_is_finite(model.state_dict()):
             raise self._diverged(f"the supernet's weights or architecture variables are not finite after epoch {self.epoch + 1}")
         self.sched.step()
-        sums = {k: float(v) for k, v in sums.items()}
+        sums = {k: float(v) for k, v in self.partial.items()}
         seen = max(sums["seen"], 1.0)
         record = {
             "epoch": self.epoch + 1, "steps": self.steps, "lr": lr,
@@ -393,8 +401,7 @@ class Search:
         self.partial = self._zero_sums()
         self._write_epoch(record)
         self.save()
-        if self.stop.requested and self.epoch < opt.epochs and not self.stopped_early:
-            raise SearchInterrupted(self.out, self.epoch, 0)
+        return record
 
     def _generator(self, step: int, stream: int) -> torch.Generator:
         seed = data_mod.batch_generator(self.opt.seed, self.epoch, step, stream).initial_seed()

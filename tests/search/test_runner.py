@@ -352,7 +352,7 @@ def test_the_search_steps_never_wait_for_the_device(tmp_path, kw):
 
     run.evaluate = evaluate
     with pytest.raises(_EpochEndError):
-        run._epoch(None)
+        run.run()  # the runtime loop (nasir/runtime/fit.py) drives the first epoch to its evaluation
     assert run.step == run.steps == STEPS
     assert {k: v.device.type for k, v in run.partial.items() if isinstance(v, torch.Tensor)} == {
         "train_loss": "meta", "train_correct": "meta", "arch_loss": "meta"}  # fmt: skip
@@ -532,3 +532,18 @@ def test_the_alpha_table_gets_the_strengths_and_the_derived_picks(tmp_path, monk
     picks = [cell(c) for c in load(tmp_path / "derived.cell").cells]
     assert [cell(c) for c in seen["derived"].cells] == picks and "choice" not in "".join(picks)  # the picks derived.cell holds
     assert (tmp_path / "alphas.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_stop_at_the_last_step_of_an_epoch_finishes_that_epoch_then_resumes_to_the_same_result(reference, tmp_path):
+    """fit's `finish_epoch_on_stop` (docs/runtime.md): stopping at step STEPS of epoch 1 evaluates, records and
+    saves epoch 1 first (one metrics line, alphas/epoch_001.json), raises at (epoch 2, step 0), and the
+    resumed search ends with the uninterrupted reference's files."""
+    with pytest.raises(SearchInterrupted) as info:
+        search(SPEC, out=tmp_path, artifacts=False, stop_after_steps=STEPS, **TINY)
+    assert (info.value.epoch, info.value.step) == (1, 0)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (tmp_path / "alphas" / "epoch_001.json").is_file() and not (tmp_path / "alphas" / "epoch_002.json").exists()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    search(SPEC, out=tmp_path, artifacts=False, resume=True, **TINY)
+    _same_result(reference.out, tmp_path)
