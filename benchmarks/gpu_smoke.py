@@ -184,8 +184,8 @@ def _darts_batches(plan, n: int, seed: int):
 def tf32(tmp: Path) -> tuple[bool, str]:
     import torch
 
-    from nasir.lower import resolve
     from nasir.device import fp32_arch_grads
+    from nasir.lower import resolve
     from nasir.search.architect import Architect
     from nasir.search.supernet import build_supernet, prepare
 

@@ -55,10 +55,10 @@ def measure(fn: Callable[[], object]) -> tuple[float, float]:
 
 def stages(tmp: Path) -> dict[str, tuple[int, Callable[[int], Callable[[], object]]]]:
     from nasir.api import load
-    from nasir.lower import import_genotype
     from nasir.diagnostics import Diagnostic, DiagnosticError
     from nasir.fmt import format_text
     from nasir.frontend import parse_text
+    from nasir.lower import import_genotype
     from nasir.source import SourceFile
 
     def parse(n: int):
