@@ -155,6 +155,7 @@ def eval_checkpoint(spec_path: str | Path, weights: str | Path, data: str | None
     from nasir import device as dv
     from nasir import provenance as prov
     from nasir.api import load
+    from nasir.data import coco as data_coco
     from nasir.data.classification import holdout_split
     from nasir.data.coco import coco_path
     from nasir.macro import parse_overrides
@@ -167,14 +168,14 @@ def eval_checkpoint(spec_path: str | Path, weights: str | Path, data: str | None
     values = dict(parse_overrides(list(overrides))[0]) if overrides else None
     model, _ = detection.load_detector(spec, weights, values)
     if (path / "annotations" / "instances_val.json").exists() and (path / "val").is_dir():
-        dataset, indices, split = detection.coco_dataset(path, "val"), None, "val"
+        dataset, indices, split = data_coco.coco_dataset(path, "val"), None, "val"
     else:
-        dataset = detection.coco_dataset(path, "train")
+        dataset = data_coco.coco_dataset(path, "train")
         recorded = ((prov.read(weights) or {}).get("split")) or {}
         split_seed = seed if seed is not None else int(recorded.get("seed", 0))
         _, held = holdout_split(len(dataset), float(recorded.get("holdout", 0.2)), split_seed)
         indices, split = held.tolist(), "held-out part of train"
-    detection.check_images(dataset)
+    data_coco.check_images(dataset)
     dev = dv.select_device(device)
     metrics = evaluate_detector(model.to(dev), dataset, dev, indices=indices)
     return metrics, len(dataset) if indices is None else len(indices), split

@@ -362,12 +362,12 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
     overrides, _ = parse_overrides(list(cfg.set))
     p = plan(spec, overrides=overrides)
     detection.require_rgb(spec, p)
-    train_set = detection.coco_dataset(path, "train")
-    detection.check_images(train_set)
+    train_set = data_coco.coco_dataset(path, "train")
+    data_coco.check_images(train_set)
     has_val = (path / "annotations" / "instances_val.json").exists() and (path / "val").is_dir()
     if has_val:
-        test_set = detection.coco_dataset(path, "val")
-        detection.check_images(test_set)
+        test_set = data_coco.coco_dataset(path, "val")
+        data_coco.check_images(test_set)
         train_idx, test_idx = torch.arange(len(train_set)), torch.arange(len(test_set))
     else:
         if len(train_set) < 2:
@@ -397,7 +397,7 @@ def train_detection(spec: ir.Spec, data: str, out: str | Path, cfg: TrainConfig,
 
     def loader(ds: torch.utils.data.Dataset, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
         # Reading only: the order is given, flips happen in `step`; its own generator leaves the global RNG alone.
-        return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], collate_fn=detection.collate,
+        return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], collate_fn=data_coco.collate,
                                            num_workers=workers, generator=torch.Generator(),
                                            pin_memory=dev.type == "cuda")  # fmt: skip
 

@@ -27,8 +27,7 @@ Cost: a CIFAR macro keeps full resolution up to its first reduction, so its firs
 stride 1; at torchvision's 800-pixel images the heads on that level dominate. `levels=(1, 2)` or a
 smaller `min_size` is the usual choice there.
 
-The COCO data sets (`coco_dataset`, `CocoJson`, `CocoDetectionTargets`, `check_coco`, `check_images`,
-`collate`) live in nasir/data/coco.py and are re-exported here.
+The COCO data sets (`coco_dataset`, `check_images`, `collate`, ...) live in nasir/data/coco.py.
 """
 
 from __future__ import annotations
@@ -51,15 +50,6 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from nasir import ir
-from nasir.data.coco import (  # re-exported: the loaders moved to nasir.data (issue 11)
-    CocoDetectionTargets,
-    CocoJson,
-    ImageError,
-    check_coco,
-    check_images,
-    coco_dataset,
-    collate,
-)
 from nasir.diagnostics import Diagnostic, DiagnosticError
 from nasir.io import atomic_write, atomic_write_with
 from nasir.macro import CellPlan, Plan, parse_overrides
@@ -70,13 +60,6 @@ __all__ = [
     "FeatureLevel",
     "NasBackbone",
     "NasBackboneWithFPN",
-    "CocoDetectionTargets",
-    "CocoJson",
-    "ImageError",
-    "check_coco",
-    "check_images",
-    "coco_dataset",
-    "collate",
     "default_levels",
     "feature_levels",
     "load_backbone",

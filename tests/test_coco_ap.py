@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from nasir.coco_eval import METRICS, coco_ap, evaluate_detector, format_ap
+from nasir.data.coco import coco_dataset
 
 THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
 
@@ -143,7 +144,6 @@ class Oracle(torch.nn.Module):
 
 
 def test_evaluate_detector_maps_labels_back_to_category_ids(tmp_path):
-    from nasir.targets.detection import coco_dataset
 
     ds = coco_dataset(write_coco(tmp_path / "coco", "val", VAL), "val")
     assert ds.labels_of == {3: 1, 7: 2}
@@ -188,7 +188,7 @@ def test_eval_cli_reports_coco_ap_of_a_detector_checkpoint(tmp_path, capsys):
     assert line.endswith("on 3 images (val)"), line
     assert [w for w in line.split() if w in METRICS] == list(METRICS)
     # the numbers are those of the same detector scored directly on the val split
-    ds = detection.coco_dataset(data, "val")
+    ds = coco_dataset(data, "val")
     direct = evaluate_detector(detection.load_detector(load(spec_path), tmp_path / "best.pt")[0], ds, "cpu")
     assert line.startswith(format_ap(direct))
     metrics, n, split = eval_checkpoint(spec_path, tmp_path / "best.pt", f"coco:{data}", device="cpu")
@@ -214,6 +214,6 @@ def test_eval_without_a_val_split_scores_the_held_out_training_images(tmp_path):
     # without provenance: nasir train's defaults, a fifth held out with seed 0 -> round(7 * 0.2) = 1 image
     assert (n, split) == (1, "held-out part of train")
     (held,) = holdout_split(7, 0.2, 0)[1].tolist()
-    ds = detection.coco_dataset(data, "train")
+    ds = coco_dataset(data, "train")
     direct = evaluate_detector(detection.load_detector(load(spec_path), tmp_path / "best.pt")[0], ds, "cpu", indices=[held])
     assert format_ap(metrics) == format_ap(direct)
