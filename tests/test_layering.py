@@ -31,10 +31,6 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
      ("nasir.cli", "nasir.__main__", "nasir.search.cli", "nasir.rnn.hooks", "nasir.rnn.__main__")),
 ]  # fmt: skip
 
-# Imports that break the layering today, in files other sessions own; the lead removes each entry
-# with its fix (an entry that no longer occurs fails the test, so the list only shrinks).
-KNOWN: set[tuple[str, str]] = set()
-
 
 def layer_of(module: str) -> int:
     best, where = -1, -1
@@ -59,15 +55,12 @@ def test_every_module_has_a_layer_and_the_table_reads_as_documented():
 
 
 def test_no_module_imports_a_higher_layer():
-    found = violations()
-    new = sorted(found - KNOWN)
-    fixed = sorted(KNOWN - found)
+    found = sorted(violations())
 
     def show(pairs):
         return "\n".join(f"  {a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})" for a, b in pairs)
 
-    assert not new and not fixed, (f"imports against the layering:\n{show(new)}" if new else "") + \
-        (f"\nfixed, remove from KNOWN:\n{show(fixed)}" if fixed else "")  # fmt: skip
+    assert not found, f"imports against the layering:\n{show(found)}"
 
 
 def test_the_layering_check_sees_function_local_imports():
