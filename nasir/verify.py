@@ -20,25 +20,13 @@ from nasir.macro import bind_params, elaborate
 from nasir.rnn import check as recurrent
 from nasir.source import Span
 
-# name -> allowed values (None: any value of the right kind). One place, also read by the search runtime.
-SEARCH_SETTINGS: dict[str, tuple[str, ...] | None] = {
-    "method": ("darts", "milenas", "pcdarts"),
-    "select": ("magnitude", "strength", "strength_star", "naive"),
-    "smooth": ("none", "rs", "adv"),
-    "epochs": None,
-    "batch_size": None,
-    "early_stop": None,
-    "hessian": None,
-    "seed": None,
-    "warmup": None,
-    "lr": None,
-    "lr_min": None,
-    "momentum": None,
-    "weight_decay": None,
-    "arch_lr": None,
-    "arch_weight_decay": None,
-    "bptt": None,  # recurrent searches: the truncated-BPTT length (docs/recurrent.md)
-}
+# The search block's settings. Method, select and smooth take the names of the registry (nasir/methods),
+# which `_search` asks; the others take a value of the right kind (checked where they are read).
+SEARCH_SETTINGS: tuple[str, ...] = (
+    "method", "select", "smooth",
+    "epochs", "batch_size", "early_stop", "hessian", "seed", "warmup", "lr", "lr_min", "momentum",
+    "weight_decay", "arch_lr", "arch_weight_decay", "bptt",  # bptt: a recurrent search's truncated-BPTT length (docs/recurrent.md)
+)
 BUDGET_KINDS = ("params", "macs")
 
 
@@ -220,13 +208,6 @@ def _search(spec: ir.Spec, bag: DiagnosticBag) -> None:
                 allowed = methods.names(st.name)
                 bag.error(st.span, f"'{st.name}' must be one of {', '.join(allowed)}", did_you_mean(str(value), methods.spellings(st.name)))
             continue
-        allowed = SEARCH_SETTINGS[st.name]
-        if allowed is None:
-            continue
-        v = st.value
-        value = v.name if isinstance(v, ir.Call | ir.Var) else None
-        if value not in allowed:
-            bag.error(st.span, f"'{st.name}' must be one of {', '.join(allowed)}", did_you_mean(str(value), allowed))
     searchable = {op for c in spec.cells for e in c.edges if e.is_choice for op in e.candidates}
     for lim in s.limits:
         if lim.op not in ops.REGISTRY:
