@@ -124,7 +124,7 @@ def search(spec_or_path: Spec | str | Path, data: str = "digits", out: str | Pat
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
-           deterministic: bool = False, fuse: bool = False, network: str | None = None) -> SearchResult:  # fmt: skip
+           deterministic: bool = False, fuse: bool = True, network: str | None = None) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. A setting left None

@@ -60,9 +60,9 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-fp32-arch-grads", dest="fp32_arch_grads", action="store_false",
                    help="allow TF32 in the architecture gradients (default: full fp32; docs/gpu.md)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
-    p.add_argument("--fuse", action="store_true",
-                   help="run the fused supernet (one ReLU and pooling per state, weights folded into BN; faster, "
-                        "the same values up to float rounding)")  # fmt: skip
+    p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="the fused supernet (one ReLU and pooling per state, weights folded into BN; faster, the same "
+                        "values up to float rounding; the default); --no-fuse runs op by op as the DARTS code does")  # fmt: skip
     p.add_argument("--low-memory", action="store_true", help="recompute mixed ops in the backward pass (less memory)")
     p.add_argument("--layout", choices=("auto", "channels-last", "contiguous"), default="auto",
                    help="tensor layout (auto: channels-last on CPU)")  # fmt: skip

@@ -229,11 +229,14 @@ class Search:
         # fields that are part of the result; a field the checkpoint predates counts as its default.
         fields = {f.name: f for f in attrs.fields(Options)}
         default = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in fields.items()}
+        default["fuse"] = False  # a checkpoint from before fusion existed ran op by op (the default was off until it became on)
         differ = [k for k, v in now.items() if fields[k].eq and saved.get(k, default[k]) != v]
         if differ:
             listed = ", ".join(f"{k} ({saved.get(k, default[k])!r} then, {now[k]!r} now)" for k in differ)
-            raise _flag_error(f"--resume: the search in '{self.out}' ran with other settings: {listed}",
-                              "resume with the same flags, or start a new search in another --out")  # fmt: skip
+            hint = "resume with the same flags, or start a new search in another --out"
+            if differ == ["fuse"] and now["fuse"]:
+                hint = "the fused supernet is the default now; resume this search with --no-fuse (fuse=False in Python)"
+            raise _flag_error(f"--resume: the search in '{self.out}' ran with other settings: {listed}", hint)
         if state["spec"] != canonical(self.spec):
             raise _flag_error(f"--resume: the spec changed since the search in '{self.out}' started",
                               "resume with the spec it started from, or start a new search in another --out")  # fmt: skip

@@ -74,7 +74,7 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
            channels_last: bool | None = None, limit_batches: int | None = None, progress: bool = True,
            callback: Callable[[dict[str, Any]], None] | None = None,
            stop_after_steps: int | None = None, artifacts: bool = True, fp32_arch_grads: bool = True,
-           deterministic: bool = False, fuse: bool = False, network: str | None = None) -> SearchResult:  # fmt: skip
+           deterministic: bool = False, fuse: bool = True, network: str | None = None) -> SearchResult:  # fmt: skip
     """Search a `.cell` space on `data` and derive an architecture; every file lands in `out`.
 
     `data`: `digits` (embedded), `synthetic[:N]`, `cifar10:PATH`, `folder:PATH`. Unset settings come
@@ -88,8 +88,9 @@ def search(spec_or_path: ir.Spec | str | Path, data: str = "digits", out: str | 
     `artifacts=False` skips derived.onnx and the PNGs. `device`: auto | cpu | cuda | cuda:N (under
     torchrun, a CUDA run takes LOCAL_RANK's GPU; nasir.device.select_device). `fp32_arch_grads`: the
     architecture gradients without TF32; `deterministic`: deterministic CUDA algorithms, so a resumed
-    search ends with the alphas of one that never stopped (docs/gpu.md). `fuse`: the fused supernet
-    (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md). `network`:
+    search ends with the alphas of one that never stopped (docs/gpu.md). `fuse` (default): the fused
+    supernet (passes/fuse.py; faster, the same values up to float rounding, docs/performance.md);
+    False runs op by op as the DARTS reference does. `network`:
     which of the spec's networks the supernet stacks (default: the first; derived.cell names it first).
     Raises DiagnosticError for bad input and `SearchInterrupted` when stopped early.
     """

@@ -85,7 +85,7 @@ class Options:
     a_weight_decay: float = 1e-3
     limit_batches: int | None = None
     layout: str = "auto"  # what the user asked for: auto | channels_last | contiguous
-    fuse: bool = False  # the fused supernet (docs/performance.md): the same values up to float rounding
+    fuse: bool = True  # the fused supernet (docs/performance.md): the same values up to float rounding
     overrides: tuple[tuple[str, Any], ...] = ()
     # ---- not part of the result (a resumed search may change them)
     low_memory: bool = attrs.field(default=False, eq=False)
@@ -210,7 +210,7 @@ def _choose(kind: str, value: Any, s: dict[str, Any]) -> DiagnosticError | None:
 
 def make_options(spec: ir.Spec, *, data: str, overrides: Mapping[str, Any], limit_batches: int | None,
                  channels_last: bool | None, low_memory: bool, device: Any, fp32_arch_grads: bool = True,
-                 deterministic: bool = False, fuse: bool = False, **flags: Any) -> Options:  # fmt: skip
+                 deterministic: bool = False, fuse: bool = True, **flags: Any) -> Options:  # fmt: skip
     """The spec's `search` block over the defaults, the caller's `flags` (None: unset; names in FLAGS) over both.
 
     `channels_last` None is the device's default layout: it is derived, not set, so a search saved on

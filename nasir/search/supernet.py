@@ -276,7 +276,7 @@ def _bn_shares_output(a: nn.Module, b: nn.Module) -> bool:
             and (a.training or a.running_mean is None) and (b.training or b.running_mean is None))  # fmt: skip
 
 
-def _bn_update_stats(bn: nn.BatchNorm2d, x: torch.Tensor) -> None:
+def _bn_update_stats(bn: nn.BatchNorm2d, x: torch.Tensor, native: bool | None = None) -> None:
     """The running-statistics update nn.BatchNorm2d.forward would make on x (bitwise: the same ATen
     update), without its output: a BN whose output is shared with another one still tracks its own."""
     if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
@@ -284,7 +284,12 @@ def _bn_update_stats(bn: nn.BatchNorm2d, x: torch.Tensor) -> None:
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
         f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
-        torch.batch_norm_update_stats(x.detach(), bn.running_mean, bn.running_var, f)
+        if native if native is not None else x.device.type in ("cpu", "cuda"):
+            torch.batch_norm_update_stats(x.detach(), bn.running_mean, bn.running_var, f)
+        else:  # devices without that kernel (meta, mps): the same update written out (unbiased variance, as BN keeps)
+            x = x.detach()
+            bn.running_mean.mul_(1 - f).add_(x.mean((0, 2, 3)), alpha=f)  # type: ignore[union-attr]
+            bn.running_var.mul_(1 - f).add_(x.var((0, 2, 3), unbiased=True), alpha=f)  # type: ignore[union-attr]
 
 
 _FOLD = True
@@ -521,7 +526,7 @@ class Supernet(nn.Module):
 
     def __init__(self, spec: ir.Spec, plan: Plan, *, low_memory: bool = False, channels_last: bool | None = None,
                  pool_bn: bool | None = None, fast_dilated: bool = True, partial_channels: int = 1,
-                 fuse: bool = False):  # fmt: skip
+                 fuse: bool = True):  # fmt: skip
         super().__init__()
         self.spec = spec
         self.plan = plan
@@ -677,7 +682,7 @@ def default_channels_last() -> bool:
 def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool = False, channels_last: bool | None = None,
                    pool_bn: bool | None = None, seed: int | None = None, overrides: dict[str, Any] | None = None,
                    skip_zero: bool = True, fast_dilated: bool = True, partial_channels: int = 1,
-                   fuse: bool = False) -> Supernet:  # fmt: skip
+                   fuse: bool = True) -> Supernet:  # fmt: skip
     """The supernet of a search space. `plan` defaults to the spec's first network (with `overrides`).
 
     `pool_bn=None` follows the reference of each space: BN after pooling when the searched cells have
@@ -686,9 +691,9 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward).
     `partial_channels` is PC-DARTS' K (1: every channel through every mixed op, no edge normalisation).
     `channels_last=None` is `nasir search`'s default (`default_channels_last`: NHWC on a CPU-only machine).
-    `fuse=True` runs the fused mixed ops and cells (MixedOp, FusedCell; same values up to float rounding,
-    docs/performance.md); `fuse=False`, the default of the library and of `nasir search` (`--fuse` opts
-    in), runs op by op as the DARTS reference does, bit for bit as before fusion existed.
+    `fuse=True`, the default of the library and of `nasir search`, runs the fused mixed ops and cells
+    (MixedOp, FusedCell; same values up to float rounding, docs/performance.md); `fuse=False`
+    (`nasir search --no-fuse`) runs op by op as the DARTS reference does, bit for bit as before fusion existed.
     """
     from nasir.macro import plan as make_plan
 

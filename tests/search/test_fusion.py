@@ -170,8 +170,9 @@ def test_library_default_layout_is_the_cli_default():
     opts = make_options(spec_of(TINY_SPACE), data="digits", overrides={}, limit_batches=None, channels_last=None,
                         low_memory=False, device=device)  # fmt: skip
     assert model.channels_last == opts.channels_last == default_channels_last()
-    # fusion is opt-in in both (the unfused path reproduces the fixed-seed record bit for bit)
-    assert model.fuse is opts.fuse is False and not any(m.fuse for m in model.modules() if isinstance(m, MixedOp))
+    # fusion is the default of both (--no-fuse / fuse=False: the op-by-op path of the fixed-seed record)
+    assert model.fuse is opts.fuse is True and all(m.fuse for m in model.modules() if isinstance(m, MixedOp))
+    assert any(isinstance(m, FusedCell) for m in model.modules())
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
@@ -214,3 +215,23 @@ def test_a_fused_darts_supernet_keeps_no_max_pool_index_tensor():
         saved[fuse] = dtypes.count(torch.int64)
     assert saved[False] > 0  # the check can see index tensors: the op-by-op supernet keeps them
     assert saved[True] == 0
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_running_statistics_written_out_equal_batch_norms_own_update(momentum):
+    """A BN whose output another shares still tracks its own statistics (`_bn_update_stats`); on devices
+    without ATen's update kernel (meta, mps) the update is written out: both equal nn.BatchNorm2d's."""
+    from nasir.search.supernet import _bn_update_stats
+
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 1
+    ref = nn.BatchNorm2d(3, affine=False, momentum=momentum).double()
+    mine = [nn.BatchNorm2d(3, affine=False, momentum=momentum).double() for _ in range(2)]
+    for _ in range(3):
+        ref(x)
+        for bn, native in zip(mine, (True, False)):
+            _bn_update_stats(bn, x, native=native)
+    for bn in mine:
+        torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-12, atol=0)
+        torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-12, atol=0)
+        assert int(bn.num_batches_tracked) == 3
+    assert (ref.running_var - 1).abs().min() > 0.1  # the statistics moved (x has variance 4)

@@ -289,6 +289,23 @@ def test_a_search_saved_where_the_default_layout_differs_resumes_but_a_layout_th
         search(SPEC, out=tmp_path, artifacts=False, resume=True, channels_last=False, **TINY)
 
 
+def test_a_search_saved_op_by_op_resumes_only_op_by_op_and_the_error_says_how(tmp_path):
+    """Fusion became the default: a search saved op by op (fuse False in its options, or no `fuse` at all:
+    saved before fusion existed) is refused by a plain --resume, with the flag that continues it."""
+    with pytest.raises(SearchInterrupted):
+        search(SPEC, out=tmp_path, artifacts=False, stop_after_steps=STEPS + 1, fuse=False, **TINY)
+    with pytest.raises(DiagnosticError, match=r"fuse \(False then, True now\)") as info:
+        search(SPEC, out=tmp_path, artifacts=False, resume=True, **TINY)
+    assert "--no-fuse" in str(info.value.diagnostics[0].hint)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["options"]["fuse"]  # as a checkpoint written before the option existed
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(DiagnosticError, match=r"fuse \(False then, True now\)"):
+        search(SPEC, out=tmp_path, artifacts=False, resume=True, **TINY)
+    result = search(SPEC, out=tmp_path, artifacts=False, resume=True, fuse=False, **TINY)
+    assert result.out == tmp_path
+
+
 def test_architecture_steps_run_without_tf32_and_metrics_name_the_setting(tmp_path, monkeypatch):
     import nasir.search.loop as runner  # the loop's module holds the weight step it calls
     from nasir.search.architect import Architect
@@ -373,11 +390,12 @@ def test_cli_passes_the_gpu_flags_and_points_a_bad_device_at_the_flag(monkeypatc
 
     monkeypatch.setattr(runner, "search", capture)
     with pytest.raises(StopError):
-        main(["--debug", "search", str(SPEC), "--device", "cuda:1", "--deterministic", "--no-fp32-arch-grads", "--no-progress"])
-    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"]) == ("cuda:1", True, False)
+        main(["--debug", "search", str(SPEC), "--device", "cuda:1", "--deterministic", "--no-fp32-arch-grads", "--no-progress",
+              "--no-fuse"])  # fmt: skip
+    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"], seen["fuse"]) == ("cuda:1", True, False, False)
     with pytest.raises(StopError):
         main(["--debug", "search", str(SPEC), "--no-progress"])
-    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"]) == ("auto", False, True)
+    assert (seen["device"], seen["deterministic"], seen["fp32_arch_grads"], seen["fuse"]) == ("auto", False, True, True)
     monkeypatch.undo()
     assert main(["search", str(SPEC), "--device", "gpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
