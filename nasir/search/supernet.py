@@ -250,11 +250,12 @@ class _WeightedSum(torch.autograd.Function):
         index = ctx.index
         gw = None
         if _needed(ctx, 1, ctx.first_h - 1):
-            pairs = [(i, h) for i, h in zip(index, hs) if i >= 0]
-            gw = torch.zeros_like(w)
-            if pairs:
-                dots = torch.stack([_dot(g, h) for _, h in pairs]).to(w.dtype)
-                gw = gw.index_put((torch.tensor([i for i, _ in pairs], device=w.device),), dots)
+            # one dot per term; entries of w no term uses get 0. Stacked in place rather than scattered
+            # with an index tensor: building one from a list is a host-to-device copy that waits for
+            # the GPU, in every backward pass (docs/gpu.md)
+            dots = {i: _dot(g, h).to(w.dtype) for i, h in zip(index, hs) if i >= 0}
+            zero = w.new_zeros(())
+            gw = torch.stack([dots.get(i, zero) for i in range(w.shape[0])])
         if -1 in index and _flat(g) is None:
             # A slice of the cell's concatenated output's grad: the ops' backward kernels are slow on a
             # non-dense layout, so hand them one dense copy (products below are dense anyway).
