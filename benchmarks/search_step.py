@@ -4,6 +4,7 @@
     python benchmarks/search_step.py --batches 32 --steps 1 --variants reference,nasir
     python benchmarks/search_step.py --variants original:weight,nasir:weight+arch1 --original PATH
     python benchmarks/search_step.py --stacking --threads 1     # grouped convs across edges, edge by edge
+    python benchmarks/search_step.py --dwgrad                   # depthwise weight gradients: oneDNN's vs the fused supernet's
 
 Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
 a warm-up step, then `--steps` timed steps of each kind, the median reported:
@@ -416,6 +417,41 @@ def stacking(batch: int = 32, edges: int = 4, C: int = 16, size: int = 32, reps:
     return rows
 
 
+def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -> list[tuple]:
+    """The stride-1 depthwise weight gradients of a DARTS search step (nasir/search/supernet.py,
+    `dw_weight_grad_route`): oneDNN's own (aten.convolution_backward, what a stock conv runs) against the
+    route the fused supernet takes, per (kernel, dilation) at the DARTS sizes (32 x 32 C = 16, 16 x 16 C = 32,
+    8 x 8 C = 64), channels_last. Wall time, the two interleaved, median of `reps` after a warm-up, at each
+    thread count; returns (size, C, k, d, route, threads, native ms, route ms, relative difference).
+    """
+    import torch
+
+    from nasir.search.supernet import _fast_weight_grad, _native_weight_grad, dw_weight_grad_route
+
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    rows = []
+    for size, C in ((32, 16), (16, 32), (8, 64)):
+        x = torch.randn(batch, C, size, size, generator=g).contiguous(memory_format=cl)
+        gy = torch.randn(batch, C, size, size, generator=g).contiguous(memory_format=cl)
+        for k, d in ((5, 1), (3, 2), (5, 2)):
+            p = d * (k - 1) // 2
+            route = dw_weight_grad_route(k, d, p, (size, size))
+            a, b = _native_weight_grad(x, gy, k, p, d), _fast_weight_grad(x, gy, k, p, d)
+            diff = float((a - b).norm() / a.norm())
+            for n in threads:
+                torch.set_num_threads(n)
+                ts: list[list[float]] = [[], []]
+                for i in range(reps + 1):
+                    for j, f in enumerate((_native_weight_grad, _fast_weight_grad)):
+                        t = time.perf_counter()
+                        f(x, gy, k, p, d)
+                        if i:
+                            ts[j].append(time.perf_counter() - t)
+                rows.append((size, C, k, d, route, n, 1e3 * statistics.median(ts[0]), 1e3 * statistics.median(ts[1]), diff))
+    return rows
+
+
 def _fmt(v: float | None, unit: str = "s") -> str:
     return "-" if v is None else f"{v:.2f} {unit}"
 
@@ -435,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     p.add_argument("--stacking", action="store_true",
                    help="time stacked (grouped) convolutions across the edges leaving a state against edge by edge, and exit")  # fmt: skip
+    p.add_argument("--dwgrad", action="store_true",
+                   help="time the fused supernet's depthwise weight gradients against oneDNN's, at 2 and 1 threads, and exit")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -453,6 +491,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'part':<10}{'kernel':>8}{'per edge':>11}{'stacked':>10}{'ratio':>8}")
         for what, k, d, t0, t1 in stacking(batch=a.batches[0]):
             print(f"{what:<10}{f'{k}x{k} d{d}':>8}{t0:>8.1f} ms{t1:>7.1f} ms{t1 / t0:>7.2f}x")
+        return 0
+    if a.dwgrad:
+        print(f"stride-1 depthwise weight gradients, batch {a.batches[0]}, channels_last, wall time (median, interleaved), "
+              f"load {os.getloadavg()[0]:.1f}")
+        print(f"{'input':<10}{'kernel':>8}{'route':>8}{'threads':>9}{'oneDNN':>10}{'route':>10}{'ratio':>8}{'rel. diff':>11}")
+        for size, C, k, d, route, n, t0, t1, diff in dwgrad(batch=a.batches[0]):
+            print(f"{f'{size}x{size}x{C}':<10}{f'{k}x{k} d{d}':>8}{route:>8}{n:>9}{t0:>7.2f} ms{t1:>7.2f} ms{t1 / t0:>7.2f}x{diff:>11.1e}")
+        print(f"load {os.getloadavg()[0]:.1f}")
         return 0
     if a.original is not None:
         original_code(a.original)  # a wrong path fails here, before any child runs
