@@ -422,11 +422,16 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
     `dw_weight_grad_route`): oneDNN's own (aten.convolution_backward, what a stock conv runs) against the
     route the fused supernet takes, per (kernel, dilation) at the DARTS sizes (32 x 32 C = 16, 16 x 16 C = 32,
     8 x 8 C = 64), channels_last. Wall time, the two interleaved, median of `reps` after a warm-up, at each
-    thread count; returns (size, C, k, d, route, threads, native ms, route ms, relative difference).
+    thread count; returns (size, C, k, d, route, threads, native ms, route ms, relative difference). Freed
+    memory is kept in the process, as `nasir search` does: otherwise every copy the routes make faults its
+    pages in afresh, a cost that varies with glibc's heap history (0.14 to 0.75 ms for one 2 MiB copy here).
     """
     import torch
 
+    from nasir.search.runner import keep_freed_memory
     from nasir.search.supernet import _fast_weight_grad, _native_weight_grad, dw_weight_grad_route
+
+    keep_freed_memory()
 
     g = torch.Generator().manual_seed(0)
     cl = torch.channels_last
