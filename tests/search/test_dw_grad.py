@@ -140,3 +140,16 @@ def test_the_fused_supernet_swaps_its_5x5_convs_and_the_unfused_one_does_not():
             assert (type(m) is nn.Conv2d) == (not swapped)
             if swapped:
                 assert m.fast_weight_grad == fuse
+
+
+@pytest.mark.parametrize(("k", "d", "p"), [(5, 1, 0), (5, 2, 1), (3, 2, 1), (3, 3, 0)])
+def test_the_folded_route_with_any_padding_equals_the_stock_conv(k, d, p):
+    """Not only the "same" padding: the folded form holds for any padding (its output is k x k whatever p is)."""
+    for channels_last in (True, False):
+        x = _input(2, 3, 11, 12, channels_last, seed=6).requires_grad_()
+        w = torch.randn(3, 1, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
+        y = F.conv2d(x, w, None, 1, p, d, 3)
+        g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+        (want,) = torch.autograd.grad(y, w, g)
+        assert sn.dw_weight_grad_route(k, d, p, (11, 12)) == "folded"
+        assert _rel(sn._fast_weight_grad(x.detach(), g, k, p, d), want) < 1e-10
