@@ -422,14 +422,15 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
     `dw_weight_grad_route`): oneDNN's own (aten.convolution_backward, what a stock conv runs) against the
     route the fused supernet takes, per (kernel, dilation) at the DARTS sizes (32 x 32 C = 16, 16 x 16 C = 32,
     8 x 8 C = 64), channels_last. Wall time, the two interleaved, median of `reps` after a warm-up, at each
-    thread count; returns (size, C, k, d, route, threads, native ms, route ms, relative difference). Freed
+    thread count; returns (size, C, k, d, route, threads, native ms, route ms, relative difference, and the
+    input gradient's: oneDNN's backward-data ms, the fused supernet's ms (`_dw_input_grad`)). Freed
     memory is kept in the process, as `nasir search` does: otherwise every copy the routes make faults its
     pages in afresh, a cost that varies with glibc's heap history (0.14 to 0.75 ms for one 2 MiB copy here).
     """
     import torch
 
     from nasir.search.runner import keep_freed_memory
-    from nasir.search.supernet import _fast_weight_grad, _native_weight_grad, dw_weight_grad_route
+    from nasir.search.supernet import _dw_input_grad, _fast_weight_grad, _native_weight_grad, dw_weight_grad_route
 
     keep_freed_memory()
 
@@ -444,16 +445,22 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
             route = dw_weight_grad_route(k, d, p, (size, size))
             a, b = _native_weight_grad(x, gy, k, p, d), _fast_weight_grad(x, gy, k, p, d)
             diff = float((a - b).norm() / a.norm())
+            w = torch.randn(C, 1, k, k, generator=g)
+            conv_bwd = torch.ops.aten.convolution_backward
+            calls = ((_native_weight_grad, (x, gy, k, p, d)), (_fast_weight_grad, (x, gy, k, p, d)),
+                     (conv_bwd, (gy, x, w, None, [1, 1], [p, p], [d, d], False, [0, 0], C, [True, False, False])),
+                     (_dw_input_grad, (gy, w, (size, size), 1, p, d)))  # fmt: skip
             for n in threads:
                 torch.set_num_threads(n)
-                ts: list[list[float]] = [[], []]
+                ts: list[list[float]] = [[] for _ in calls]
                 for i in range(reps + 1):
-                    for j, f in enumerate((_native_weight_grad, _fast_weight_grad)):
+                    for j, (f, args) in enumerate(calls):
                         t = time.perf_counter()
-                        f(x, gy, k, p, d)
+                        f(*args)
                         if i:
                             ts[j].append(time.perf_counter() - t)
-                rows.append((size, C, k, d, route, n, 1e3 * statistics.median(ts[0]), 1e3 * statistics.median(ts[1]), diff))
+                rows.append((size, C, k, d, route, n, *(1e3 * statistics.median(t) for t in ts[:2]), diff,
+                             *(1e3 * statistics.median(t) for t in ts[2:])))  # fmt: skip
     return rows
 
 
@@ -500,9 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.dwgrad:
         print(f"stride-1 depthwise weight gradients, batch {a.batches[0]}, channels_last, wall time (median, interleaved), "
               f"load {os.getloadavg()[0]:.1f}")
-        print(f"{'input':<10}{'kernel':>8}{'route':>8}{'threads':>9}{'oneDNN':>10}{'route':>10}{'ratio':>8}{'rel. diff':>11}")
-        for size, C, k, d, route, n, t0, t1, diff in dwgrad(batch=a.batches[0]):
-            print(f"{f'{size}x{size}x{C}':<10}{f'{k}x{k} d{d}':>8}{route:>8}{n:>9}{t0:>7.2f} ms{t1:>7.2f} ms{t1 / t0:>7.2f}x{diff:>11.1e}")
+        print(f"{'':<34}{'weight gradient':-^36}{'input gradient':-^27}")
+        print(f"{'input':<10}{'kernel':>8}{'route':>8}{'threads':>8}{'oneDNN':>10}{'route':>10}{'ratio':>7}{'rel. diff':>10}"
+              f"{'oneDNN':>10}{'fused':>10}{'ratio':>7}")
+        for size, C, k, d, route, n, t0, t1, diff, i0, i1 in dwgrad(batch=a.batches[0]):
+            print(f"{f'{size}x{size}x{C}':<10}{f'{k}x{k} d{d}':>8}{route:>8}{n:>8}{t0:>7.2f} ms{t1:>7.2f} ms{t1 / t0:>6.2f}x"
+                  f"{diff:>10.1e}{i0:>7.2f} ms{i1:>7.2f} ms{i1 / i0:>6.2f}x")
         print(f"load {os.getloadavg()[0]:.1f}")
         return 0
     if a.original is not None:
