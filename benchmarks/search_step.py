@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.dwgrad:
         print(f"stride-1 depthwise weight gradients, batch {a.batches[0]}, channels_last, wall time (median, interleaved), "
               f"load {os.getloadavg()[0]:.1f}")
-        print(f"{'':<34}{'weight gradient':-^36}{'input gradient':-^27}")
+        print(f"{'':<34}{'weight gradient':-^37}{'input gradient':-^27}")
         print(f"{'input':<10}{'kernel':>8}{'route':>8}{'threads':>8}{'oneDNN':>10}{'route':>10}{'ratio':>7}{'rel. diff':>10}"
               f"{'oneDNN':>10}{'fused':>10}{'ratio':>7}")
         for size, C, k, d, route, n, t0, t1, diff, i0, i1 in dwgrad(batch=a.batches[0]):

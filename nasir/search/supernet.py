@@ -169,7 +169,7 @@ class _DilatedDepthwise(torch.autograd.Function):
         x, w = ctx.saved_tensors
         s, p, d = ctx.conf
         gx = gw = None
-        if _needed(ctx, 0):  # also for the non-dilated 5x5 (fused): 0.62-0.78x oneDNN's backward-data there
+        if _needed(ctx, 0):  # also for the non-dilated 5x5 (fused): 0.55-0.79x oneDNN's backward-data there
             gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
         if _needed(ctx, 1):
             if s == 1 and ctx.fast_weight_grad:  # docs/performance.md, "Depthwise weight gradients"
