@@ -79,11 +79,11 @@ def _is_nhwc(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-def _native_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int) -> torch.Tensor:
-    """oneDNN's own depthwise weight gradient (stride 1); differentiable (aten has its double backward)."""
+def _native_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, s: int = 1) -> torch.Tensor:
+    """oneDNN's own depthwise weight gradient; differentiable (aten has its double backward)."""
     c = x.shape[1]
     w = x.new_empty((c, 1, k, k))  # only its shape is read
-    return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [p, p], [d, d], False, [0, 0], c, [False, True, False])[1]
+    return torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], c, [False, True, False])[1]
 
 
 def _parity_stack(t: torch.Tensor, d: int) -> torch.Tensor:
@@ -106,42 +106,46 @@ def _parity_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, d: int) -> tor
     return _native_weight_grad(_parity_stack(x, d), _parity_stack(g, d), k, (k - 1) // 2, 1)
 
 
-def _folded_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int) -> torch.Tensor:
-    """The weight gradient as a depthwise forward conv: gw[c, i, j] = sum_n sum_(h,w) xpad[n, c, h + i*d, w + j*d]
-    * g[n, c, h, w] is, for each (n, c), the correlation of the padded input with g taken as an Ho x Wo kernel
-    at stride d (k x k outputs); batch folded into channels (N*C groups), then summed over n. Any padding."""
+def _folded_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, s: int = 1) -> torch.Tensor:
+    """The weight gradient as a depthwise forward conv: gw[c, i, j] = sum_n sum_(h,w) xpad[n, c, s*h + i*d,
+    s*w + j*d] * g[n, c, h, w] is, for each (n, c), the correlation of the padded input with g taken as an
+    Ho x Wo kernel dilated by the stride s, at stride d (the first k x k outputs; exactly k x k at stride 1);
+    batch folded into channels (N*C groups), then summed over n. Any padding."""
     n, c, h, w = x.shape
     if _is_nhwc(x):  # (1, N*C, H, W) in NHWC: one transposing copy (oneDNN's fast depthwise forward reads NHWC)
         xi = x.permute(2, 3, 0, 1).reshape(1, h, w, n * c).permute(0, 3, 1, 2)
     else:
         xi = x.reshape(1, n * c, h, w)
-    out = F.conv2d(xi, g.reshape(n * c, 1, g.shape[2], g.shape[3]), None, d, p, 1, n * c)
-    return out.view(n, c, k, k).sum(0).unsqueeze(1)
+    out = F.conv2d(xi, g.reshape(n * c, 1, g.shape[2], g.shape[3]), None, d, p, s, n * c)
+    if s > 1:  # the rows and columns past the last tap: the strided conv's output may stop short of them
+        out = out[:, :, :k, :k]
+    return out.reshape(n, c, k, k).sum(0).unsqueeze(1)
 
 
-def dw_weight_grad_route(k: int, d: int, p: int, size: tuple[int, int]) -> str:
-    """The static rule: which stride-1 depthwise weight gradient a fused supernet runs for a k x k kernel at
-    dilation d, padding p, input size (H, W). No autotuning, so the choice (and the rounding) is the same in
+def dw_weight_grad_route(k: int, d: int, p: int, size: tuple[int, int], s: int = 1) -> str:
+    """The static rule: which depthwise weight gradient a fused supernet runs for a k x k kernel at dilation
+    d, padding p, stride s, input size (H, W). No autotuning, so the choice (and the rounding) is the same in
     every run. Measured per case in docs/performance.md ("Depthwise weight gradients"):
       "native"  oneDNN's own: its fast depthwise kernel covers 3x3 without dilation;
-      "parity"  3x3 dilated, H and W divisible by d: d*d non-dilated sub-problems in one fast 3x3 call;
-      "folded"  5x5 and larger (any dilation), and dilated 3x3 of other sizes: the forward-conv form.
+      "parity"  3x3 dilated at stride 1, H and W divisible by d: d*d non-dilated sub-problems in one fast
+                3x3 call;
+      "folded"  5x5 and larger (any dilation), dilated 3x3 of other sizes or at stride 2: the forward-conv form.
     """
     same = 2 * p == d * (k - 1)
     if k <= 3 and d == 1:
         return "native"
-    if k == 3 and same and size[0] % d == 0 and size[1] % d == 0:
+    if k == 3 and s == 1 and same and size[0] % d == 0 and size[1] % d == 0:
         return "parity"
     return "folded"
 
 
-def _fast_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int) -> torch.Tensor:
-    route = dw_weight_grad_route(k, d, p, (x.shape[2], x.shape[3]))
+def _fast_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, s: int = 1) -> torch.Tensor:
+    route = dw_weight_grad_route(k, d, p, (x.shape[2], x.shape[3]), s)
     if route == "parity":
         return _parity_weight_grad(x, g, k, d)
     if route == "folded":
-        return _folded_weight_grad(x, g, k, p, d)
-    return _native_weight_grad(x, g, k, p, d)
+        return _folded_weight_grad(x, g, k, p, d, s)
+    return _native_weight_grad(x, g, k, p, d, s)
 
 
 class _DilatedDepthwise(torch.autograd.Function):
@@ -152,8 +156,8 @@ class _DilatedDepthwise(torch.autograd.Function):
     here; the weight gradient 6 / 14 ms against 1.8 / 4.6 ms. Measured again in CPU time (process time, so
     other processes on the cores do not count): at stride 1 oneDNN's weight gradient (2.4 / 4.3 ms) beats
     the per-tap sums (3.7 / 9.9 ms), at stride 2 it does not (11.9 against 5.4 ms for 5x5).
-    `fast_weight_grad` (set with fusion): the stride-1 weight gradient takes the route of
-    `dw_weight_grad_route`; off, every weight gradient is the per-tap sum, as before fusion existed. The
+    `fast_weight_grad` (set with fusion): the weight gradient takes the route of `dw_weight_grad_route`;
+    off, every weight gradient is the per-tap sum, as before fusion existed. The
     backward is written in differentiable ops, so double backward (create_graph) works.
     """
 
@@ -169,11 +173,15 @@ class _DilatedDepthwise(torch.autograd.Function):
         x, w = ctx.saved_tensors
         s, p, d = ctx.conf
         gx = gw = None
-        if _needed(ctx, 0):  # also for the non-dilated 5x5 (fused): 0.55-0.79x oneDNN's backward-data there
-            gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
+        if _needed(ctx, 0):
+            if d == 1 and s > 1:  # non-dilated 5x5 at stride 2 (fused): oneDNN's backward-data is the faster
+                gx = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0],
+                                                         x.shape[1], [True, False, False])[0]  # fmt: skip
+            else:  # non-dilated 5x5 at stride 1 (fused) too: 0.55-0.79x oneDNN's backward-data there
+                gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
         if _needed(ctx, 1):
-            if s == 1 and ctx.fast_weight_grad:  # docs/performance.md, "Depthwise weight gradients"
-                gw = _fast_weight_grad(x, g, w.shape[-1], p, d)
+            if ctx.fast_weight_grad:  # docs/performance.md, "Depthwise weight gradients"
+                gw = _fast_weight_grad(x, g, w.shape[-1], p, d, s)
             else:
                 gw = _dw_weight_grad(x, g, w.shape[-1], s, p, d)
         return gx, gw, None, None, None, None
@@ -196,9 +204,9 @@ def _needed(ctx, i: int, edge: int | None = None) -> bool:
 
 class DilatedDepthwiseConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and state) for depthwise convs with the fast backward on CPU: dilated ones
-    always, non-dilated stride-1 ones of 5x5 and larger with fusion (`fast_weight_grad`).
+    always, non-dilated ones of 5x5 and larger with fusion (`fast_weight_grad`).
 
-    `fast_weight_grad` (set with fusion): the stride-1 weight gradient takes `dw_weight_grad_route`'s route
+    `fast_weight_grad` (set with fusion): the weight gradient takes `dw_weight_grad_route`'s route
     (faster, other rounding); off, every weight gradient is the per-tap sum, as before fusion existed."""
 
     fast_weight_grad = False
@@ -222,13 +230,13 @@ def _is_dilated_depthwise(m: nn.Module) -> bool:
 
 
 def _is_slow_depthwise(m: nn.Module) -> bool:
-    """Non-dilated, stride 1, 5x5 or larger: oneDNN's weight gradient leaves its fast depthwise kernel."""
-    return _is_square_depthwise(m) and m.dilation[0] == 1 and m.stride[0] == 1 and m.kernel_size[0] >= 5
+    """Non-dilated, 5x5 or larger: oneDNN's weight gradient leaves its fast depthwise kernel."""
+    return _is_square_depthwise(m) and m.dilation[0] == 1 and m.kernel_size[0] >= 5
 
 
 def use_fast_dilated_depthwise(module: nn.Module, fast_weight_grad: bool = False) -> int:
     """Swap every dilated depthwise nn.Conv2d for DilatedDepthwiseConv2d in place, and with `fast_weight_grad`
-    (fusion) also the non-dilated stride-1 5x5 (and larger) ones; returns how many."""
+    (fusion) also the non-dilated 5x5 (and larger) ones; returns how many."""
     n = 0
     for m in module.modules():
         for _name, child in m.named_children():

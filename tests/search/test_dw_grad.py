@@ -46,8 +46,8 @@ def test_gradients_equal_the_stock_convs(k, d, s, channels_last):
     for n, C, (h, w) in [(3, 4, (8, 8)), (1, 2, (9, 11)), (2, 8, (12, 12)), (2, 3, (10, 9))]:
         stock, fast = _pair(C, k, d, s)
         swapped = type(fast) is sn.DilatedDepthwiseConv2d
-        # the swap covers exactly the dilated convs and, with fusion, the stride-1 5x5 ones
-        assert swapped == (d > 1 or (k == 5 and s == 1))
+        # the swap covers exactly the dilated convs and, with fusion, the 5x5 ones
+        assert swapped == (d > 1 or k == 5)
         x0 = _input(n, C, h, w, channels_last).requires_grad_()
         x1 = x0.detach().clone().requires_grad_()
         r = torch.randn(stock(x0).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -55,12 +55,12 @@ def test_gradients_equal_the_stock_convs(k, d, s, channels_last):
         (fast(x1) * r).sum().backward()
         assert _rel(x1.grad, x0.grad) < 1e-10
         assert _rel(fast.weight.grad, stock.weight.grad) < 1e-10
-        if s == 1 and swapped:
-            seen.add(sn.dw_weight_grad_route(k, d, d * (k - 1) // 2, (h, w)))
+        if swapped:
+            seen.add(sn.dw_weight_grad_route(k, d, d * (k - 1) // 2, (h, w), s))
     if s == 1 and (k, d) == (3, 2):  # both routes of a dilated 3x3: parity split (even sizes), folded (odd)
         assert seen == {"parity", "folded"}
-    if s == 1 and k == 5:
-        assert seen == {"folded"}
+    if s == 2 or k == 5:
+        assert seen == ({"folded"} if d > 1 or k == 5 else set())
 
 
 @pytest.mark.parametrize(("k", "d"), [(5, 1), (3, 2), (5, 2), (3, 3)])
@@ -91,13 +91,15 @@ def test_the_static_rule():
         assert sn.dw_weight_grad_route(5, 2, 4, size) == "folded"
     assert sn.dw_weight_grad_route(3, 2, 2, (9, 8)) == "folded"  # parity classes of unequal size
     assert sn.dw_weight_grad_route(3, 2, 1, (8, 8)) == "folded"  # not the "same" padding
+    assert sn.dw_weight_grad_route(3, 2, 2, (8, 8), 2) == "folded"  # stride 2
+    assert sn.dw_weight_grad_route(3, 1, 1, (8, 8), 2) == "native"
 
 
-@pytest.mark.parametrize(("k", "d"), [(5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize(("k", "d", "s"), [(5, 1, 1), (3, 2, 1), (5, 2, 1), (5, 1, 2), (3, 2, 2)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_double_backward_matches_the_stock_conv(k, d, channels_last):
-    """A Hessian-vector product through the backward: d/d(x, w) of <grad(loss), v> for a loss quadratic in the output."""
-    stock, fast = _pair(3, k, d, 1)
+def test_double_backward_matches_the_stock_conv(k, d, s, channels_last):
+    """A Hessian-vector product through the backward: d/d(x, w) of <grad(loss), v> for a loss non-linear in the output."""
+    stock, fast = _pair(3, k, d, s)
     v = torch.Generator().manual_seed(5)
     vx = torch.randn(2, 3, 8, 8, generator=v, dtype=torch.float64)
     vw = torch.randn(3, 1, k, k, generator=v, dtype=torch.float64)
@@ -135,21 +137,23 @@ def test_the_fused_supernet_swaps_its_5x5_convs_and_the_unfused_one_does_not():
         assert {(5, 1, 1), (5, 1, 2), (3, 1, 1), (3, 2, 1), (5, 2, 2)} <= kinds
         for m in convs:
             k, d, s = m.kernel_size[0], m.dilation[0], m.stride[0]
-            swapped = d > 1 or (fuse and k == 5 and s == 1)
+            swapped = d > 1 or (fuse and k == 5)
             assert (type(m) is sn.DilatedDepthwiseConv2d) == swapped, (fuse, k, d, s)
             assert (type(m) is nn.Conv2d) == (not swapped)
             if swapped:
                 assert m.fast_weight_grad == fuse
 
 
-@pytest.mark.parametrize(("k", "d", "p"), [(5, 1, 0), (5, 2, 1), (3, 2, 1), (3, 3, 0)])
-def test_the_folded_route_with_any_padding_equals_the_stock_conv(k, d, p):
-    """Not only the "same" padding: the folded form holds for any padding (its output is k x k whatever p is)."""
+@pytest.mark.parametrize("s", [1, 2, 3])
+@pytest.mark.parametrize(("k", "d", "p"), [(5, 1, 0), (5, 2, 1), (3, 2, 1), (3, 3, 0), (5, 2, 4)])
+def test_the_folded_route_with_any_padding_and_stride_equals_the_stock_conv(k, d, p, s):
+    """Not only the "same" padding at stride 1: the folded form holds for any padding and stride."""
     for channels_last in (True, False):
-        x = _input(2, 3, 11, 12, channels_last, seed=6).requires_grad_()
-        w = torch.randn(3, 1, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
-        y = F.conv2d(x, w, None, 1, p, d, 3)
-        g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-        (want,) = torch.autograd.grad(y, w, g)
-        assert sn.dw_weight_grad_route(k, d, p, (11, 12)) == "folded"
-        assert _rel(sn._fast_weight_grad(x.detach(), g, k, p, d), want) < 1e-10
+        for h, w_ in ((11, 12), (13, 10)):
+            x = _input(2, 3, h, w_, channels_last, seed=6).requires_grad_()
+            w = torch.randn(3, 1, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_()
+            y = F.conv2d(x, w, None, s, p, d, 3)
+            g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+            (want,) = torch.autograd.grad(y, w, g)
+            assert sn.dw_weight_grad_route(k, d, p, (h, w_), s) == "folded"
+            assert _rel(sn._fast_weight_grad(x.detach(), g, k, p, d, s), want) < 1e-10
