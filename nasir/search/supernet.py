@@ -177,7 +177,7 @@ class _DilatedDepthwise(torch.autograd.Function):
             if d == 1 and s > 1:  # non-dilated 5x5 at stride 2 (fused): oneDNN's backward-data is the faster
                 gx = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0],
                                                          x.shape[1], [True, False, False])[0]  # fmt: skip
-            else:  # non-dilated 5x5 at stride 1 (fused) too: 0.55-0.79x oneDNN's backward-data there
+            else:  # non-dilated 5x5 at stride 1 (fused) too: faster than oneDNN's (docs/performance.md)
                 gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
         if _needed(ctx, 1):
             if ctx.fast_weight_grad:  # docs/performance.md, "Depthwise weight gradients"
