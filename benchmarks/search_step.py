@@ -4,6 +4,7 @@
     python benchmarks/search_step.py --batches 32 --steps 1 --variants reference,nasir
     python benchmarks/search_step.py --variants original:weight,nasir:weight+arch1 --original PATH
     python benchmarks/search_step.py --stacking --threads 1     # grouped convs across edges, edge by edge
+    python benchmarks/search_step.py --dwgrad                   # depthwise gradients: before vs the fused supernet's
 
 Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
 a warm-up step, then `--steps` timed steps of each kind, the median reported:
@@ -416,6 +417,64 @@ def stacking(batch: int = 32, edges: int = 4, C: int = 16, size: int = 32, reps:
     return rows
 
 
+def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -> list[tuple]:
+    """The depthwise gradients of a DARTS search step that oneDNN runs slowly (nasir/search/supernet.py,
+    `dw_weight_grad_route`), per (kernel, dilation, stride) at the DARTS sizes (stride 1: 32 x 32 C = 16,
+    16 x 16 C = 32, 8 x 8 C = 64; stride 2, the reduction cells: 32 x 32 C = 32, 16 x 16 C = 64),
+    channels_last. Weight gradient: what the fused supernet ran before (oneDNN's own, as a stock conv; the
+    per-tap sums for dilated stride 2) against the route it takes now; input gradient: oneDNN's backward-data
+    against the fused supernet's. Wall time, all interleaved, median of `reps` after a warm-up, at each thread
+    count; returns (size, C, k, d, s, route, threads, before ms, route ms, relative difference to oneDNN's,
+    oneDNN's input gradient ms, the fused one's ms). Freed memory is kept in the process, as `nasir search`
+    does: otherwise every copy the routes make faults its pages in afresh, a cost that varies with glibc's
+    heap history (0.14 to 0.75 ms for one 2 MiB copy here).
+    """
+    import torch
+
+    from nasir.search.runner import keep_freed_memory
+    from nasir.search.supernet import (
+        _dw_input_grad,
+        _dw_weight_grad,
+        _fast_weight_grad,
+        _native_weight_grad,
+        dw_weight_grad_route,
+    )
+
+    keep_freed_memory()
+
+    def stock_input_grad(gy, x, w, s, p, d):
+        return torch.ops.aten.convolution_backward(gy, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], x.shape[1],
+                                                   [True, False, False])[0]  # fmt: skip
+
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    rows = []
+    for s, size, C in ((1, 32, 16), (1, 16, 32), (1, 8, 64), (2, 32, 32), (2, 16, 64)):
+        x = torch.randn(batch, C, size, size, generator=g).contiguous(memory_format=cl)
+        gy = torch.randn(batch, C, size // s, size // s, generator=g).contiguous(memory_format=cl)
+        for k, d in ((5, 1), (3, 2), (5, 2)):
+            p = d * (k - 1) // 2
+            route = dw_weight_grad_route(k, d, p, (size, size), s)
+            a, b = _native_weight_grad(x, gy, k, p, d, s), _fast_weight_grad(x, gy, k, p, d, s)
+            diff = float((a - b).norm() / a.norm())
+            w = torch.randn(C, 1, k, k, generator=g)
+            before = (_native_weight_grad, (x, gy, k, p, d, s)) if s == 1 or d == 1 else (_dw_weight_grad, (x, gy, k, s, p, d))
+            fused_gx = (stock_input_grad, (gy, x, w, s, p, d)) if d == 1 and s > 1 else (_dw_input_grad, (gy, w, (size, size), s, p, d))
+            calls = (before, (_fast_weight_grad, (x, gy, k, p, d, s)), (stock_input_grad, (gy, x, w, s, p, d)), fused_gx)
+            for n in threads:
+                torch.set_num_threads(n)
+                ts: list[list[float]] = [[] for _ in calls]
+                for i in range(reps + 1):
+                    for j, (f, args) in enumerate(calls):
+                        t = time.perf_counter()
+                        f(*args)
+                        if i:
+                            ts[j].append(time.perf_counter() - t)
+                rows.append((size, C, k, d, s, route, n, *(1e3 * statistics.median(t) for t in ts[:2]), diff,
+                             *(1e3 * statistics.median(t) for t in ts[2:])))  # fmt: skip
+    return rows
+
+
 def _fmt(v: float | None, unit: str = "s") -> str:
     return "-" if v is None else f"{v:.2f} {unit}"
 
@@ -435,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     p.add_argument("--stacking", action="store_true",
                    help="time stacked (grouped) convolutions across the edges leaving a state against edge by edge, and exit")  # fmt: skip
+    p.add_argument("--dwgrad", action="store_true",
+                   help="time the fused supernet's depthwise gradients against the stock ones, at 2 and 1 threads, and exit")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -453,6 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'part':<10}{'kernel':>8}{'per edge':>11}{'stacked':>10}{'ratio':>8}")
         for what, k, d, t0, t1 in stacking(batch=a.batches[0]):
             print(f"{what:<10}{f'{k}x{k} d{d}':>8}{t0:>8.1f} ms{t1:>7.1f} ms{t1 / t0:>7.2f}x")
+        return 0
+    if a.dwgrad:
+        print(f"depthwise gradients, batch {a.batches[0]}, channels_last, wall time (median, interleaved), "
+              f"load {os.getloadavg()[0]:.1f}; 'before': oneDNN's at stride 1 and 5x5, the per-tap sums for dilated stride 2")
+        print(f"{'':<34}{'weight gradient':-^37}{'input gradient':-^27}")
+        print(f"{'input':<10}{'kernel':>8}{'route':>8}{'threads':>8}{'before':>10}{'route':>10}{'ratio':>7}{'rel. diff':>10}"
+              f"{'oneDNN':>10}{'fused':>10}{'ratio':>7}")
+        for size, C, k, d, s, route, n, t0, t1, diff, i0, i1 in dwgrad(batch=a.batches[0]):
+            print(f"{f'{size}x{size}x{C}':<10}{f'{k}x{k}d{d}s{s}':>8}{route:>8}{n:>8}{t0:>7.2f} ms{t1:>7.2f} ms{t1 / t0:>6.2f}x"
+                  f"{diff:>10.1e}{i0:>7.2f} ms{i1:>7.2f} ms{i1 / i0:>6.2f}x")
+        print(f"load {os.getloadavg()[0]:.1f}")
         return 0
     if a.original is not None:
         original_code(a.original)  # a wrong path fails here, before any child runs

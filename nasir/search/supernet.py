@@ -50,7 +50,7 @@ from nasir.targets.blocks import FactorizedReduce, Zero, scaled_batch_norm
 from nasir.targets.network import CellModule, Network
 
 
-# ---- dilated depthwise convolutions -----------------------------------------------------------------
+# ---- depthwise convolutions with a faster CPU backward -----------------------------------------------
 def _dw_input_grad(g: torch.Tensor, w: torch.Tensor, size: tuple[int, int], s: int, p: int, d: int) -> torch.Tensor:
     """d conv / d x: the grad, zero-upsampled by the stride, correlated with the flipped kernel (stride 1)."""
     k = w.shape[-1]
@@ -75,34 +75,113 @@ def _dw_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, s: int, p: int, d:
     return torch.stack(taps, 1).view(-1, 1, k, k)
 
 
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _native_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, s: int = 1) -> torch.Tensor:
+    """oneDNN's own depthwise weight gradient; differentiable (aten has its double backward)."""
+    c = x.shape[1]
+    w = x.new_empty((c, 1, k, k))  # only its shape is read
+    return torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], c, [False, True, False])[1]
+
+
+def _parity_stack(t: torch.Tensor, d: int) -> torch.Tensor:
+    """(N, C, H, W) -> (d*d*N, C, H/d, W/d): the d*d sub-images t[:, :, r::d, s::d] stacked in the batch, one
+    strided copy in t's own layout (NHWC stays NHWC)."""
+    n, c, h, w = t.shape
+    if _is_nhwc(t):
+        s = t.permute(0, 2, 3, 1).reshape(n, h // d, d, w // d, d, c).permute(2, 4, 0, 1, 3, 5)
+        return s.reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
+    s = t.reshape(n, c, h // d, d, w // d, d).permute(3, 5, 0, 1, 2, 4)
+    return s.reshape(d * d * n, c, h // d, w // d)
+
+
+def _parity_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, d: int) -> torch.Tensor:
+    """Dilation d as d*d non-dilated problems: output pixel (h, w) of a dilation-d conv reads only input pixels
+    of its own parity class (h mod d, w mod d), so the weight gradient is the sum over the d*d classes of the
+    non-dilated ("same", padding (k-1)/2) weight gradients of the sub-images; stacked in the batch, that sum
+    is one non-dilated call, which oneDNN runs with its fast depthwise kernel for 3x3 (docs/performance.md,
+    "Depthwise weight gradients"). Needs H, W divisible by d and the "same" padding d*(k-1)/2."""
+    return _native_weight_grad(_parity_stack(x, d), _parity_stack(g, d), k, (k - 1) // 2, 1)
+
+
+def _folded_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, s: int = 1) -> torch.Tensor:
+    """The weight gradient as a depthwise forward conv: gw[c, i, j] = sum_n sum_(h,w) xpad[n, c, s*h + i*d,
+    s*w + j*d] * g[n, c, h, w] is, for each (n, c), the correlation of the padded input with g taken as an
+    Ho x Wo kernel dilated by the stride s, at stride d (the first k x k outputs; exactly k x k at stride 1);
+    batch folded into channels (N*C groups), then summed over n. Any padding."""
+    n, c, h, w = x.shape
+    if _is_nhwc(x):  # (1, N*C, H, W) in NHWC: one transposing copy (oneDNN's fast depthwise forward reads NHWC)
+        xi = x.permute(2, 3, 0, 1).reshape(1, h, w, n * c).permute(0, 3, 1, 2)
+    else:
+        xi = x.reshape(1, n * c, h, w)
+    out = F.conv2d(xi, g.reshape(n * c, 1, g.shape[2], g.shape[3]), None, d, p, s, n * c)
+    if s > 1:  # the rows and columns past the last tap: the strided conv's output may stop short of them
+        out = out[:, :, :k, :k]
+    return out.reshape(n, c, k, k).sum(0).unsqueeze(1)
+
+
+def dw_weight_grad_route(k: int, d: int, p: int, size: tuple[int, int], s: int = 1) -> str:
+    """The static rule: which depthwise weight gradient a fused supernet runs for a k x k kernel at dilation
+    d, padding p, stride s, input size (H, W). No autotuning, so the choice (and the rounding) is the same in
+    every run. Measured per case in docs/performance.md ("Depthwise weight gradients"):
+      "native"  oneDNN's own: its fast depthwise kernel covers 3x3 without dilation;
+      "parity"  3x3 dilated at stride 1, H and W divisible by d: d*d non-dilated sub-problems in one fast
+                3x3 call;
+      "folded"  5x5 and larger (any dilation), dilated 3x3 of other sizes or at stride 2: the forward-conv form.
+    """
+    same = 2 * p == d * (k - 1)
+    if k <= 3 and d == 1:
+        return "native"
+    if k == 3 and s == 1 and same and size[0] % d == 0 and size[1] % d == 0:
+        return "parity"
+    return "folded"
+
+
+def _fast_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, s: int = 1) -> torch.Tensor:
+    route = dw_weight_grad_route(k, d, p, (x.shape[2], x.shape[3]), s)
+    if route == "parity":
+        return _parity_weight_grad(x, g, k, d)
+    if route == "folded":
+        return _folded_weight_grad(x, g, k, p, d, s)
+    return _native_weight_grad(x, g, k, p, d, s)
+
+
 class _DilatedDepthwise(torch.autograd.Function):
-    """A dilated depthwise convolution whose backward avoids oneDNN's slow dilated paths on CPU.
+    """A depthwise convolution whose backward avoids oneDNN's slow dilated / large-kernel paths on CPU.
 
     Measured on the 2-core CPU (batch 32, channels_last, one thread): the input gradient of a dilated
     3x3 / 5x5 depthwise conv took 2.3 / 3.6 ms at stride 1 and 10 / 29 ms at stride 2 against 0.2-0.6 ms
     here; the weight gradient 6 / 14 ms against 1.8 / 4.6 ms. Measured again in CPU time (process time, so
     other processes on the cores do not count): at stride 1 oneDNN's weight gradient (2.4 / 4.3 ms) beats
-    the per-tap sums (3.7 / 9.9 ms), at stride 2 it does not (11.9 against 5.4 ms for 5x5), so stride 1
-    takes oneDNN's. The backward is written in differentiable ops, so double backward (create_graph) works.
+    the per-tap sums (3.7 / 9.9 ms), at stride 2 it does not (11.9 against 5.4 ms for 5x5).
+    `fast_weight_grad` (set with fusion): the weight gradient takes the route of `dw_weight_grad_route`;
+    off, every weight gradient is the per-tap sum, as before fusion existed. The
+    backward is written in differentiable ops, so double backward (create_graph) works.
     """
 
     @staticmethod
-    def forward(ctx, x, w, stride: int, padding: int, dilation: int, native_weight_grad: bool = False):
+    def forward(ctx, x, w, stride: int, padding: int, dilation: int, fast_weight_grad: bool = False):
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation)
-        ctx.native_weight_grad = native_weight_grad
+        ctx.fast_weight_grad = fast_weight_grad
         return F.conv2d(x, w, None, stride, padding, dilation, x.shape[1])
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         s, p, d = ctx.conf
-        gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d) if _needed(ctx, 0) else None
-        gw = None
+        gx = gw = None
+        if _needed(ctx, 0):
+            if d == 1 and s > 1:  # non-dilated 5x5 at stride 2 (fused): oneDNN's backward-data is the faster
+                gx = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0],
+                                                         x.shape[1], [True, False, False])[0]  # fmt: skip
+            else:  # non-dilated 5x5 at stride 1 (fused) too: faster than oneDNN's (docs/performance.md)
+                gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
         if _needed(ctx, 1):
-            if s == 1 and ctx.native_weight_grad:  # oneDNN's is the faster one at stride 1 (docs/performance.md)
-                gw = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [p, p], [d, d], False, [0, 0],
-                                                         x.shape[1], [False, True, False])[1]  # fmt: skip
+            if ctx.fast_weight_grad:  # docs/performance.md, "Depthwise weight gradients"
+                gw = _fast_weight_grad(x, g, w.shape[-1], p, d, s)
             else:
                 gw = _dw_weight_grad(x, g, w.shape[-1], s, p, d)
         return gx, gw, None, None, None, None
@@ -124,34 +203,46 @@ def _needed(ctx, i: int, edge: int | None = None) -> bool:
 
 
 class DilatedDepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state) for dilated depthwise convs; the fast backward on CPU.
+    """nn.Conv2d (same parameters and state) for depthwise convs with the fast backward on CPU: dilated ones
+    always, non-dilated ones of 5x5 and larger with fusion (`fast_weight_grad`).
 
-    `native_weight_grad` (set with fusion): the stride-1 weight gradient comes from oneDNN (faster, other
-    rounding); off, every weight gradient is the per-tap sum, as before fusion existed."""
+    `fast_weight_grad` (set with fusion): the weight gradient takes `dw_weight_grad_route`'s route
+    (faster, other rounding); off, every weight gradient is the per-tap sum, as before fusion existed."""
 
-    native_weight_grad = False
+    fast_weight_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):  # autocast casts stock convs only
             return super().forward(x)
         return _DilatedDepthwise.apply(x, self.weight, self.stride[0], self.padding[0], self.dilation[0],
-                                       self.native_weight_grad)  # fmt: skip
+                                       self.fast_weight_grad)  # fmt: skip
 
 
-def _is_dilated_depthwise(m: nn.Module) -> bool:
+def _is_square_depthwise(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.bias is None
-            and m.dilation[0] == m.dilation[1] > 1 and m.stride[0] == m.stride[1] and m.padding_mode == "zeros"
+            and m.kernel_size[0] == m.kernel_size[1] and m.dilation[0] == m.dilation[1]
+            and m.stride[0] == m.stride[1] and m.padding_mode == "zeros"
             and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1])  # fmt: skip
 
 
-def use_fast_dilated_depthwise(module: nn.Module, native_weight_grad: bool = False) -> int:
-    """Swap every dilated depthwise nn.Conv2d for DilatedDepthwiseConv2d in place; returns how many."""
+def _is_dilated_depthwise(m: nn.Module) -> bool:
+    return _is_square_depthwise(m) and m.dilation[0] > 1
+
+
+def _is_slow_depthwise(m: nn.Module) -> bool:
+    """Non-dilated, 5x5 or larger: oneDNN's weight gradient leaves its fast depthwise kernel."""
+    return _is_square_depthwise(m) and m.dilation[0] == 1 and m.kernel_size[0] >= 5
+
+
+def use_fast_dilated_depthwise(module: nn.Module, fast_weight_grad: bool = False) -> int:
+    """Swap every dilated depthwise nn.Conv2d for DilatedDepthwiseConv2d in place, and with `fast_weight_grad`
+    (fusion) also the non-dilated 5x5 (and larger) ones; returns how many."""
     n = 0
     for m in module.modules():
         for _name, child in m.named_children():
-            if _is_dilated_depthwise(child):
+            if _is_dilated_depthwise(child) or (fast_weight_grad and _is_slow_depthwise(child)):
                 child.__class__ = DilatedDepthwiseConv2d
-                child.native_weight_grad = native_weight_grad
+                child.fast_weight_grad = fast_weight_grad
                 n += 1
     return n
 
@@ -553,7 +644,7 @@ class Supernet(nn.Module):
 
         self.net = Network(spec, plan, make_op=make_op, affine=False)
         if fast_dilated:
-            use_fast_dilated_depthwise(self.net, native_weight_grad=fuse)
+            use_fast_dilated_depthwise(self.net, fast_weight_grad=fuse)
         if fuse:
             use_fused_cells(self.net, spec)
         used = {b.cell for b in plan.cells}
