@@ -780,7 +780,8 @@ def build_supernet(spec: ir.Spec, plan: Plan | None = None, *, low_memory: bool 
     `pool_bn=None` follows the reference of each space: BN after pooling when the searched cells have
     two inputs (DARTS), none when they have one (NAS-Bench-201). `skip_zero=False` builds explicit Zero ops for `none`
     (only useful to test that skipping them changes nothing). `seed` seeds the initialisation.
-    `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward).
+    `fast_dilated` swaps dilated depthwise convs for DilatedDepthwiseConv2d (same weights, faster CPU backward),
+    with `fuse` the non-dilated 5x5 ones too (weight gradients by `dw_weight_grad_route`, docs/performance.md).
     `partial_channels` is PC-DARTS' K (1: every channel through every mixed op, no edge normalisation).
     `channels_last=None` is `nasir search`'s default (`default_channels_last`: NHWC on a CPU-only machine).
     `fuse=True`, the default of the library and of `nasir search`, runs the fused mixed ops and cells
