@@ -71,8 +71,16 @@ def _values(alphas: dict) -> list[float]:
     return [v for kind in sorted(table) for row in table[kind] for v in row]
 
 
-def _ops(derived: str) -> list[str]:
-    return [line.strip() for line in derived.splitlines() if "->" in line]
+def _picks(derived: str) -> set[tuple[str, str, str]]:
+    """The (cell, node, op(input)) picks of a derived.cell: its `n0 = op(a) + op(b)` lines."""
+    picks, cell = set(), ""
+    for line in derived.splitlines():
+        words = line.split()
+        if words[:1] == ["cell"]:
+            cell = words[1]
+        elif len(words) > 2 and words[1] == "=":
+            picks.update((cell, words[0], term.strip()) for term in line.split("=", 1)[1].split("+"))
+    return picks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                        for lay in a.layouts if lay != "channels-last"]  # fmt: skip
             for name, r in others:
                 diff = max(abs(x - y) for x, y in zip(_values(r["alphas"]), rv))
-                ops = sum(x != y for x, y in zip(_ops(r["derived"]), _ops(ref["derived"])))
-                same = "the same derived cell" if r["derived"] == ref["derived"] else f"another derived cell ({ops} edge line(s) differ)"
+                mine, theirs = _picks(r["derived"]), _picks(ref["derived"])
+                same = ("the same derived cells" if mine == theirs
+                        else f"other derived cells ({len(mine - theirs)} of {len(theirs)} (edge, op) picks differ)")  # fmt: skip
                 print(f"{dtype}: {name} against op by op (channels-last): alphas differ by up to {diff:.3g} "
                       f"(their spread {spread:.3g}); {same}", flush=True)  # fmt: skip
     return 0

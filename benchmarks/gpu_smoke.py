@@ -19,6 +19,8 @@ docs/gpu.md says what each promise is).
   tf32         the second-order architecture gradient at full DARTS size (C = 16, 8 cells, batch 64,
                32 x 32) with TF32 against full fp32: relative difference and sign flips; fp32 twice
                must agree far better than TF32 with fp32
+  fusion       the fused supernet (the default) against op by op on the GPU in float64: loss and
+               gradients equal to 1e-6 relative
   memory       peak GPU memory of one search step (architecture + weight step) at full DARTS size:
                DARTS, PC-DARTS (K = 4), DARTS low-memory; both alternatives must use less
   train-amp    a darts-cifar-sized training run (C = 36, 20 cells, auxiliary head, batch 96) with AMP:
@@ -247,6 +249,28 @@ def memory(tmp: Path) -> tuple[bool, str]:
     base = peaks["DARTS"]
     ok = peaks["PC-DARTS K=4"] < base and peaks["DARTS low-memory"] < base
     return ok, ", ".join(f"{k} {v:.0f} MiB ({v / base:.2f} x)" for k, v in peaks.items())
+
+
+@check("fusion")
+def fusion(tmp: Path) -> tuple[bool, str]:
+    """The fused supernet (the default) against op by op on the GPU, in float64: loss, weight and alpha
+    gradients equal to 1e-6 relative (tests/search/test_fusion.py checks the same on the CPU)."""
+    import torch
+    import torch.nn.functional as F
+
+    from nasir.lower import resolve
+    from nasir.search.supernet import build_supernet, prepare
+
+    spec, plan = resolve(SPACE, SMALL)
+    x, y = _darts_batches(plan, 16, 0)
+    out = []
+    for fuse in (True, False):
+        model = build_supernet(prepare(spec), plan, seed=0, fuse=fuse).to(DEVICE, torch.float64).train()
+        loss = F.cross_entropy(model(x.to(DEVICE, torch.float64)), y.to(DEVICE))
+        grads = torch.autograd.grad(loss, model.weight_parameters() + model.arch_parameters())
+        out.append(torch.cat([loss.reshape(1)] + [g.flatten() for g in grads]).detach())
+    rel = float((out[0] - out[1]).norm() / out[1].norm())
+    return rel < 1e-6 and bool(torch.isfinite(out[0]).all()), f"fused against op by op, float64: relative difference {rel:.2e}"
 
 
 @check("train-amp")

@@ -420,7 +420,7 @@ def cmd_compile(args) -> int:
         # The pipeline the spec goes through for real (nasir/pipeline.py): a search space's supernet
         # builder runs "search", `nasir compile` of a derived spec runs "compile".
         pipeline = "search" if spec.is_search_space else "compile"
-        fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search --fuse` runs
+        fused = args.dump_after == "fuse_ops"  # the IR unchanged, and the fusion plan `nasir search` runs (fused by default)
         out = pass_pipeline(pipeline, verify=True, dump_after=None if fused else args.dump_after,
                             dump=lambda text: sys.stdout.write(text)).apply(spec)  # fmt: skip
         if fused:
