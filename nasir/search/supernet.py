@@ -343,7 +343,7 @@ class _WeightedSum(torch.autograd.Function):
         if _needed(ctx, 1, ctx.first_h - 1):
             # one dot per term; entries of w no term uses get 0. Stacked in place rather than scattered
             # with an index tensor: building one from a list is a host-to-device copy that waits for
-            # the GPU, in every backward pass (docs/gpu.md)
+            # the GPU, in every backward pass (docs/performance.md, "Fusion as the default")
             dots = {i: _dot(g, h).to(w.dtype) for i, h in zip(index, hs) if i >= 0}
             zero = w.new_zeros(())
             gw = torch.stack([dots.get(i, zero) for i in range(w.shape[0])])
