@@ -229,7 +229,7 @@ class Search:
         # fields that are part of the result; a field the checkpoint predates counts as its default.
         fields = {f.name: f for f in attrs.fields(Options)}
         default = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in fields.items()}
-        default["fuse"] = False  # a checkpoint from before fusion existed ran op by op (the default was off until it became on)
+        default["fuse"] = False  # a checkpoint without the field predates fusion: it ran op by op
         differ = [k for k, v in now.items() if fields[k].eq and saved.get(k, default[k]) != v]
         if differ:
             listed = ", ".join(f"{k} ({saved.get(k, default[k])!r} then, {now[k]!r} now)" for k in differ)

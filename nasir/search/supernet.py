@@ -494,7 +494,7 @@ class MixedOp(nn.Module):
     `forward(x, weights)` takes the whole softmax row of the edge (one weight per candidate, `none`
     included) and uses the entries of the candidates it computes.
 
-    `fuse` (default): the candidates that start with a ReLU of the input share one ReLU, and the
+    `fuse` (what Supernet passes by default): the candidates that start with a ReLU of the input share one ReLU, and the
     weighted sum is one accumulating pass per candidate (`weighted_sum`); `contribute` lets the cell
     share the ReLU and the pooling (with its BN) among all edges that read one state. The same values
     up to float rounding; `fuse=False` is the op-by-op sum of the DARTS reference (bit for bit).
