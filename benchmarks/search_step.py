@@ -436,15 +436,12 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
         _dw_input_grad,
         _dw_weight_grad,
         _fast_weight_grad,
+        _native_input_grad,
         _native_weight_grad,
         dw_weight_grad_route,
     )
 
     keep_freed_memory()
-
-    def stock_input_grad(gy, x, w, s, p, d):
-        return torch.ops.aten.convolution_backward(gy, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], x.shape[1],
-                                                   [True, False, False])[0]  # fmt: skip
 
     g = torch.Generator().manual_seed(0)
     cl = torch.channels_last
@@ -459,8 +456,8 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
             diff = float((a - b).norm() / a.norm())
             w = torch.randn(C, 1, k, k, generator=g)
             before = (_native_weight_grad, (x, gy, k, p, d, s)) if s == 1 or d == 1 else (_dw_weight_grad, (x, gy, k, s, p, d))
-            fused_gx = (stock_input_grad, (gy, x, w, s, p, d)) if d == 1 and s > 1 else (_dw_input_grad, (gy, w, (size, size), s, p, d))
-            calls = (before, (_fast_weight_grad, (x, gy, k, p, d, s)), (stock_input_grad, (gy, x, w, s, p, d)), fused_gx)
+            fused_gx = (_native_input_grad, (gy, x, w, s, p, d)) if d == 1 and s > 1 else (_dw_input_grad, (gy, w, (size, size), s, p, d))
+            calls = (before, (_fast_weight_grad, (x, gy, k, p, d, s)), (_native_input_grad, (gy, x, w, s, p, d)), fused_gx)
             for n in threads:
                 torch.set_num_threads(n)
                 ts: list[list[float]] = [[] for _ in calls]

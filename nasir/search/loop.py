@@ -226,10 +226,11 @@ class Search:
         saved = state["options"]
         now = self.opt.to_dict()
         # What the user set, not what follows from it (the layout `auto` resolves per device): only the
-        # fields that are part of the result; a field the checkpoint predates counts as its default.
+        # fields that are part of the result; a field the checkpoint predates counts as what ran before it
+        # existed (its `absent` metadata), else as its default.
         fields = {f.name: f for f in attrs.fields(Options)}
-        default = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in fields.items()}
-        default["fuse"] = False  # a checkpoint without the field predates fusion: it ran op by op
+        default = {k: f.metadata.get("absent", list(f.default) if isinstance(f.default, tuple) else f.default)
+                   for k, f in fields.items()}  # fmt: skip
         differ = [k for k, v in now.items() if fields[k].eq and saved.get(k, default[k]) != v]
         if differ:
             listed = ", ".join(f"{k} ({saved.get(k, default[k])!r} then, {now[k]!r} now)" for k in differ)

@@ -85,7 +85,9 @@ class Options:
     a_weight_decay: float = 1e-3
     limit_batches: int | None = None
     layout: str = "auto"  # what the user asked for: auto | channels_last | contiguous
-    fuse: bool = True  # the fused supernet (docs/performance.md): the same values up to float rounding
+    # the fused supernet (docs/performance.md): the same values up to float rounding; `absent`: what a
+    # checkpoint without the field ran (it predates fusion: op by op)
+    fuse: bool = attrs.field(default=True, metadata={"absent": False})
     overrides: tuple[tuple[str, Any], ...] = ()
     # ---- not part of the result (a resumed search may change them)
     low_memory: bool = attrs.field(default=False, eq=False)

@@ -86,6 +86,12 @@ def _native_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int
     return torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], c, [False, True, False])[1]
 
 
+def _native_input_grad(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, s: int, p: int, d: int) -> torch.Tensor:
+    """oneDNN's own depthwise input gradient (backward-data); differentiable."""
+    return torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [d, d], False, [0, 0], x.shape[1],
+                                               [True, False, False])[0]  # fmt: skip
+
+
 def _parity_stack(t: torch.Tensor, d: int) -> torch.Tensor:
     """(N, C, H, W) -> (d*d*N, C, H/d, W/d): the d*d sub-images t[:, :, r::d, s::d] stacked in the batch, one
     strided copy in t's own layout (NHWC stays NHWC)."""
@@ -175,8 +181,7 @@ class _DilatedDepthwise(torch.autograd.Function):
         gx = gw = None
         if _needed(ctx, 0):
             if d == 1 and s > 1:  # non-dilated 5x5 at stride 2 (fused): oneDNN's backward-data is the faster
-                gx = torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0],
-                                                         x.shape[1], [True, False, False])[0]  # fmt: skip
+                gx = _native_input_grad(g, x, w, s, p, 1)
             else:  # non-dilated 5x5 at stride 1 (fused) too: faster than oneDNN's (docs/performance.md)
                 gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
         if _needed(ctx, 1):
