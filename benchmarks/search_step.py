@@ -30,6 +30,10 @@ Variants, each adding one change to the one before, so the ratios say what each 
   nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op)
   nasir-pc4      PC-DARTS on the same space (method pcdarts, K = 4: partial channels + edge normalisation),
                  otherwise as nasir; docs/performance.md's target: peak memory <= 0.35 x full DARTS
+  nasir-compile  nasir + regional compilation (`nasir search --compile`: torch.compile of every searched
+                 cell, nasir/search/supernet.py `compile_cells`); its warm-up steps compile, and the table
+                 gives their time as the compile time (inductor caches its kernels on disk: a second
+                 run compiles faster)
 
 Ratios are taken against `original` when it ran, else against `reference`. Machines are shared and noisy
 (docs/performance.md): compare variants of one run only; the thread count is fixed (`--threads`, default 2, as
@@ -51,7 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("original", "reference", "nasir-nchw", "nasir-nhwc", "nasir-unfused", "nasir-fused", "nasir", "nasir-lowmem",
-            "nasir-pc4")
+            "nasir-pc4", "nasir-compile")
 # The goals' run (issue 15): the original and nasir's default at batch 32 and 64, the steps that matter.
 GOALS = "original,nasir,nasir-lowmem:weight,nasir-unfused:weight"
 KINDS = ("weight", "arch1", "arch2")
@@ -326,12 +330,13 @@ def child(variant: str, batch: int, steps: int, kinds: list[str], original: Path
 
         if variant not in VARIANTS:
             raise SystemExit(f"search_step.py: error: unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
-        if variant in ("nasir", "nasir-lowmem", "nasir-pc4"):
+        if variant in ("nasir", "nasir-lowmem", "nasir-pc4", "nasir-compile"):
             keep_freed_memory()
         unfused = ("nasir-nchw", "nasir-nhwc", "nasir-unfused")
         model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0, channels_last=variant != "nasir-nchw",
                                low_memory=variant == "nasir-lowmem", fast_dilated=variant not in ("nasir-nchw", "nasir-nhwc"),
-                               partial_channels=4 if variant == "nasir-pc4" else 1, fuse=variant not in unfused)  # fmt: skip
+                               partial_channels=4 if variant == "nasir-pc4" else 1, fuse=variant not in unfused,
+                               compile=variant == "nasir-compile")  # fmt: skip
         w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
         a1, a2 = Architect(model, w_opt, order=1), Architect(model, w_opt, order=2)
 
@@ -349,7 +354,9 @@ def child(variant: str, batch: int, steps: int, kinds: list[str], original: Path
     out: dict = {"variant": variant, "batch": batch, "weights": n_weights, "threads": torch.get_num_threads()}
     fns = {"weight": weight, "arch1": arch1, "arch2": arch2}
     for kind in kinds:
-        fns[kind]()  # warm-up: first-touch memory, oneDNN primitive creation
+        t = time.perf_counter()
+        fns[kind]()  # warm-up: first-touch memory, oneDNN primitive creation (nasir-compile: compilation)
+        out[kind + "_warmup"] = time.perf_counter() - t
         times = []
         for _ in range(steps):
             t = time.perf_counter()
@@ -562,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{v:<14}{batch:>6}{_fmt(r.get('weight')):>10}{_fmt(r.get('arch1')):>10}{_fmt(r.get('arch2')):>10}"
                   f"{'-' if ratio is None else f'{ratio:.2f}x':>9}{_fmt(r.get('rss_weight_gib'), 'GiB'):>19}"
                   f"{_fmt(r['rss_gib'], 'GiB'):>10}{r['load']:>6.1f}", flush=True)  # fmt: skip
+            if v == "nasir-compile":
+                print(f"{'':<14}{'':>6}  compile (warm-up step) " + ", ".join(f"{k} {r[k + '_warmup']:.0f} s" for k in ks), flush=True)
     base = "original" if any(r["variant"] == "original" for r in rows) else "reference"
     print(f"\nratios against the {base} of the same batch (and against docs/performance.md's original figures):")
     for r in rows:
