@@ -30,8 +30,9 @@ Variants, each adding one change to the one before, so the ratios say what each 
   nasir-lowmem   + low_memory (torch.utils.checkpoint per mixed op)
   nasir-pc4      PC-DARTS on the same space (method pcdarts, K = 4: partial channels + edge normalisation),
                  otherwise as nasir; docs/performance.md's target: peak memory <= 0.35 x full DARTS
-  nasir-compile  nasir + regional compilation (`nasir search --compile`: torch.compile of every searched
-                 cell, nasir/search/supernet.py `compile_cells`); its warm-up steps compile, and the table
+  nasir-compile  nasir + regional compilation (`build_supernet(compile=True)`: torch.compile of every
+                 searched cell, nasir/search/supernet.py `compile_cells`; a library option, not `nasir
+                 search`'s); its warm-up steps compile, and the table
                  gives their time as the compile time (inductor caches its kernels on disk: a second
                  run compiles faster)
 
