@@ -32,9 +32,8 @@ Variants, each adding one change to the one before, so the ratios say what each 
                  otherwise as nasir; docs/performance.md's target: peak memory <= 0.35 x full DARTS
   nasir-compile  nasir + regional compilation (`build_supernet(compile=True)`: torch.compile of every
                  searched cell, nasir/search/supernet.py `compile_cells`; a library option, not `nasir
-                 search`'s); its warm-up steps compile, and the table
-                 gives their time as the compile time (inductor caches its kernels on disk: a second
-                 run compiles faster)
+                 search`'s); its warm-up steps compile, and the table gives their time as the compile
+                 time (inductor caches its kernels on disk: a second run compiles faster)
 
 Ratios are taken against `original` when it ran, else against `reference`. Machines are shared and noisy
 (docs/performance.md): compare variants of one run only; the thread count is fixed (`--threads`, default 2, as
@@ -441,8 +440,8 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
 
     from nasir.search.runner import keep_freed_memory
     from nasir.search.supernet import (
-        _dw_input_grad,
         _dw_weight_grad,
+        _fast_input_grad,
         _fast_weight_grad,
         _native_input_grad,
         _native_weight_grad,
@@ -464,8 +463,8 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
             diff = float((a - b).norm() / a.norm())
             w = torch.randn(C, 1, k, k, generator=g)
             before = (_native_weight_grad, (x, gy, k, p, d, s)) if s == 1 or d == 1 else (_dw_weight_grad, (x, gy, k, s, p, d))
-            fused_gx = (_native_input_grad, (gy, x, w, s, p, d)) if d == 1 and s > 1 else (_dw_input_grad, (gy, w, (size, size), s, p, d))
-            calls = (before, (_fast_weight_grad, (x, gy, k, p, d, s)), (_native_input_grad, (gy, x, w, s, p, d)), fused_gx)
+            calls = (before, (_fast_weight_grad, (x, gy, k, p, d, s)), (_native_input_grad, (gy, x, w, s, p, d)),
+                     (_fast_input_grad, (gy, x, w, s, p, d)))  # fmt: skip
             for n in threads:
                 torch.set_num_threads(n)
                 ts: list[list[float]] = [[] for _ in calls]

@@ -154,6 +154,14 @@ def _fast_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, p: int, d: int, 
     return _native_weight_grad(x, g, k, p, d, s)
 
 
+def _fast_input_grad(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, s: int, p: int, d: int) -> torch.Tensor:
+    """The input gradient the swapped depthwise convs take: oneDNN's backward-data for non-dilated 5x5 at
+    stride 2 (the faster there), else the flipped-kernel forward conv (docs/performance.md)."""
+    if d == 1 and s > 1:
+        return _native_input_grad(g, x, w, s, p, 1)
+    return _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
+
+
 class _DilatedDepthwise(torch.autograd.Function):
     """A depthwise convolution whose backward avoids oneDNN's slow dilated / large-kernel paths on CPU.
 
@@ -180,10 +188,7 @@ class _DilatedDepthwise(torch.autograd.Function):
         s, p, d = ctx.conf
         gx = gw = None
         if _needed(ctx, 0):
-            if d == 1 and s > 1:  # non-dilated 5x5 at stride 2 (fused): oneDNN's backward-data is the faster
-                gx = _native_input_grad(g, x, w, s, p, 1)
-            else:  # non-dilated 5x5 at stride 1 (fused) too: faster than oneDNN's (docs/performance.md)
-                gx = _dw_input_grad(g, w, (x.shape[2], x.shape[3]), s, p, d)
+            gx = _fast_input_grad(g, x, w, s, p, d)
         if _needed(ctx, 1):
             if ctx.fast_weight_grad:  # docs/performance.md, "Depthwise weight gradients"
                 gw = _fast_weight_grad(x, g, w.shape[-1], p, d, s)
