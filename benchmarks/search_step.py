@@ -5,6 +5,7 @@
     python benchmarks/search_step.py --variants original:weight,nasir:weight+arch1 --original PATH
     python benchmarks/search_step.py --stacking --threads 1     # grouped convs across edges, edge by edge
     python benchmarks/search_step.py --dwgrad                   # depthwise gradients: before vs the fused supernet's
+    python benchmarks/search_step.py --passes                   # nasir's second-order step, pass by pass
 
 Each (variant, batch) runs in a fresh subprocess (`--child`), so its peak resident set size is its own:
 a warm-up step, then `--steps` timed steps of each kind, the median reported:
@@ -479,6 +480,56 @@ def dwgrad(batch: int = 32, reps: int = 21, threads: tuple[int, ...] = (2, 1)) -
     return rows
 
 
+def passes(batch: int = 32, steps: int = 3) -> tuple[list[str], list[list[float]]]:
+    """nasir's second-order architecture step (the default supernet, as `nasir search` runs it) split into its
+    passes (nasir/search/architect.py): the forward and the backward of the unrolled step (weights only),
+    of L_val at w' (alphas and weights), of w+ and w- (alphas only), and the rest (saving and restoring
+    weights and BN statistics, w', w+-, the norm, the Adam step). Wall time of `steps` steps after a warm-up;
+    returns (names, one list of seconds per step)."""
+    import torch
+
+    from nasir.api import load
+    from nasir.search.architect import Architect, weight_step
+    from nasir.search.runner import keep_freed_memory
+    from nasir.search.supernet import build_supernet
+
+    keep_freed_memory()
+    times: list[float] = []
+
+    class Timed(Architect):
+        def _loss(self, batch, *args, **kwargs):
+            t = time.perf_counter()
+            out = super()._loss(batch, *args, **kwargs)
+            times.append(time.perf_counter() - t)
+            return out
+
+        def _grad(self, loss, params):
+            t = time.perf_counter()
+            out = super()._grad(loss, params)
+            times.append(time.perf_counter() - t)
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
+    valid = (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
+    model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0)
+    model.train()
+    w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    arch = Timed(model, w_opt, order=2)
+    weight_step(model, w_opt, train)
+    names = ["unrolled fwd", "unrolled bwd (w)", "w' fwd", "w' bwd (alpha, w)", "w+ fwd", "w+ bwd (alpha)",
+             "w- fwd", "w- bwd (alpha)", "rest", "step"]  # fmt: skip
+    rows = []
+    for i in range(steps + 1):
+        times.clear()
+        t = time.perf_counter()
+        arch.step(train, valid, xi=0.025)
+        total = time.perf_counter() - t
+        if i and len(times) == 8:
+            rows.append([*times, total - sum(times), total])
+    return names, rows
+
+
 def _fmt(v: float | None, unit: str = "s") -> str:
     return "-" if v is None else f"{v:.2f} {unit}"
 
@@ -500,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="time stacked (grouped) convolutions across the edges leaving a state against edge by edge, and exit")  # fmt: skip
     p.add_argument("--dwgrad", action="store_true",
                    help="time the fused supernet's depthwise gradients against the stock ones, at 2 and 1 threads, and exit")
+    p.add_argument("--passes", action="store_true",
+                   help="time nasir's second-order step pass by pass (forward and backward of each of its four passes), and exit")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -528,6 +581,17 @@ def main(argv: list[str] | None = None) -> int:
         for size, C, k, d, s, route, n, t0, t1, diff, i0, i1 in dwgrad(batch=a.batches[0]):
             print(f"{f'{size}x{size}x{C}':<10}{f'{k}x{k}d{d}s{s}':>8}{route:>8}{n:>8}{t0:>7.2f} ms{t1:>7.2f} ms{t1 / t0:>6.2f}x"
                   f"{diff:>10.1e}{i0:>7.2f} ms{i1:>7.2f} ms{i1 / i0:>6.2f}x")
+        print(f"load {os.getloadavg()[0]:.1f}")
+        return 0
+    if a.passes:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        names, rows = passes(batch=a.batches[0], steps=a.steps)
+        print(f"nasir's second-order step by pass, batch {a.batches[0]}, {a.threads} thread(s), wall time, "
+              f"median of {len(rows)} steps after a warm-up")
+        for j, name in enumerate(names):
+            print(f"{name:<20}{statistics.median(r[j] for r in rows):>8.3f} s")
         print(f"load {os.getloadavg()[0]:.1f}")
         return 0
     if a.original is not None:
