@@ -588,8 +588,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
         names, rows = passes(batch=a.batches[0], steps=a.steps)
-        if not rows:  # the step no longer runs four passes through Architect._loss / _grad
-            raise SystemExit("search_step.py: error: the second-order step did not run the four passes passes() times")
+        if not rows:
+            raise SystemExit("search_step.py: error: the second-order step no longer calls Architect._loss and _grad "
+                             "four times each; passes() needs updating")  # fmt: skip
         print(f"nasir's second-order step by pass, batch {a.batches[0]}, {a.threads} thread(s), wall time, "
               f"median of {len(rows)} steps after a warm-up")
         for j, name in enumerate(names):
