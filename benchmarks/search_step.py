@@ -269,14 +269,22 @@ def original_code(path: Path):
     return model_search, architect
 
 
-def child(variant: str, batch: int, steps: int, kinds: list[str], original: Path | None = None) -> dict:
+def batches(batch: int) -> tuple[tuple, tuple]:
+    """The (train, valid) batches every timed step runs on: CIFAR-sized noise, seed 0; valid is train reversed."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
-    train, valid = (x, y), (x.flip(0), y.flip(0))
+    return (x, y), (x.flip(0), y.flip(0))
+
+
+def child(variant: str, batch: int, steps: int, kinds: list[str], original: Path | None = None) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    train, valid = batches(batch)
+    x, y = train
     if variant == "original":
         import types
 
@@ -509,9 +517,7 @@ def passes(batch: int = 32, steps: int = 3) -> tuple[list[str], list[list[float]
             times.append(time.perf_counter() - t)
             return out
 
-    g = torch.Generator().manual_seed(0)
-    train = (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
-    valid = (torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
+    train, valid = batches(batch)  # the batches of the timed variants' arch2
     model = build_supernet(load(ROOT / "examples" / "darts.cell"), seed=0)
     model.train()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
